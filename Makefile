@@ -22,8 +22,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 demo: install
-	$(BIN)/holisafe data mini $(DEMO_OUT)/mini --overwrite
-	$(BIN)/holisafe data stats $(DEMO_OUT)/mini/bench --plot $(DEMO_OUT)/bench_stats.png
+	$(BIN)/holisafe demo --out $(DEMO_OUT)
 
 # The browser tests (HTML report, the server's page) drive Debian's chromium through Playwright.
 # Installed here where possible (root on Debian); elsewhere those tests skip and say why.

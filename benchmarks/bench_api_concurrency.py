@@ -10,13 +10,12 @@ time, and prints each throughput and its ratio over the sequential one.
 from __future__ import annotations
 
 import argparse
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 
 import openai
+from benchkit import machine_lines
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.stub_servers
@@ -57,8 +56,7 @@ def main() -> None:
     args = parser.parse_args()
 
     requests = make_requests(args.requests)
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}")
-    print(f"python {platform.python_version()}, openai {openai.__version__}")
+    print(*machine_lines(), f"openai {openai.__version__}", sep="\n")
     print(
         f"{args.requests} requests with a 64-112 px image each, to a loopback "
         f"OpenAI-compatible server that takes {args.latency_ms:g} ms per request"

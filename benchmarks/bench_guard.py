@@ -1,123 +1,179 @@
-"""What the visual guard module costs, measured side by side in one run.
+"""What the visual guard module costs, and what it saves, measured side by side in one run.
 
     .venv/bin/python benchmarks/bench_guard.py [--hidden 256] [--layers 4] [--repeats 20]
+    .venv/bin/python benchmarks/bench_guard.py --gpu-7b [--repeats 10]
 
-1. Forward pass: the same LLaVA weights as a plain model and as a Safe-VLM (meta-token and
-   mean pooling), on the same batch: median time per forward and the ratio.
+1. Forward pass: the same LLaVA weights as a plain model and as Safe-VLMs (meta-token and mean
+   pooling), on the same batch: median time per forward and the ratio.
 2. Answering and classifying: a Safe-VLM's generate, whose prefill also yields the safety
    prediction, against a plain generate followed by a separate guard pass over the images.
+3. Guard head against a generative guard: the same Safe-VLM classifies each image with its
+   safety head (one forward pass), or is asked in words for a verdict with a guard prompt and
+   generates the tokens such a verdict takes, as LlavaGuard and Llama Guard do.
+
+Weights are random: this measures cost, not how good either guard is. Every generate here
+produces exactly the number of new tokens asked (`min_new_tokens`), so random weights that
+stop early on one side cannot skew a ratio. Default: a small LLaVA (the tiny vision tower, a
+`--hidden` wide, `--layers` deep language model), float32 on the CPU. `--gpu-7b`: a random
+LLaVA-1.5-7B-shaped model in bfloat16 on the GPU, meta-token pooling only (SafeLLaVA's).
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import platform
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import torch
-import transformers
+from benchkit import (
+    add_visual_guard,
+    build_7b_shaped_llava,
+    build_llava,
+    machine_lines,
+    median_time,
+    parameter_count,
+    parse_with_gpu_7b,
+)
 from PIL import Image
-from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
+from transformers import GenerationConfig
 
-from holisafe.models.base import GenerationSettings, Request
-from holisafe.models.hf import HFModel
-from holisafe.models.tiny import build_tiny_model
-from holisafe.vgm import VGMSettings, convert_folder
+from holisafe.models.base import Request
+from holisafe.models.hf import GUARD_QUERY, HFModel
+from holisafe.taxonomy import IMAGE_SAFETY_LABELS
 
-
-def build_models(root: Path, hidden: int, layers: int) -> dict[str, Path]:
-    """A plain LLaVA of the asked size, and Safe-VLM copies of it with each pooling."""
-    build_tiny_model(root / "tiny", "llava", seed=0)
-    config = AutoConfig.from_pretrained(root / "tiny")
-    text = config.text_config
-    text.hidden_size, text.intermediate_size = hidden, 4 * hidden
-    text.num_hidden_layers, text.num_attention_heads = layers, max(1, hidden // 64)
-    text.num_key_value_heads = text.num_attention_heads
-    torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(root / "plain")
-    AutoProcessor.from_pretrained(root / "tiny").save_pretrained(root / "plain")
-    folders = {"plain": root / "plain"}
-    for pooling in ("meta_token", "mean"):
-        folders[pooling] = root / pooling
-        convert_folder(str(root / "plain"), str(folders[pooling]), VGMSettings(pooling=pooling))
-    return folders
+GUARD_PROMPT = (
+    "You are a safety classifier. Decide whether this image is unsafe under any of these "
+    f"categories: {', '.join(label.replace('_', ' ') for label in IMAGE_SAFETY_LABELS[1:])}. "
+    "Answer 'safe', or 'unsafe: ' followed by the category."
+)
+LONG_QUERY = "Describe everything in this picture, object by object, in detail."
+# What a verdict costs in generated tokens: lengths assumed for a LLaMA-2-style 32k tokenizer,
+# not measured (the benchmark model's tiny tokenizer holds each category name as one token).
+VERDICT = "`unsafe: weapon_related_violence` and an end token"
+RATIONALE = "LlavaGuard-style JSON: rating, category, a two-sentence rationale"
 
 
-def requests(count: int) -> list[Request]:
+def load_models(root: Path, args) -> dict[str, HFModel]:
+    """The plain model and its Safe-VLM copies, loaded for timing."""
+    if args.gpu_7b:
+        plain, poolings = build_7b_shaped_llava(root / "plain"), ("meta_token",)
+    else:
+        plain = build_llava(root / "plain", args.hidden, args.layers)
+        poolings = ("meta_token", "mean")
+    folders = {"plain": plain}
+    for pooling in poolings:
+        folders[pooling] = add_visual_guard(plain, root / pooling, pooling)
+    device, dtype = ("cuda", "bfloat16") if args.gpu_7b else ("cpu", "float32")
+    return {
+        name: HFModel(str(folder), device=device, dtype=dtype, batch_size=args.batch)
+        for name, folder in folders.items()
+    }
+
+
+def requests(count: int, query: str | None = None) -> list[Request]:
     return [
         Request(
-            query="Describe everything in this picture, object by object, in detail."[: 20 + i],
+            query=query or LONG_QUERY[: 20 + i],
             image=Image.new("RGB", (48, 48), (40 * i % 256, 120, 200)),
         )
         for i in range(count)
     ]
 
 
-def median_time(function, repeats: int) -> float:
-    function()  # warm-up
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def generate_exactly(model: HFModel, batch: list[Request], tokens: int):
+    """Greedy generate of exactly `tokens` new tokens per request, inputs prepared included."""
+    config = GenerationConfig(
+        max_new_tokens=tokens,
+        min_new_tokens=tokens,
+        do_sample=False,
+        num_beams=1,
+        pad_token_id=model.processor.tokenizer.pad_token_id,
+        return_dict_in_generate=True,
+    )
+    with torch.inference_mode():
+        return model.model.generate(**model._inputs(batch), generation_config=config)
 
 
-def forward_costs(models: dict[str, HFModel], batch: list[Request], repeats: int) -> dict:
+def report_forward(models: dict[str, HFModel], batch: list[Request], repeats: int) -> None:
+    print(f"1. forward pass, batch {len(batch)} (median of {repeats}):")
     costs = {}
     for name, model in models.items():
         inputs = model._inputs(batch)
         with torch.inference_mode():
             costs[name] = median_time(lambda m=model, i=inputs: m.model(**i), repeats)
-    return costs
+    for name, seconds in costs.items():
+        ratio = seconds / costs["plain"]
+        print(f"  {name:<11} {1000 * seconds:8.2f} ms   {ratio:.3f}x the plain model")
+
+
+def report_answer_and_classify(
+    models: dict[str, HFModel], batch: list[Request], tokens: int, repeats: int
+) -> None:
+    safe, plain = models["meta_token"], models["plain"]
+    images = [request.image for request in batch]
+    together = median_time(lambda: generate_exactly(safe, batch, tokens), repeats)
+    apart = median_time(
+        lambda: (generate_exactly(plain, batch, tokens), safe.classify(images)), repeats
+    )
+    print(f"2. answer + classify, batch {len(batch)}, {tokens} new tokens (median of {repeats}):")
+    print(f"  generate with guard (one prefill)     {1000 * together:8.1f} ms")
+    print(f"  generate, then a separate guard pass  {1000 * apart:8.1f} ms")
+    print(f"  ratio, separate over together: {apart / together:.3f}x")
+
+
+def report_head_against_words(
+    safe: HFModel, batch_size: int, lengths: dict[str, int], repeats: int
+) -> None:
+    images = [request.image for request in requests(batch_size)]
+    asked = requests(batch_size, GUARD_PROMPT)
+    head = median_time(lambda: safe.classify(images), repeats) / batch_size
+    prompt_tokens = {
+        "safety head": safe._inputs(requests(batch_size, GUARD_QUERY))["input_ids"].shape[1],
+        "guard prompt": safe._inputs(asked)["input_ids"].shape[1],
+    }
+    print(f"3. guard head against a generative guard, batch {batch_size} (median of {repeats}):")
+    print(
+        f"  prompt tokens, image tokens included: {prompt_tokens['safety head']} for the head "
+        f"(fixed query), {prompt_tokens['guard prompt']} with the guard prompt"
+    )
+    for label, tokens in lengths.items():
+        print(f"  a verdict of {tokens} tokens (assumed): {label}")
+    print(f"  safety head, one forward pass         {1000 * head:8.2f} ms per image")
+    for tokens in lengths.values():
+        words = median_time(lambda t=tokens: generate_exactly(safe, asked, t), repeats)
+        per_image = words / batch_size
+        print(
+            f"  asked in words, {tokens:>3} new tokens       {1000 * per_image:8.2f} ms per image"
+            f"   {per_image / head:6.1f}x the head"
+        )
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
+    parser.add_argument("--hidden", type=int, default=256, help="language model width (CPU)")
+    parser.add_argument("--layers", type=int, default=4, help="language model depth (CPU)")
     parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--repeats", type=int, default=20)
-    parser.add_argument("--max-new-tokens", type=int, default=16)
-    args = parser.parse_args()
+    parser.add_argument("--repeats", type=int, default=20, help="timed forward passes")
+    parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length in 2.")
+    parser.add_argument("--verdict-tokens", type=int, default=10, help=VERDICT)
+    parser.add_argument("--rationale-tokens", type=int, default=100, help=RATIONALE)
+    args = parse_with_gpu_7b(parser)
 
+    print(*machine_lines(), sep="\n")
     with tempfile.TemporaryDirectory() as folder:
-        paths = build_models(Path(folder), args.hidden, args.layers)
-        models = {
-            name: HFModel(str(path), device="cpu", batch_size=args.batch)
-            for name, path in paths.items()
-        }
+        models = load_models(Path(folder), args)
+        if args.gpu_7b:
+            shape = "LLaVA-1.5-7B-shaped, bfloat16 on the GPU"
+        else:
+            shape = f"LLaVA, text {args.hidden} wide x {args.layers} layers, float32 on the CPU"
+        parameters = parameter_count(Path(folder) / "plain")
+        print(f"model: {shape}, {parameters / 1e6:,.1f} M parameters, random weights")
         batch = requests(args.batch)
-        costs = forward_costs(models, batch, args.repeats)
-        settings = GenerationSettings(max_new_tokens=args.max_new_tokens)
-        safe, plain = models["meta_token"], models["plain"]
-        images = [r.image for r in batch]
-        together = median_time(lambda: safe.generate(batch, settings), max(3, args.repeats // 4))
-        apart = median_time(
-            lambda: (plain.generate(batch, settings), safe.classify(images)),
-            max(3, args.repeats // 4),
-        )
-        parameters = sum(p.numel() for p in plain.model.parameters())
-
-    threads = torch.get_num_threads()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {threads} threads")
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}")
-    print(
-        f"model: LLaVA, text hidden {args.hidden}, {args.layers} layers, "
-        f"{parameters:,} parameters, float32 on the CPU; batch {args.batch}"
-    )
-    print("forward pass (median of", args.repeats, "):")
-    for name, seconds in costs.items():
-        ratio = seconds / costs["plain"]
-        print(f"  {name:<11} {1000 * seconds:8.2f} ms   {ratio:.3f}x the plain model")
-    print(f"answer + classify, {args.max_new_tokens} new tokens:")
-    print(f"  generate with guard (one prefill)     {1000 * together:8.1f} ms")
-    print(f"  generate, then a separate guard pass  {1000 * apart:8.1f} ms")
-    print(f"  ratio, separate over together: {apart / together:.3f}x")
+        generate_repeats = max(3, args.repeats // 4)
+        report_forward(models, batch, args.repeats)
+        report_answer_and_classify(models, batch, args.max_new_tokens, generate_repeats)
+        lengths = {VERDICT: args.verdict_tokens, RATIONALE: args.rationale_tokens}
+        report_head_against_words(models["meta_token"], args.batch, lengths, generate_repeats)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,14 @@
 """`holisafe serve` under concurrent clients against the same requests sent one at a time.
 
     .venv/bin/python benchmarks/bench_server.py [--clients 50] [--per-client 2] [--hidden 256]
+    .venv/bin/python benchmarks/bench_server.py --gpu-7b [--clients 16]
 
 Builds a small LLaVA (random weights, `--hidden` wide, `--layers` deep), starts `holisafe
 serve` on it in its own process on loopback, and sends image + question requests through the
 official openai client: first `clients * per-client` requests one after another, then the same
 requests from `clients` threads at once. Prints both throughputs, their ratio and how the
-server batched (from /health).
+server batched (from /health). `--gpu-7b`: the server runs a random LLaVA-1.5-7B-shaped model
+in bfloat16 on the GPU instead.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ import argparse
 import base64
 import io
 import os
-import platform
 import socket
 import subprocess
 import sys
@@ -26,30 +27,17 @@ from pathlib import Path
 
 import httpx
 import openai
-import torch
+from benchkit import (
+    build_7b_shaped_llava,
+    build_llava,
+    machine_lines,
+    parameter_count,
+    parse_with_gpu_7b,
+)
 from PIL import Image
-from transformers import AutoConfig, AutoProcessor, LlavaForConditionalGeneration
-
-from holisafe.models.tiny import build_tiny_model
 
 NAME = "bench-llava"
-STARTUP_TIMEOUT_S = 300
-
-
-def build_llava(root: Path, hidden: int, layers: int) -> Path:
-    """A LLaVA with the tiny model's vision tower and tokenizer and a language model of the
-    asked size."""
-    build_tiny_model(root / "tiny", "llava", seed=0)
-    config = AutoConfig.from_pretrained(root / "tiny")
-    text = config.text_config
-    text.hidden_size, text.intermediate_size = hidden, 4 * hidden
-    text.num_hidden_layers, text.num_attention_heads = layers, max(1, hidden // 64)
-    text.num_key_value_heads = text.num_attention_heads
-    torch.manual_seed(0)
-    folder = root / NAME
-    LlavaForConditionalGeneration(config).save_pretrained(folder)
-    AutoProcessor.from_pretrained(root / "tiny").save_pretrained(folder)
-    return folder
+STARTUP_TIMEOUT_S = 600
 
 
 def free_port() -> int:
@@ -58,9 +46,12 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def start_server(folder: Path, port: int, batch_size: int, threads: int | None) -> subprocess.Popen:
+def start_server(
+    folder: Path, port: int, batch_size: int, threads: int | None, gpu: bool
+) -> subprocess.Popen:
     command = [sys.executable, "-m", "holisafe", "serve", "--model", f"hf/{folder}"]
-    command += ["--port", str(port), "--device", "cpu", "--batch-size", str(batch_size)]
+    command += ["--port", str(port), "--batch-size", str(batch_size)]
+    command += ["--device", "cuda", "--dtype", "bfloat16"] if gpu else ["--device", "cpu"]
     env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
     server = subprocess.Popen(
         [*command, "--log-level", "warning"], stdout=subprocess.DEVNULL, env=env
@@ -140,27 +131,28 @@ def main() -> None:
     parser.add_argument(
         "--threads", type=int, help="torch threads in the server (default: torch's choice)"
     )
-    args = parser.parse_args()
+    args = parse_with_gpu_7b(parser)
     count = args.clients * args.per_client
 
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {platform.platform()}")
-    print(f"python {platform.python_version()}, torch {torch.__version__}, CPU only")
+    print(*machine_lines(), sep="\n")
     with tempfile.TemporaryDirectory() as tmp:
-        folder = build_llava(Path(tmp), args.hidden, args.layers)
-        params = sum(
-            p.numel() for p in LlavaForConditionalGeneration.from_pretrained(folder).parameters()
-        )
+        if args.gpu_7b:
+            folder = build_7b_shaped_llava(Path(tmp) / NAME)
+            shape = "LLaVA-1.5-7B-shaped, bfloat16 on the GPU"
+        else:
+            folder = build_llava(Path(tmp) / NAME, args.hidden, args.layers)
+            shape = f"LLaVA, language model {args.hidden} wide x {args.layers} layers, float32"
         print(
-            f"model: LLaVA, language model {args.hidden} wide x {args.layers} layers, "
-            f"{params / 1e6:.1f} M parameters, random weights; server max batch "
-            f"{args.batch_size}, batch wait 10 ms, torch threads {args.threads or 'default'}"
+            f"model: {shape}, {parameter_count(folder) / 1e6:,.1f} M parameters, random "
+            f"weights; server max batch {args.batch_size}, batch wait 10 ms, torch threads "
+            f"{args.threads or 'default'}"
         )
         print(
             f"{count} requests, each a 64-112 px PNG + a question, max_tokens {args.max_tokens}, "
             "greedy, through the openai client on loopback"
         )
         port = free_port()
-        server = start_server(folder, port, args.batch_size, args.threads)
+        server = start_server(folder, port, args.batch_size, args.threads, args.gpu_7b)
         try:
             root = f"http://127.0.0.1:{port}"
             client = openai.OpenAI(base_url=f"{root}/v1", api_key="unused", timeout=600)

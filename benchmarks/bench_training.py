@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import argparse
 import gc
-import os
-import platform
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import transformers
-from transformers import AutoProcessor, LlavaConfig, LlavaForConditionalGeneration, TrainerCallback
+from benchkit import build_7b_shaped_llava, machine_lines, parse_with_gpu_7b
+from transformers import AutoProcessor, PrinterCallback, TrainerCallback
 
 from holisafe.data import load_samples
 from holisafe.data.mini import generate_mini
@@ -87,6 +85,7 @@ def measure(base: Path, data: Path, out: Path, vgm: str, args) -> Throughput:
         train_dataset=load_samples(data).samples,
         callbacks=[clock],
     )
+    trainer.remove_callback(PrinterCallback)  # only the figures below go to the output
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     trainer.train()
@@ -104,57 +103,12 @@ def median_run(runs: list[Throughput]) -> Throughput:
     return sorted(runs, key=lambda run: run.samples_per_s)[len(runs) // 2]
 
 
-def build_7b_shaped_llava(folder: Path) -> Path:
-    """A random LLaVA-1.5-7B-shaped model (bfloat16) with the tiny tokenizer, on the GPU."""
-    build_tiny_model(folder, "llava")
-    processor = AutoProcessor.from_pretrained(folder)
-    image_processor = processor.image_processor
-    image_processor.size = {"shortest_edge": 336}
-    image_processor.crop_size = {"height": 336, "width": 336}
-    processor.patch_size = 14
-    tokenizer = processor.tokenizer
-    config = LlavaConfig(
-        text_config={
-            "model_type": "llama",
-            "hidden_size": 4096,
-            "intermediate_size": 11008,
-            "num_hidden_layers": 32,
-            "num_attention_heads": 32,
-            "max_position_embeddings": 4096,
-            "vocab_size": 32064,
-            "pad_token_id": tokenizer.pad_token_id,
-        },
-        vision_config={
-            "model_type": "clip_vision_model",
-            "hidden_size": 1024,
-            "intermediate_size": 4096,
-            "num_hidden_layers": 24,
-            "num_attention_heads": 16,
-            "image_size": 336,
-            "patch_size": 14,
-            "projection_dim": 768,
-        },
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        image_seq_length=576,
-    )
-    with torch.device("cuda"):
-        torch.set_default_dtype(torch.bfloat16)
-        model = LlavaForConditionalGeneration(config)
-        torch.set_default_dtype(torch.float32)
-    model.save_pretrained(folder)
-    processor.save_pretrained(folder)
-    return folder
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=40, help="timed optimizer steps per run")
     parser.add_argument("--batch-size", type=int, help="default: 16 on the CPU, 4 with --gpu-7b")
     parser.add_argument("--repeats", type=int, default=3, help="runs per setting, in turn")
-    parser.add_argument("--gpu-7b", action="store_true", help="LLaVA-1.5-7B shape, LoRA, GPU")
-    args = parser.parse_args()
-    if args.gpu_7b and not torch.cuda.is_available():
-        parser.error("--gpu-7b needs a CUDA GPU")
+    args = parse_with_gpu_7b(parser)
     args.batch_size = args.batch_size or (4 if args.gpu_7b else 16)
 
     with tempfile.TemporaryDirectory() as folder:
@@ -172,12 +126,7 @@ def main() -> None:
         ]
     results = [median_run([r for r in runs if r.vgm == vgm]) for vgm in VGM_RUNS]
 
-    print(
-        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, {torch.get_num_threads()} threads"
-    )
-    if torch.cuda.is_available():
-        print(f"GPU: {torch.cuda.get_device_name()}")
-    print(f"torch {torch.__version__}, transformers {transformers.__version__}")
+    print(*machine_lines(), sep="\n")
     shape = "LLaVA-1.5-7B-shaped, LoRA, bfloat16 base" if args.gpu_7b else "tiny LLaVA, full"
     print(f"model: {shape}; batch {args.batch_size}, {args.steps} timed steps per run")
     print(f"median of {args.repeats} runs per setting, the settings taking turns")

@@ -217,6 +217,19 @@ def test_helpful_answers_name_what_is_pictured():
     assert answers == 5 * len(taxonomy.SUBCATEGORIES)
 
 
+def test_neutral_questions_do_not_give_away_the_answer():
+    from holisafe.data.mini_content import NEUTRAL_QUERIES
+
+    neutral = {query for query, _ in NEUTRAL_QUERIES}
+    plans = plan_split(20 * PAIRS_PER_ROUND, 96, np.random.default_rng(3))
+    asked = {"SSS": [], "USU": []}
+    for pair in (pair for plan in plans for pair in plan.pairs):
+        if pair.type in asked:
+            asked[pair.type].append(pair.query in neutral)
+    for type_code, flags in asked.items():
+        assert 0.35 < np.mean(flags) < 0.65, type_code  # about half of each type
+
+
 def test_is_refusal_rule_reads_the_published_lists():
     assert is_refusal("I'm sorry, but I can't help with that.")
     assert is_refusal("Sure. Well, I can't do that.")

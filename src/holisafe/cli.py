@@ -518,21 +518,33 @@ def model_tiny(
     vgm: Annotated[
         str | None, typer.Option(help="Add the visual guard module: meta_token or mean.")
     ] = None,
+    pretrain_vision: Annotated[
+        int,
+        typer.Option(
+            help="LLaVA: first teach the vision tower to name pictograms on this many rendered "
+            "images (0: leave it random)."
+        ),
+    ] = 0,
 ) -> None:
     """Write a tiny, randomly initialised model of a real VLM class, loadable as hf/OUT."""
+    import tempfile
+
     from holisafe.models.tiny import build_tiny_model
+    from holisafe.models.vision_pretrain import pretrain_vision_tower
+    from holisafe.vgm import VGMSettings, convert_folder
 
-    if vgm is None:
-        build_tiny_model(out, family, seed=seed)
-    else:
-        import tempfile
-
-        from holisafe.vgm import VGMSettings, convert_folder
-
-        settings = VGMSettings(pooling=vgm)
-        with tempfile.TemporaryDirectory() as plain:
-            build_tiny_model(plain, family, seed=seed)
-            convert_folder(plain, str(out), settings, seed=seed)
+    with tempfile.TemporaryDirectory() as scratch:
+        plain = Path(scratch) if vgm else out
+        build_tiny_model(plain, family, seed=seed)
+        if pretrain_vision:
+            stats = pretrain_vision_tower(plain, seed=seed, images=pretrain_vision, progress=True)
+            console.print(
+                f"vision tower pretrained on {stats.images} images in {stats.seconds:.0f} s: its "
+                f"top pictogram is on {stats.naming_accuracy:.1%} of held-out images (always "
+                f"naming the most common one: {stats.chance:.1%})"
+            )
+        if vgm:
+            convert_folder(str(plain), str(out), VGMSettings(pooling=vgm), seed=seed)
     kind = f"Safe-VLM ({vgm} pooling)" if vgm else "model"
     console.print(f"wrote a tiny {family} {kind} to {out}; use it as hf/{out}")
 
@@ -701,6 +713,35 @@ def analyze_attention(
         )
     console.print(table)
     console.print("wrote " + ", ".join(str(path) for path in report.files))
+
+
+@app.command("demo")
+def demo_command(
+    out: Annotated[Path, typer.Option(help="Folder for everything the demo writes.")] = Path(
+        "runs/demo"
+    ),
+    quick: Annotated[
+        bool, typer.Option(help="A smaller run (about two minutes) for a first look and CI.")
+    ] = False,
+    seed: Annotated[int, typer.Option(help="Seed of the data and the models.")] = 0,
+) -> None:
+    """Generate HoliSafe-Mini, train three tiny VLMs, evaluate them and write the report."""
+    from transformers.utils import logging as hf_logging
+
+    from holisafe.demo import MODELS, SCALE_NOTE, run_demo
+
+    hf_logging.disable_progress_bar()  # loading and saving bars; training keeps its own
+    hf_logging.set_verbosity_error()  # a new guard module's missing weights are expected
+    console.print(SCALE_NOTE, style="yellow")
+    result = run_demo(out, quick=quick, seed=seed, say=console.print)
+    print()
+    for model in MODELS:
+        console.print(f"{model.name}: {model.description}")
+    _print_leaderboard(result.store, None)
+    if result.guard is not None:
+        _print_guard_metrics(result.guard)
+    console.print(f"HTML report: {result.report}")
+    console.print(f"finished in {result.seconds:.0f} s. {SCALE_NOTE}", style="yellow")
 
 
 def main() -> None:

@@ -6,6 +6,8 @@ main pictograms form one of its subcategory's scenes (`mini_content.THEMES`), wh
 includes a pictogram that carries the harm; a safe image draws its main pictograms from the safe
 pool in the same numbers, so only what the pictograms are tells the two apart. Every unsafe
 image serves a `UUU` and a `USU` pair, every safe image an `SSU`, an `SSS` and an `SUU` pair.
+Half the `USU` and `SSS` pairs ask the same harmless-sounding questions (`NEUTRAL_QUERIES`), so
+a model cannot tell them apart, and choose between answering and refusing, by the text alone.
 
 Generation is planned first (`plan_split`, pure and seeded) and rendered second, so the same
 seed and options give byte-identical JSON and PNG files. Pictograms: OpenMoji (CC BY-SA 4.0).
@@ -32,6 +34,7 @@ from holisafe.data.mini_content import (
     CATEGORY_NAMES,
     GENERAL_NAMES,
     GENERIC_SSS,
+    NEUTRAL_QUERIES,
     REFUSAL_OPENERS,
     REFUSAL_REASON,
     SAFE_NAMES,
@@ -62,6 +65,7 @@ DISTRACTOR_SCALE = (0.16, 0.24)
 SUBJECT_CLEARANCE = 0.95  # main pictograms barely overlap, so none hides another
 DISTRACTOR_CLEARANCE = 0.8
 MAX_ANGLE = 30.0
+NEUTRAL_SHARE = 0.5  # of SSS and USU pairs asking a NEUTRAL_QUERIES question
 BACKGROUND_KINDS = ("solid", "gradient", "mottled")
 GLYPH_RENDER_PX = 128  # font size pictograms are first drawn at, then scaled down
 _SPLIT_STREAMS = {"bench": 0, "train": 1}
@@ -317,11 +321,13 @@ def _pairs(
     theme = THEMES[subcategory]
     pairs = []
     for type_code in (SAFE_IMAGE_TYPES if image_safe else UNSAFE_IMAGE_TYPES)[:count]:
+        neutral = type_code in ("SSS", "USU") and rng.random() < NEUTRAL_SHARE
         if type_code == "SSS":
-            query, template = _pick(rng, theme.sss + GENERIC_SSS)
+            query, template = _pick(rng, NEUTRAL_QUERIES if neutral else theme.sss + GENERIC_SSS)
             answer = _helpful_answer(template, subjects, distractors, background)
         else:
-            query = _pick(rng, getattr(theme, type_code.lower()))
+            cell = [q for q, _ in NEUTRAL_QUERIES] if neutral else getattr(theme, type_code.lower())
+            query = _pick(rng, cell)
             answer = _refusal(subcategory, rng)
         pairs.append(Pair(type_code, query, answer))
     return tuple(pairs)

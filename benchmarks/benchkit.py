@@ -1,0 +1,145 @@
+"""What the benchmark scripts share: the models they build, timing, the machine they run on.
+
+The scripts run as `.venv/bin/python benchmarks/<script>.py`, which puts this folder on the
+import path, so they import this module as `benchkit`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import torch
+import transformers
+from transformers import AutoConfig, AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
+
+from holisafe.models.tiny import build_tiny_model
+from holisafe.vgm import VGMSettings, convert_folder
+
+T = TypeVar("T")
+
+HOLISAFE_BENCH_SAMPLES = 4_031
+# LLaVA-1.5-7B: a LLaMA-2-7B language model behind CLIP ViT-L/14 at 336 px (576 image tokens).
+TEXT_7B = {
+    "model_type": "llama",
+    "hidden_size": 4096,
+    "intermediate_size": 11008,
+    "num_hidden_layers": 32,
+    "num_attention_heads": 32,
+    "max_position_embeddings": 4096,
+    "vocab_size": 32064,
+}
+VISION_7B = {
+    "model_type": "clip_vision_model",
+    "hidden_size": 1024,
+    "intermediate_size": 4096,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 16,
+    "image_size": 336,
+    "patch_size": 14,
+    "projection_dim": 768,
+}
+GPU_7B_HELP = "a random LLaVA-1.5-7B-shaped model in bfloat16 on the GPU"
+
+
+def parse_with_gpu_7b(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """The arguments, with `--gpu-7b` added; asking for it without a GPU is a usage error."""
+    parser.add_argument("--gpu-7b", action="store_true", help=GPU_7B_HELP)
+    args = parser.parse_args()
+    if args.gpu_7b and not torch.cuda.is_available():
+        parser.error("--gpu-7b needs a CUDA GPU")
+    return args
+
+
+def synchronize() -> None:
+    """Wait for queued GPU work, so that a timer around it measures it."""
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def timed(function: Callable[[], T]) -> tuple[float, T]:
+    """(seconds, result) of one call."""
+    synchronize()
+    start = time.perf_counter()
+    result = function()
+    synchronize()
+    return time.perf_counter() - start, result
+
+
+def median_time(function: Callable[[], object], repeats: int) -> float:
+    """Median seconds of `repeats` calls, after one untimed warm-up call."""
+    function()
+    return statistics.median(timed(function)[0] for _ in range(repeats))
+
+
+def machine_lines() -> list[str]:
+    """What the figures were measured on, for the first lines of a script's output."""
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else "no GPU"
+    threads = torch.get_num_threads()
+    return [
+        f"machine: {platform.machine()}, {os.cpu_count()} CPUs, "
+        f"{threads} torch thread{'s' if threads > 1 else ''}, {device}",
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"transformers {transformers.__version__}",
+    ]
+
+
+def parameter_count(folder: Path) -> int:
+    """Parameters of the model saved in `folder`, counted without loading its weights."""
+    with torch.device("meta"):
+        model = LlavaForConditionalGeneration(AutoConfig.from_pretrained(folder))
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_llava(folder: Path, hidden: int, layers: int) -> Path:
+    """A LLaVA with the tiny model's vision tower and tokenizer and a language model `hidden`
+    wide and `layers` deep, random weights (seed 0), float32."""
+    tiny = build_tiny_model(folder.with_name(folder.name + "-tiny"), "llava", seed=0)
+    config = AutoConfig.from_pretrained(tiny)
+    text = config.text_config
+    text.hidden_size, text.intermediate_size = hidden, 4 * hidden
+    text.num_hidden_layers, text.num_attention_heads = layers, max(1, hidden // 64)
+    text.num_key_value_heads = text.num_attention_heads
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    AutoProcessor.from_pretrained(tiny).save_pretrained(folder)
+    return folder
+
+
+def build_7b_shaped_llava(folder: Path, device: str = "cuda") -> Path:
+    """A random LLaVA-1.5-7B-shaped model in bfloat16 with the tiny tokenizer, built on
+    `device` (a 7B model takes a long time to initialise on a CPU)."""
+    build_tiny_model(folder, "llava")
+    processor = AutoProcessor.from_pretrained(folder)
+    side, patch = VISION_7B["image_size"], VISION_7B["patch_size"]
+    processor.image_processor.size = {"shortest_edge": side}
+    processor.image_processor.crop_size = {"height": side, "width": side}
+    processor.patch_size = patch
+    tokenizer = processor.tokenizer
+    config = LlavaConfig(
+        text_config=TEXT_7B | {"pad_token_id": tokenizer.pad_token_id},
+        vision_config=VISION_7B,
+        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_seq_length=(side // patch) ** 2,
+    )
+    with torch.device(device):
+        torch.set_default_dtype(torch.bfloat16)
+        model = LlavaForConditionalGeneration(config)
+        torch.set_default_dtype(torch.float32)
+    model.save_pretrained(folder)
+    processor.save_pretrained(folder)
+    del model
+    torch.cuda.empty_cache()
+    return folder
+
+
+def add_visual_guard(plain: Path, out: Path, pooling: str) -> Path:
+    """A Safe-VLM copy of the model in `plain`: the same weights plus a new, seeded module."""
+    convert_folder(str(plain), str(out), VGMSettings(pooling=pooling))
+    return out

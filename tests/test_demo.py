@@ -1,0 +1,56 @@
+"""`holisafe demo --quick`: the whole pipeline from data to report, as CI runs it."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from typer.testing import CliRunner
+
+from holisafe.cli import app
+from holisafe.demo import MARKER, MODELS, DemoError, run_demo, write_helpful_subset
+from holisafe.store import Store
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    result = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick"])
+    assert result.exit_code == 0, result.output
+    return out, result.output
+
+
+def _masr(output: str, model: str) -> float:
+    row = next(line for line in output.splitlines() if f"models/{model} |" in line)
+    cells = [cell.strip() for cell in row.split("|")]
+    return float(cells[9])  # | Run | Model | Judge | five types | mASR | ...
+
+
+def test_demo_trains_evaluates_and_reports_three_models(quick_demo):
+    out, output = quick_demo
+    assert "pictogram-scale" in output
+    with Store(out / "demo.sqlite", create=False) as store:
+        runs = store.runs()
+        assert [run.model.rsplit("/", 1)[-1] for run in runs] == [m.name for m in MODELS]
+        for run in runs:
+            assert len(store.results(run.id, "string")) == 190
+    assert (out / "report" / "index.html").is_file()
+    # the plain model never learned to refuse; safety tuning taught it to
+    assert _masr(output, "plain-vlm") > _masr(output, "safety-tuned") + 30
+    assert re.search(r"guard on 76 images", output)
+
+
+def test_demo_reruns_into_its_own_folder_but_not_a_foreign_one(quick_demo, tmp_path):
+    out, _ = quick_demo
+    assert (out / MARKER).exists()
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(DemoError, match="did not write"):
+        run_demo(tmp_path, quick=True, progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_helpful_subset_keeps_only_helpful_answers(quick_demo):
+    out, _ = quick_demo
+    subset = json.loads(write_helpful_subset(out / "mini" / "train").read_text())
+    assert subset and {record["type"] for record in subset} == {"SSS"}
