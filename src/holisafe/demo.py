@@ -22,7 +22,6 @@ from holisafe.evaluate import evaluate
 from holisafe.guard import GuardMetrics, store_guard_metrics
 from holisafe.models import GenerationSettings, ModelOptions
 from holisafe.models.tiny import build_tiny_model
-from holisafe.report import BoardEntry, store_leaderboards
 from holisafe.report.html import write_html_report
 from holisafe.store import Store
 from holisafe.train import TrainSettings, train
@@ -81,11 +80,9 @@ MODELS = (
 
 @dataclass
 class DemoResult:
-    out: Path
     store: Path
     report: Path
-    entries: list[BoardEntry]
-    guard: GuardMetrics | None
+    guard: GuardMetrics | None  # the safe-vlm's head as an image guard
     seconds: float
 
 
@@ -133,10 +130,9 @@ def run_demo(
             guarded_run = outcome.run.id
     say("[4/4] writing the report")
     with Store(store, create=False) as opened:
-        entries = store_leaderboards(opened)
         guard = store_guard_metrics(opened, guarded_run)
         report = write_html_report(opened, out / "report").index
-    return DemoResult(out, store, report, entries, guard, time.perf_counter() - started)
+    return DemoResult(store, report, guard, time.perf_counter() - started)
 
 
 def write_helpful_subset(train_dir: Path) -> Path:
