@@ -721,7 +721,7 @@ def demo_command(
         "runs/demo"
     ),
     quick: Annotated[
-        bool, typer.Option(help="A smaller run (about two minutes) for a first look and CI.")
+        bool, typer.Option(help="A smaller run (under a minute on 2 cores), for CI.")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the data and the models.")] = 0,
 ) -> None:
