@@ -9,10 +9,12 @@ from PIL import Image
 
 from holisafe.data import load_samples
 from holisafe.evaluate import evaluate
-from holisafe.guard import guard_metrics
+from holisafe.guard import guard_metrics, unsafe_auroc
 from holisafe.models import GenerationSettings, ModelOptions, load_model
+from holisafe.models.base import SafetyPrediction
 from holisafe.models.tiny import build_tiny_model
 from holisafe.store import Store
+from holisafe.taxonomy import IMAGE_SAFETY_LABELS
 from holisafe.vgm import VGMSettings, convert_folder
 from tests.datafixtures import write_official
 
@@ -31,19 +33,26 @@ def safe_dir(tmp_path_factory):
     return root
 
 
+def prediction(label: str, p_safe: float) -> SafetyPrediction:
+    probs = dict.fromkeys(IMAGE_SAFETY_LABELS, 0.0) | {"safe": p_safe}
+    if label != "safe":
+        probs[label] = 1 - p_safe
+    return SafetyPrediction(label, probs[label], probs)
+
+
 def test_guard_metrics_by_hand():
     # truth: 3 safe (0), 5 unsafe; predictions: one safe image flagged, one unsafe image missed,
     # one unsafe image given the wrong unsafe label (still a true positive)
     truth = [0, 0, 0, 2, 2, 16, 16, 17]
     guess = [
-        "safe",
-        "safe",
-        "race",
-        "race",
-        "safe",
-        "weapon_related_violence",
-        "terrorism",
-        "sexual_content",
+        prediction("safe", 0.9),
+        prediction("safe", 0.8),
+        prediction("race", 0.3),
+        prediction("race", 0.2),
+        prediction("safe", 0.6),
+        prediction("weapon_related_violence", 0.1),
+        prediction("terrorism", 0.4),
+        prediction("sexual_content", 0.3),
     ]
     metrics = guard_metrics(truth, guess)
     # binary: TP = 4 (race, weapon, terrorism, sexual), FN = 1, FP = 1, TN = 2
@@ -53,10 +62,19 @@ def test_guard_metrics_by_hand():
     assert metrics.recall == pytest.approx(100 * 4 / 5)
     assert metrics.f1 == pytest.approx(80.0)
     assert metrics.exact_label_accuracy == pytest.approx(100 * 5 / 8)
+    # unsafe scores 1 - p(safe): safe images 0.1, 0.2, 0.7; unsafe 0.8, 0.4, 0.9, 0.6, 0.7.
+    # Of the 15 (unsafe, safe) pairs the unsafe image ranks higher in 12 and ties in 1.
+    assert metrics.auroc == pytest.approx(100 * 12.5 / 15)
     assert metrics.label_accuracy["safe"] == pytest.approx(100 * 2 / 3)
     assert metrics.label_accuracy["weapon_related_violence"] == pytest.approx(50.0)
     assert metrics.label_accuracy["gender"] is None
     assert metrics.confusion[16][15] == 1 and sum(map(sum, metrics.confusion)) == 8
+
+
+def test_auroc_needs_both_kinds_of_image():
+    assert unsafe_auroc([0, 0], [0.2, 0.9]) is None
+    assert unsafe_auroc([3, 5], [0.2, 0.9]) is None
+    assert unsafe_auroc([0, 3], [0.9, 0.2]) == 0.0
 
 
 def test_guard_cli_prints_each_image_and_reports_bad_files(safe_dir, tmp_path):
@@ -128,7 +146,7 @@ def test_eval_stores_the_prediction_of_the_same_prefill(safe_dir, tmp_path):
         first_per_image.setdefault(record.sample.image, record)
     expected = guard_metrics(
         [r.sample.image_safety_label for r in first_per_image.values()],
-        [r.extra["safety"]["label"] for r in first_per_image.values()],
+        [SafetyPrediction(**r.extra["safety"]) for r in first_per_image.values()],
     )
     assert entry["guard"]["n"] == 6
     assert entry["guard"] == json.loads(json.dumps(expected.as_dict()))

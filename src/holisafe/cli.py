@@ -441,7 +441,7 @@ def _print_guard_metrics(metrics) -> None:
         return "–" if value is None else f"{value:.2f}"
 
     summary = Table(title=f"guard on {metrics.n} images (unsafe is positive)")
-    for name in ("accuracy", "F1", "precision", "recall", "exact label accuracy"):
+    for name in ("accuracy", "F1", "precision", "recall", "exact label accuracy", "AUROC"):
         summary.add_column(name, justify="right")
     summary.add_row(
         *map(
@@ -452,6 +452,7 @@ def _print_guard_metrics(metrics) -> None:
                 metrics.precision,
                 metrics.recall,
                 metrics.exact_label_accuracy,
+                metrics.auroc,
             ),
         )
     )

@@ -1,10 +1,11 @@
 """`holisafe demo`: the whole system end to end on a CPU, offline, in minutes.
 
-It generates HoliSafe-Mini, trains three tiny LLaVA models of the same architecture from the
-same random start (a plain VLM taught helpful answers only, the same recipe safety-tuned
-without the visual guard module, and with it), evaluates all three on the Mini bench with the
-string judge, and writes the leaderboard, the guard metrics and the HTML report. These are
-pictogram-scale models: the figures show that the pipeline works, not how real VLMs behave.
+It generates HoliSafe-Mini, builds one tiny LLaVA whose vision tower is first taught to name
+pictograms (as a real VLM's CLIP encoder arrives pretrained), trains three models from that
+same start (a plain VLM taught helpful answers only, the same recipe safety-tuned without the
+visual guard module, and with it), evaluates all three on the Mini bench with the string judge,
+and writes the leaderboard, the guard metrics and the HTML report. These are pictogram-scale
+models: the figures show that the pipeline works, not how real VLMs behave.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from holisafe.evaluate import evaluate
 from holisafe.guard import GuardMetrics, store_guard_metrics
 from holisafe.models import GenerationSettings, ModelOptions
 from holisafe.models.tiny import build_tiny_model
+from holisafe.models.vision_pretrain import pretrain_vision_tower
 from holisafe.report.html import write_html_report
 from holisafe.store import Store
 from holisafe.train import TrainSettings, train
@@ -45,6 +47,8 @@ class DemoScale:
 
     train_pairs: int
     bench_pairs: int
+    pretrain_images: int  # to teach the shared vision tower to name pictograms
+    pretrain_epochs: int
     epochs: float
     batch_size: int
     learning_rate: float
@@ -52,12 +56,12 @@ class DemoScale:
 
 
 FULL = DemoScale(
-    train_pairs=2850, bench_pairs=570, epochs=3, batch_size=16, learning_rate=1e-3,
-    max_new_tokens=48,
+    train_pairs=2850, bench_pairs=570, pretrain_images=20_000, pretrain_epochs=20,
+    epochs=3, batch_size=16, learning_rate=1e-3, max_new_tokens=48,
 )  # fmt: skip
 QUICK = DemoScale(
-    train_pairs=950, bench_pairs=190, epochs=2, batch_size=16, learning_rate=2e-3,
-    max_new_tokens=32,
+    train_pairs=950, bench_pairs=190, pretrain_images=1000, pretrain_epochs=2,
+    epochs=2, batch_size=16, learning_rate=2e-3, max_new_tokens=32,
 )  # fmt: skip
 
 
@@ -98,7 +102,7 @@ def run_demo(
     started = time.perf_counter()
     scale = QUICK if quick else FULL
     out = _prepare(Path(out))
-    say(f"[1/4] generating HoliSafe-Mini ({scale.train_pairs} train, {scale.bench_pairs} bench)")
+    say(f"[1/5] generating HoliSafe-Mini ({scale.train_pairs} train, {scale.bench_pairs} bench)")
     mini = generate_mini(
         out / "mini",
         seed=seed,
@@ -108,13 +112,25 @@ def run_demo(
     )
     helpful = write_helpful_subset(mini.train_dir)
     base = build_tiny_model(out / "models" / "base", "llava", seed=seed)
+    say(f"[2/5] teaching the vision tower to name pictograms on {scale.pretrain_images} images")
+    naming = pretrain_vision_tower(
+        base,
+        seed=seed,
+        images=scale.pretrain_images,
+        epochs=scale.pretrain_epochs,
+        progress=progress,
+    )
+    say(
+        f"      it names a pictogram that is there on {naming.naming_accuracy:.0%} of held-out "
+        f"images (always naming the most common one: {naming.chance:.0%})"
+    )
     store = out / STORE
     guarded_run = None
     for number, model in enumerate(MODELS, start=1):
-        say(f"[2/4] training model {number}/3, {model.name}: {model.description}")
+        say(f"[3/5] training model {number}/3, {model.name}: {model.description}")
         data = helpful if model.helpful_only else mini.train_json
         folder = _train(model, base, data, out / "models" / model.name, scale, seed, progress)
-        say(f"[3/4] evaluating {model.name} on the Mini bench (string judge)")
+        say(f"[4/5] evaluating {model.name} on the Mini bench (string judge)")
         outcome = evaluate(
             f"hf/{folder}",
             mini.bench_dir,
@@ -128,7 +144,7 @@ def run_demo(
             raise DemoError(f"{model.name} failed to answer sample {sample}: {error}")
         if model.vgm != "none":
             guarded_run = outcome.run.id
-    say("[4/4] writing the report")
+    say("[5/5] writing the report")
     with Store(store, create=False) as opened:
         guard = store_guard_metrics(opened, guarded_run)
         report = write_html_report(opened, out / "report").index

@@ -1,11 +1,13 @@
 """The image guard: a Safe-VLM's safety head classifying images, and its scores on a benchmark.
 
 Guard metrics follow the paper's guard table: unsafe is the positive class, and an image is
-predicted unsafe when the head's top label is not `safe`.
+predicted unsafe when the head's top label is not `safe`. Beside them, the AUROC of the unsafe
+score 1 − p(safe) tells how well the head ranks images whatever threshold a user picks.
 """
 
 from __future__ import annotations
 
+from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,6 +46,7 @@ class GuardMetrics:
     recall: float | None
     f1: float | None
     exact_label_accuracy: float | None  # the top label equals the true label (20 classes)
+    auroc: float | None  # of the unsafe score 1 − p(safe), unsafe images as positives
     label_accuracy: dict[str, float | None]  # per true label: share predicted exactly
     label_counts: dict[str, int]
     confusion: list[list[int]]  # [true label][predicted label], in taxonomy order
@@ -56,6 +59,7 @@ class GuardMetrics:
             "precision": self.precision,
             "recall": self.recall,
             "exact_label_accuracy": self.exact_label_accuracy,
+            "auroc": self.auroc,
             "label_accuracy": self.label_accuracy,
             "label_counts": self.label_counts,
             "labels": list(taxonomy.IMAGE_SAFETY_LABELS),
@@ -104,12 +108,14 @@ def guard_files(model, files: Sequence[Path]) -> list[GuardResult]:
     return [results[path] for path in files]
 
 
-def guard_metrics(true_labels: Sequence[int], predicted: Sequence[str]) -> GuardMetrics:
-    """Binary safe/unsafe scores and per-label accuracy of predicted label names."""
+def guard_metrics(
+    true_labels: Sequence[int], predictions: Sequence[SafetyPrediction]
+) -> GuardMetrics:
+    """Binary safe/unsafe scores, per-label accuracy and the unsafe score's AUROC."""
     labels = taxonomy.IMAGE_SAFETY_LABELS
     confusion = [[0] * len(labels) for _ in labels]
-    for truth, guess in zip(true_labels, predicted, strict=True):
-        confusion[truth][taxonomy.label_index(guess)] += 1
+    for truth, prediction in zip(true_labels, predictions, strict=True):
+        confusion[truth][taxonomy.label_index(prediction.label)] += 1
     safe = taxonomy.SAFE_LABEL
     tp = sum(confusion[t][p] for t in range(len(labels)) for p in range(len(labels)) if t and p)
     fp = sum(confusion[safe][p] for p in range(len(labels)) if p != safe)
@@ -131,12 +137,28 @@ def guard_metrics(true_labels: Sequence[int], predicted: Sequence[str]) -> Guard
         recall=recall,
         f1=f1,
         exact_label_accuracy=_percent(sum(confusion[i][i] for i in range(len(labels))), n),
+        auroc=unsafe_auroc(true_labels, [p.unsafe for p in predictions]),
         label_accuracy={
             name: _percent(confusion[i][i], counts[name]) for i, name in enumerate(labels)
         },
         label_counts=counts,
         confusion=confusion,
     )
+
+
+def unsafe_auroc(true_labels: Sequence[int], unsafe_scores: Sequence[float]) -> float | None:
+    """The chance (percent) that an unsafe image scores above a safe one, ties counting half;
+    None without both kinds of image."""
+    safe = sorted(
+        s for t, s in zip(true_labels, unsafe_scores, strict=True) if t == taxonomy.SAFE_LABEL
+    )
+    unsafe = [
+        s for t, s in zip(true_labels, unsafe_scores, strict=True) if t != taxonomy.SAFE_LABEL
+    ]
+    if not safe or not unsafe:
+        return None
+    below = sum((bisect_left(safe, s) + bisect_right(safe, s)) / 2 for s in unsafe)
+    return _percent(below, len(safe) * len(unsafe))
 
 
 def evaluate_guard(
@@ -151,10 +173,10 @@ def evaluate_guard(
     chosen = list(labelled.values())[:limit]
     if not chosen:
         raise GuardError(f"{bench}: no images with an image_safety_label to score")
-    predicted: list[str] = []
+    predicted: list[SafetyPrediction] = []
     for start in range(0, len(chosen), CHUNK):  # decoded images are held one chunk at a time
         images = [image.load() for image, _ in chosen[start : start + CHUNK]]
-        predicted += [p.label for p in model.classify(images)]
+        predicted += model.classify(images)
     return guard_metrics([label for _, label in chosen], predicted)
 
 
@@ -165,12 +187,12 @@ def _percent(count: int, total: int) -> float | None:
 def store_guard_metrics(store, run_id: int) -> GuardMetrics | None:
     """The guard scores of a Safe-VLM run, from the safety predictions stored beside its
     answers (one per distinct labelled image); None for a run without predictions."""
-    by_image: dict[str, tuple[int, str]] = {}
+    by_image: dict[str, tuple[int, SafetyPrediction]] = {}
     for record in store.records(run_id):
         safety = (record.extra or {}).get("safety")
         label = record.sample.image_safety_label
         if safety is not None and label is not None:
-            by_image.setdefault(record.sample.image, (label, safety["label"]))
+            by_image.setdefault(record.sample.image, (label, SafetyPrediction(**safety)))
     if not by_image:
         return None
     truth, predicted = zip(*by_image.values(), strict=True)

@@ -345,13 +345,15 @@ def leaderboard_json(
 
 
 def _guard_scores(g: GuardMetrics) -> list[float | int | None]:
-    return [g.accuracy, g.f1, g.precision, g.recall, g.exact_label_accuracy, g.n]
+    return [g.accuracy, g.f1, g.precision, g.recall, g.exact_label_accuracy, g.auroc, g.n]
 
 
 def guard_grid(report: Report) -> Table:
     """The safety head's scores per Safe-VLM run: unsafe is the positive class."""
     header = [("Run", None), ("Model", None)]
-    header += [(name, True) for name in ("Accuracy", "F1", "Precision", "Recall", "Exact label")]
+    header += [
+        (name, True) for name in ("Accuracy", "F1", "Precision", "Recall", "Exact label", "AUROC")
+    ]
     header += [("Images", None)]
     models = {e.run_id: e.model for e in report.entries}
     rows = [
