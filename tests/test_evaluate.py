@@ -115,7 +115,8 @@ def test_cli_eval_then_report(tmp_path, mini_bench):
 
 def test_sigkill_mid_run_then_rerun_completes_without_duplicates(tmp_path, mini_bench):
     store = tmp_path / "runs.db"
-    with openai_stub(api_key=None, latency_s=0.02) as stub:
+    # slow enough answers (95 take 10 s) that the run cannot finish before the kill lands
+    with openai_stub(api_key=None, latency_s=0.2) as stub:
         command = (
             "eval",
             "--model",
@@ -137,6 +138,7 @@ def test_sigkill_mid_run_then_rerun_completes_without_duplicates(tmp_path, mini_
         process.wait()
         before = response_rows(store)
         assert 12 <= len(before) < 95
+        stub.latency_s = 0.0
         code, _, err = finished(holisafe(*command))
         assert code == 0, err
         after = response_rows(store)
@@ -150,7 +152,8 @@ def test_sigkill_mid_run_then_rerun_completes_without_duplicates(tmp_path, mini_
 
 def test_ctrl_c_mid_run_says_so_and_resumes(tmp_path, mini_bench):
     store = tmp_path / "runs.db"
-    with openai_stub(api_key=None, latency_s=0.02) as stub:
+    # slow enough answers (95 take 19 s) that the run cannot finish before the signal lands
+    with openai_stub(api_key=None, latency_s=0.2) as stub:
         command = (
             "eval",
             "--model",
@@ -172,6 +175,7 @@ def test_ctrl_c_mid_run_says_so_and_resumes(tmp_path, mini_bench):
         code, _, err = finished(process)
         assert code == 130
         assert "interrupted; completed work is kept" in err and "Traceback" not in err
+        stub.latency_s = 0.0
         assert finished(holisafe(*command))[0] == 0
     assert len({row[0] for row in response_rows(store)}) == 95
 
