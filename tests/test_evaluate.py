@@ -41,6 +41,12 @@ def holisafe(*args, **popen):
     )
 
 
+def default_ctrl_c() -> None:
+    """Run in the child before it starts: a background job (CI may run the suite as one) begins
+    with SIGINT ignored, and a Python started that way never raises KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def finished(process, timeout=300):
     out, err = process.communicate(timeout=timeout)
     return process.returncode, out, err
@@ -169,7 +175,7 @@ def test_ctrl_c_mid_run_says_so_and_resumes(tmp_path, mini_bench):
             "--batch-size",
             4,
         )
-        process = holisafe(*command)
+        process = holisafe(*command, preexec_fn=default_ctrl_c)
         wait_for_rows(store, 8)
         process.send_signal(signal.SIGINT)
         code, _, err = finished(process)
