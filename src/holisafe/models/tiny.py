@@ -130,8 +130,8 @@ def _token_ids(tokenizer: PreTrainedTokenizerBase) -> dict[str, int | None]:
     }
 
 
-def _vision_size(heads_key: str) -> dict[str, int]:
-    return {**VISION_SIZE, heads_key: VISION_HEADS}
+def _vision_size(heads_key: str, size: dict[str, int] = VISION_SIZE) -> dict[str, int]:
+    return {**size, heads_key: VISION_HEADS}
 
 
 def _llava_config(tokenizer: PreTrainedTokenizerBase) -> LlavaConfig:
@@ -139,8 +139,7 @@ def _llava_config(tokenizer: PreTrainedTokenizerBase) -> LlavaConfig:
         text_config={"model_type": "llama", **TEXT_SIZE, **_token_ids(tokenizer)},
         vision_config={
             "model_type": "clip_vision_model",
-            **LLAVA_VISION_SIZE,
-            "num_attention_heads": VISION_HEADS,
+            **_vision_size("num_attention_heads", LLAVA_VISION_SIZE),
             "image_size": IMAGE_SIZE,
             "patch_size": PATCH_SIZE,
             "projection_dim": 32,
