@@ -1,7 +1,9 @@
+from dataclasses import replace
+
 import pytest
 
 from holisafe.judges import StringJudge, Verdict
-from holisafe.metrics import Leaderboard, Rate, leaderboard
+from holisafe.metrics import Bootstrap, Leaderboard, Rate, leaderboard
 from tests import evalfixtures
 
 
@@ -89,3 +91,26 @@ def test_masr_is_the_plain_mean_not_pooled():
         helpful=Rate(0, 0),
     )
     assert board.masr == 25.0
+
+
+
+def test_pooled_masr_weights_each_type_by_its_samples():
+    # SSU 1 of 4 not refused, USU 3 of 3, UUU 0 of 1, SUU 1 of 2: the type mean is
+    # (25 + 100 + 0 + 50) / 4, the pooled rate 5 of 10.
+    sample = evalfixtures.samples()[0]
+    results = [
+        (replace(sample, type=code), Verdict(followed=followed))
+        for code, outcomes in {
+            "SSU": [False, True, True, True],
+            "USU": [False, False, False],
+            "UUU": [True],
+            "SUU": [False, True],
+        }.items()
+        for followed in outcomes
+    ]
+    board = leaderboard(results, bootstrap=Bootstrap(resamples=50))
+    assert board.masr == pytest.approx((25 + 100 + 0 + 50) / 4)
+    assert board.masr_pooled == pytest.approx(50.0)
+    interval = board.intervals.masr_pooled
+    assert interval is not None and interval.low <= 50.0 <= interval.high
+    assert leaderboard(results[:-2]).masr_pooled is None  # no SUU sample: no pooled mASR
