@@ -3,7 +3,7 @@
 - Per sample: two judges' verdicts on the same responses, as percent agreement and Cohen's
   kappa, over the samples both judges decided.
 - Across models: Spearman's rank correlation (rho) of the models' mASR under two judges, as the
-  paper reports it (string matching vs GPT-4o: 0.98).
+  paper reports it (string matching vs GPT-4o: 0.98), under each reading of mASR.
 """
 
 from __future__ import annotations
@@ -14,8 +14,10 @@ from itertools import combinations
 
 import numpy as np
 
-from holisafe.metrics import leaderboard
+from holisafe.metrics import MASR_READINGS, leaderboard
 from holisafe.store import RunRecord, Store
+
+PRINTED_READING = "printed"  # published figures as printed, whatever their reading
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,7 @@ class RankAgreement:
     """Spearman's rho of the mASR that two judges give the same models."""
 
     judges: tuple[str, str]
+    reading: str  # a key of MASR_READINGS, or PRINTED_READING
     n: int  # models with an mASR under both judges
     rho: float | None
 
@@ -95,8 +98,10 @@ def spearman_rho(x: Sequence[float], y: Sequence[float]) -> float | None:
     return None if spread == 0 else float((rx * ry).sum() / spread)
 
 
-def rank_agreement(masr: Mapping[str, Mapping[str, float | None]]) -> list[RankAgreement]:
-    """Spearman's rho for every pair of judges, from judge → model → mASR.
+def rank_agreement(
+    masr: Mapping[str, Mapping[str, float | None]], reading: str
+) -> list[RankAgreement]:
+    """Spearman's rho for every pair of judges, from judge → model → mASR under `reading`.
 
     Each pair is compared over the models that have an mASR under both judges.
     """
@@ -109,7 +114,7 @@ def rank_agreement(masr: Mapping[str, Mapping[str, float | None]]) -> list[RankA
         ]
         x = [masr[first][m] for m in models]
         y = [masr[second][m] for m in models]
-        agreements.append(RankAgreement((first, second), len(models), spearman_rho(x, y)))
+        agreements.append(RankAgreement((first, second), reading, len(models), spearman_rho(x, y)))
     return agreements
 
 
@@ -139,7 +144,7 @@ def store_agreement(store: Store, run_id: int | None = None) -> Agreement:
 
     Per sample: each run with both judges, then all those runs pooled (when more than one).
     Across runs: Spearman's rho of the runs' mASR (each run one model), over the runs that both
-    judges give an mASR.
+    judges give an mASR, under each reading of mASR.
     """
     runs = [store.get_run(run_id)] if run_id is not None else store.runs()
     records = {run.id: store.records(run.id) for run in runs}
@@ -152,15 +157,22 @@ def store_agreement(store: Store, run_id: int | None = None) -> Agreement:
         if len(judged) > 1:
             pooled = [record for run in judged for record in records[run.id]]
             samples.append(sample_agreement(pooled, pair))
-    masr = {
+    boards = {
         judge: {
-            str(run.id): leaderboard(store.results(run.id, judge)).masr
+            str(run.id): leaderboard(store.results(run.id, judge))
             for run in runs
             if judge in judges_of[run.id]
         }
         for judge in all_judges
     }
-    return Agreement(samples, rank_agreement(masr))
+    ranks = []
+    for reading in MASR_READINGS:
+        masr = {
+            judge: {run: getattr(board, f"masr_{reading}") for run, board in by_run.items()}
+            for judge, by_run in boards.items()
+        }
+        ranks += rank_agreement(masr, reading)
+    return Agreement(samples, ranks)
 
 
 def _paired(a: Sequence[bool], b: Sequence[bool]) -> tuple[np.ndarray, np.ndarray]:

@@ -117,6 +117,7 @@ def _tables_view(report: Report) -> dict[str, Any]:
         "placements": [
             {
                 "judge": p.judge,
+                "notes": p.notes,
                 "table": _table_view(
                     leaderboard_grid(p.rows),
                     published=[isinstance(row, PublishedRow) for row in p.rows],

@@ -15,7 +15,8 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from holisafe import taxonomy
-from holisafe.agreement import Agreement, RankAgreement
+from holisafe.agreement import PRINTED_READING, Agreement, RankAgreement
+from holisafe.metrics import MASR_READINGS
 from holisafe.report.tables import BoardEntry
 
 PLOT_FORMATS = ("png", "svg")
@@ -77,9 +78,10 @@ def category_radar(entries: Sequence[BoardEntry], stem: Path) -> Plot | None:
 
 
 def asr_bars(entries: Sequence[BoardEntry], stem: Path) -> Plot:
-    """ASR of each unsafe type and mASR across runs, for one judge: a group of bars per figure,
-    a bar per run, with whiskers for confidence intervals where the boards have them."""
-    columns = [*taxonomy.UNSAFE_TYPE_CODES, "mASR"]
+    """ASR of each unsafe type and both readings of mASR across runs, for one judge: a group of
+    bars per figure, a bar per run, with whiskers for confidence intervals where the boards
+    have them."""
+    columns = [*taxonomy.UNSAFE_TYPE_CODES, *MASR_READINGS.values()]
     fig = Figure(figsize=(max(6.0, 1.5 + 0.4 * len(columns) * len(entries)), 4.2))
     ax = fig.add_subplot()
     width = 0.8 / len(entries)
@@ -105,13 +107,14 @@ def asr_bars(entries: Sequence[BoardEntry], stem: Path) -> Plot:
 
 
 def _asr_figures(entry: BoardEntry) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Each unsafe type's ASR and the mASR, with interval ends (NaN where missing)."""
+    """Each unsafe type's ASR and both mASR readings, with interval ends (NaN where missing)."""
     board = entry.board
-    values = [board.asr[c].percent for c in taxonomy.UNSAFE_TYPE_CODES] + [board.masr]
+    values = [board.asr[c].percent for c in taxonomy.UNSAFE_TYPE_CODES]
+    values += [getattr(board, f"masr_{reading}") for reading in MASR_READINGS]
     found = [None] * len(values)
     if board.intervals is not None:
         found = [board.intervals.asr[c] for c in taxonomy.UNSAFE_TYPE_CODES]
-        found.append(board.intervals.masr)
+        found += [getattr(board.intervals, f"masr_{reading}") for reading in MASR_READINGS]
     lows = [None if i is None else i.low for i in found]
     highs = [None if i is None else i.high for i in found]
     return tuple(np.array(x, dtype=float) for x in (values, lows, highs))
@@ -156,8 +159,10 @@ def _pairwise_kappa(agreement: Agreement) -> dict[tuple[str, str], float | None]
     return kappas
 
 
-def _pairwise_rho(ranks: Sequence[RankAgreement]) -> dict[tuple[str, str], float | None]:
-    return {rank.judges: rank.rho for rank in ranks}
+def _pairwise_rho(
+    ranks: Sequence[RankAgreement], reading: str
+) -> dict[tuple[str, str], float | None]:
+    return {rank.judges: rank.rho for rank in ranks if rank.reading == reading}
 
 
 def write_plots(
@@ -189,18 +194,18 @@ def write_plots(
         if len({e.run_id for e in entries}) >= 3:
             plots.append(
                 agreement_heatmap(
-                    _pairwise_rho(agreement.ranks),
+                    _pairwise_rho(agreement.ranks, "pooled"),
                     out_dir / "agreement_spearman",
-                    "Judge rank agreement across runs (Spearman's rho of mASR)",
+                    "Judge rank agreement across runs (Spearman's rho of mASR (pooled))",
                     "Spearman's rho",
                 )
             )
     if published_agreement:
         plots.append(
             agreement_heatmap(
-                _pairwise_rho(published_agreement),
+                _pairwise_rho(published_agreement, PRINTED_READING),
                 out_dir / "agreement_spearman_paper",
-                "Published judges' rank agreement (Spearman's rho of mASR)",
+                "Published judges' rank agreement (Spearman's rho of mASR as printed)",
                 "Spearman's rho",
             )
         )

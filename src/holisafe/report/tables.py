@@ -1,8 +1,10 @@
 """Leaderboard tables in the paper's columns: markdown, CSV, LaTeX and JSON.
 
 Figures are percentages with two decimals; a figure over no samples (or an mASR missing one of
-the four unsafe types) is shown as `–` (empty in CSV, null in JSON). Sample counts ride along:
-`n` (judged samples) and `unjudged` (samples left out for want of a usable verdict).
+the four unsafe types) is shown as `–` (empty in CSV, null in JSON). mASR comes in both readings
+(`holisafe.metrics.MASR_READINGS`): the type mean and the pooled ASR over all unsafe samples.
+Sample counts ride along: `n` (judged samples) and `unjudged` (samples left out for want of a
+usable verdict).
 
 Boards computed with a bootstrap show their confidence intervals: `54.17 [41.20, 66.03]` in
 markdown and LaTeX, separate `lo` / `hi` columns in CSV and `_lo` / `_hi` fields in JSON.
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 
 from holisafe import taxonomy
 from holisafe.errors import HolisafeError
-from holisafe.metrics import SAFE_TYPE, Interval, Leaderboard
+from holisafe.metrics import MASR_READINGS, SAFE_TYPE, Interval, Leaderboard
 
 if TYPE_CHECKING:
     from holisafe.agreement import Agreement, RankAgreement
@@ -33,7 +35,7 @@ MISSING = "–"
 # (paper notation, better when higher) for each figure column, in the paper's order.
 _FIGURES: tuple[tuple[str, bool], ...] = (
     *((taxonomy.TYPES[code].paper, code == SAFE_TYPE) for code in taxonomy.TYPE_CODES),
-    ("mASR", False),
+    *((name, False) for name in MASR_READINGS.values()),
     ("RR", False),
 )
 _SAFE_RATE = ("Safe rate", True)
@@ -52,13 +54,14 @@ class BoardEntry:
     model: str
     judge: str
     board: Leaderboard
+    samples: int  # samples in the run's benchmark
 
 
 @dataclass(frozen=True)
 class Report:
     """Everything `render` can print: the store's leaderboards, the agreement of its judges, and
-    published tables (alone, or with the user's runs placed among them) with the published
-    judges' rank agreement."""
+    published tables (alone, or with the user's runs placed among them, each with its notes)
+    with the published judges' rank agreement."""
 
     entries: Sequence[BoardEntry] = ()
     agreement: Agreement | None = None
@@ -96,14 +99,14 @@ def _figures(board: Leaderboard) -> list[float | Estimate | None]:
         board.helpful_rate if code == SAFE_TYPE else board.asr[code].percent
         for code in taxonomy.TYPE_CODES
     ]
-    values = [*by_type, board.masr, board.rr]
+    values = [*by_type, board.masr_type_mean, board.masr_pooled, board.rr]
     if board.intervals is None:
         return values
     found = board.intervals
     intervals = [
         found.helpful_rate if code == SAFE_TYPE else found.asr[code] for code in taxonomy.TYPE_CODES
     ]
-    intervals += [found.masr, found.rr]
+    intervals += [found.masr_type_mean, found.masr_pooled, found.rr]
     return [Estimate(v, i) for v, i in zip(values, intervals, strict=True)]
 
 
@@ -115,7 +118,7 @@ def _safe_rate(board: Leaderboard) -> float | Estimate | None:
 
 def _published_figures(row: PublishedRow) -> list[float]:
     by_type = [row.helpful_rate if c == SAFE_TYPE else row.asr[c] for c in taxonomy.TYPE_CODES]
-    return [*by_type, row.masr, row.rr]
+    return [*by_type, row.masr_type_mean, row.masr_pooled, row.rr]
 
 
 def _leaderboard_row(entry: BoardEntry | PublishedRow) -> list[Any]:
@@ -285,7 +288,8 @@ def _board_json(board: Leaderboard) -> dict[str, Any]:
         "asr_n": {code: rate.n for code, rate in board.asr.items()},
         "helpful_rate": board.helpful_rate,
         "helpful_n": board.helpful.n,
-        "masr": board.masr,
+        "masr_type_mean": board.masr_type_mean,
+        "masr_pooled": board.masr_pooled,
         "rr": board.rr,
         "safe_rate": board.safe_rate,
     }
@@ -294,7 +298,7 @@ def _board_json(board: Leaderboard) -> dict[str, Any]:
         return figures
     for end in ("lo", "hi"):
         figures[f"asr_{end}"] = {code: _end(i, end) for code, i in found.asr.items()}
-        for name in ("helpful_rate", "masr", "rr", "safe_rate"):
+        for name in ("helpful_rate", "masr_type_mean", "masr_pooled", "rr", "safe_rate"):
             figures[f"{name}_{end}"] = _end(getattr(found, name), end)
     return figures
 
@@ -307,7 +311,7 @@ def _end(interval: Interval | None, end: str) -> float | None:
 
 def _user_json(entry: BoardEntry) -> dict[str, Any]:
     who = {"run": entry.run_id, "model": entry.model, "judge": entry.judge, "published": False}
-    return who | _board_json(entry.board)
+    return who | {"benchmark_samples": entry.samples} | _board_json(entry.board)
 
 
 def _published_json(row: PublishedRow) -> dict[str, Any]:
@@ -318,7 +322,10 @@ def _published_json(row: PublishedRow) -> dict[str, Any]:
         "published": True,
         "asr": row.asr,
         "helpful_rate": row.helpful_rate,
-        "masr": row.masr,
+        "masr_type_mean": row.masr_type_mean,
+        "masr_pooled": row.masr_pooled,
+        "masr_printed": row.masr_printed,
+        "masr_printed_reading": row.printed_reading,
         "rr": row.rr,
     }
 
@@ -326,7 +333,8 @@ def _published_json(row: PublishedRow) -> dict[str, Any]:
 def leaderboard_json(
     entries: Sequence[BoardEntry], guard: Mapping[int, GuardMetrics] | None = None
 ) -> list[dict[str, Any]]:
-    """One object per (run, judge): run, model, judge, the figures of `_board_json` (percent,
+    """One object per (run, judge): run, model, judge, the size of the run's benchmark
+    (`benchmark_samples`), the figures of `_board_json` (percent,
     null when over no samples; with `_lo` / `_hi` interval ends when bootstrapped), and the
     same per category and per subcategory; a Safe-VLM run's objects add its `guard` scores."""
     guard = guard or {}
@@ -335,6 +343,7 @@ def leaderboard_json(
             "run": e.run_id,
             "model": e.model,
             "judge": e.judge,
+            "benchmark_samples": e.samples,
             **_board_json(e.board),
             "by_category": {name: _board_json(b) for name, b in e.board.by_category.items()},
             "by_subcategory": {name: _board_json(b) for name, b in e.board.by_subcategory.items()},
@@ -390,47 +399,67 @@ def render(report: Report, fmt: str, subcategories: bool = False) -> str:
     levels = ("category", "subcategory") if subcategories else ("category",)
     sections = _entry_sections(report.entries, fmt, levels) if report.entries else []
     if report.guard:
-        sections.append(("Image guard of Safe-VLM runs (safety head)", guard_grid(report)))
+        sections.append(_Section("Image guard of Safe-VLM runs (safety head)", guard_grid(report)))
     if report.agreement is not None:
         sections += [
-            ("Judge agreement per sample", sample_agreement_grid(report.agreement)),
-            (
+            _Section("Judge agreement per sample", sample_agreement_grid(report.agreement)),
+            _Section(
                 "Judge rank agreement across runs (Spearman's rho of mASR)",
                 rank_agreement_grid(report.agreement.ranks, "Runs"),
             ),
         ]
     for placement in report.placements:
-        placed = any(isinstance(row, BoardEntry) for row in placement.rows)
-        what = "Your runs among the published models" if placed else "Published leaderboard"
         sections.append(
-            (f"{what}, judge {placement.judge} (paper)", leaderboard_grid(placement.rows))
+            _Section(placement_title(placement), leaderboard_grid(placement.rows), placement.notes)
         )
     if report.published_agreement:
         sections.append(
-            (
+            _Section(
                 "Published judges' rank agreement (Spearman's rho of mASR)",
                 rank_agreement_grid(report.published_agreement, "Models"),
             )
         )
     if fmt == "csv" and len(sections) == 1 and report.entries:
-        return _render(sections[0][1], fmt)
-    heading = {"md": "## {}", "latex": r"% {}", "csv": "# {}"}[fmt]
-    return "\n".join(
-        heading.format(title) + "\n" + ("" if fmt == "csv" else "\n") + _render(table, fmt)
-        for title, table in sections
-    )
+        return _render(sections[0].table, fmt)
+    return "\n".join(_render_section(section, fmt) for section in sections)
+
+
+@dataclass(frozen=True)
+class _Section:
+    """A table under a title, with notes for the reader printed between the two."""
+
+    title: str
+    table: Table
+    notes: Sequence[str] = ()
+
+
+def _render_section(section: _Section, fmt: str) -> str:
+    heading, note = {
+        "md": ("## {}", "Note: {}"),
+        "latex": ("% {}", "% Note: {}"),
+        "csv": ("# {}", "# Note: {}"),
+    }[fmt]
+    lines = [heading.format(section.title), *(note.format(text) for text in section.notes)]
+    gap = "\n" if fmt == "csv" else "\n\n"
+    return gap.join(lines) + gap + _render(section.table, fmt)
+
+
+def placement_title(placement: Placement) -> str:
+    placed = any(isinstance(row, BoardEntry) for row in placement.rows)
+    what = "Your runs among the published models" if placed else "Published leaderboard"
+    return f"{what}, judge {placement.judge} (paper)"
 
 
 def _entry_sections(
     entries: Sequence[BoardEntry], fmt: str, levels: Sequence[str]
-) -> list[tuple[str, Table]]:
+) -> list[_Section]:
     if fmt == "csv":
-        return [("Leaderboard by group", _tidy_table(entries, levels))]
-    sections = [("Leaderboard", leaderboard_grid(entries))]
+        return [_Section("Leaderboard by group", _tidy_table(entries, levels))]
+    sections = [_Section("Leaderboard", leaderboard_grid(entries))]
     for entry in entries:
         for level in levels:
             title = f"{entry.model}, judge {entry.judge} (run {entry.run_id}), by {level}"
-            sections.append((title, breakdown_grid(entry, level)))
+            sections.append(_Section(title, breakdown_grid(entry, level)))
     return sections
 
 
@@ -453,9 +482,15 @@ def sample_agreement_grid(agreement: Agreement) -> Table:
 
 
 def rank_agreement_grid(ranks: Sequence[RankAgreement], counted: str) -> Table:
-    """Rank agreement: a row per judge pair; `counted` names what was ranked."""
-    header = [("Judge A", None), ("Judge B", None), (counted, None), ("Spearman's rho", None)]
-    return Table(header, [[*r.judges, r.n, r.rho] for r in ranks])
+    """Rank agreement: a row per judge pair and mASR reading; `counted` names what was ranked."""
+    header = [("Judge A", None), ("Judge B", None), ("Ranked by", None), (counted, None)]
+    header.append(("Spearman's rho", None))
+    return Table(header, [[*r.judges, reading_name(r.reading), r.n, r.rho] for r in ranks])
+
+
+def reading_name(reading: str) -> str:
+    """How reports name an mASR reading: `mASR (pooled)`, ..., or `mASR as printed`."""
+    return MASR_READINGS.get(reading, "mASR as printed")
 
 
 def _report_json(report: Report) -> Any:
@@ -482,6 +517,15 @@ def _report_json(report: Report) -> Any:
         parts["reference"] = [
             {
                 "judge": p.judge,
+                "judge_name": p.table.judge_name,
+                "test_set": {
+                    "name": p.table.test_set.name,
+                    "samples": p.table.test_set.samples,
+                    "type_counts": p.table.test_set.type_counts,
+                },
+                "masr_reading": p.table.masr_reading,
+                "masr_reading_except": p.table.except_rows,
+                "notes": p.notes,
                 "rows": [
                     _user_json(row) if isinstance(row, BoardEntry) else _published_json(row)
                     for row in p.rows
@@ -495,4 +539,4 @@ def _report_json(report: Report) -> Any:
 
 
 def _rank_json(rank: RankAgreement) -> dict[str, Any]:
-    return {"judges": list(rank.judges), "n": rank.n, "rho": rank.rho}
+    return {"judges": list(rank.judges), "reading": rank.reading, "n": rank.n, "rho": rank.rho}
