@@ -68,7 +68,8 @@ def test_rank_agreement_uses_the_models_both_judges_scored():
         "b": {"m1": 12.0, "m2": 25.0, "m3": 29.0, "m4": 50.0},
         "c": {"m1": 40.0, "m2": 20.0, "m3": 10.0},
     }
-    found = {r.judges: r for r in rank_agreement(masr)}
+    found = {r.judges: r for r in rank_agreement(masr, "pooled")}
+    assert {r.reading for r in found.values()} == {"pooled"}
     assert set(found) == {("a", "b"), ("a", "c"), ("b", "c")}
     assert found[("a", "b")].n == 3 and found[("a", "b")].rho == pytest.approx(1.0)
     assert found[("a", "c")].rho == pytest.approx(-1.0)
@@ -104,9 +105,10 @@ def test_store_agreement_per_run_and_pooled(report_store):
     assert -1 < cautious.kappa < 1
     (all_runs,) = pooled
     assert all_runs.n == cautious.n + careless.n
-    (rank,) = found.ranks
-    assert rank.judges == pair and rank.n == 2
-    assert rank.rho == pytest.approx(1.0)  # both judges find the careless model less safe
+    assert [rank.reading for rank in found.ranks] == ["type_mean", "pooled"]
+    for rank in found.ranks:
+        assert rank.judges == pair and rank.n == 2
+        assert rank.rho == pytest.approx(1.0)  # both judges find the careless model less safe
 
 
 def test_agreement_printed_with_two_decimals(report_store):
@@ -117,6 +119,7 @@ def test_agreement_printed_with_two_decimals(report_store):
     cells = [cell.strip() for cell in row.strip("|").split("|")]
     assert re.fullmatch(r"\d+\.\d\d", cells[5]) and re.fullmatch(r"-?\d\.\d\d", cells[6])
     assert "## Judge rank agreement across runs" in text
+    assert "| mASR (type mean) | 2 | 1.00 |" in text and "| mASR (pooled) | 2 | 1.00 |" in text
 
 
 # --- bootstrap confidence intervals ----------------------------------------------------------
@@ -137,13 +140,15 @@ def coin_results(per_type: int, seed: int = 1) -> list:
 def test_interval_widths_match_the_binomial_error():
     board = leaderboard(coin_results(400), Bootstrap(resamples=2000, seed=3))
     # A rate over 400 coin flips has standard error 100·sqrt(.25/400) = 2.5 points: a 95% interval
-    # is about 2·1.96·2.5 = 9.8 wide. The mASR averages four such rates: about 4.9 wide.
+    # is about 2·1.96·2.5 = 9.8 wide. The type mean averages four such rates, and the pooled
+    # rate is one over 1600 flips: each about 4.9 wide.
     for code, interval in board.intervals.asr.items():
         assert 8.0 < interval.high - interval.low < 11.6, code
         assert interval.low <= board.asr[code].percent <= interval.high
-    masr = board.intervals.masr
-    assert 4.0 < masr.high - masr.low < 5.8
-    assert masr.low <= board.masr <= masr.high
+    for reading in ("type_mean", "pooled"):
+        masr = getattr(board.intervals, f"masr_{reading}")
+        assert 4.0 < masr.high - masr.low < 5.8, reading
+        assert masr.low <= getattr(board, f"masr_{reading}") <= masr.high, reading
     helpful, rr = board.intervals.helpful_rate, board.intervals.rr
     assert rr.low == pytest.approx(100 - helpful.high) and rr.high == pytest.approx(
         100 - helpful.low
@@ -163,7 +168,9 @@ def test_a_unanimous_type_has_no_spread_and_missing_figures_have_no_interval():
     assert board.intervals.asr["UUU"].low == board.intervals.asr["UUU"].high == 0.0
     assert board.intervals.asr["SUU"].low == board.intervals.asr["SUU"].high == 100.0
     hate = board.by_category["hate"]
-    assert hate.masr is None and hate.intervals.masr is None  # no UUU sample in hate
+    # no UUU sample in hate: no mASR in either reading
+    assert hate.masr_type_mean is None and hate.intervals.masr_type_mean is None
+    assert hate.masr_pooled is None and hate.intervals.masr_pooled is None
     assert hate.intervals.asr["UUU"] is None
     assert set(board.by_subcategory) == {"terrorism", "race"}
     assert all(b.intervals is not None for b in board.by_subcategory.values())
@@ -184,10 +191,15 @@ def test_tables_show_intervals(report_store):
     assert re.search(r"\| \d+\.\d\d \[\d+\.\d\d, \d+\.\d\d\] \|", markdown)
     rows = list(csv.DictReader(io.StringIO(render_report(entries, "csv"))))
     for row in rows:
-        if row["mASR ↓"]:
-            assert float(row["mASR lo"]) <= float(row["mASR ↓"]) <= float(row["mASR hi"])
+        for name in ("mASR (type mean)", "mASR (pooled)"):
+            if row[f"{name} ↓"]:
+                assert (
+                    float(row[f"{name} lo"]) <= float(row[f"{name} ↓"]) <= float(row[f"{name} hi"])
+                )
+    assert any(row["mASR (pooled) lo"] for row in rows)
     first = json.loads(render_report(entries, "json"))[0]
-    assert first["masr_lo"] <= first["masr"] <= first["masr_hi"]
+    for key in ("masr_type_mean", "masr_pooled"):
+        assert first[f"{key}_lo"] <= first[key] <= first[f"{key}_hi"], key
     assert set(first["asr_lo"]) == {"SSU", "USU", "UUU", "SUU"}
     assert first["by_category"]["violence"]["safe_rate_hi"] is not None
 
@@ -196,4 +208,4 @@ def test_no_intervals_unless_bootstrapped(report_store):
     with Store(report_store.path, create=False) as store:
         entries = store_leaderboards(store)
     assert "[" not in render_report(entries, "md") and " lo" not in render_report(entries, "csv")
-    assert "masr_lo" not in render_report(entries, "json")
+    assert "masr_pooled_lo" not in render_report(entries, "json")

@@ -114,7 +114,8 @@ def test_cli_eval_then_report(tmp_path, mini_bench):
     code, out, err = finished(holisafe("report", "--store", store, "--format", "json"))
     assert code == 0, err
     (entry,) = json.loads(out)
-    assert {"model", "judge", "n", "asr", "helpful_rate", "masr", "rr", "by_category"} <= set(entry)
+    figures = {"asr", "helpful_rate", "masr_type_mean", "masr_pooled", "rr", "by_category"}
+    assert {"model", "judge", "n", *figures} <= set(entry)
     assert entry["model"] == f"hf/{model_dir}" and entry["judge"] == "string"
     assert entry["n"] == 30 and set(entry["asr"]) == {"SSU", "USU", "UUU", "SUU"}
 

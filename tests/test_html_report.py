@@ -42,6 +42,10 @@ def test_files_and_no_network_references(report):
         assert plot.svg.is_file() and plot.png.is_file()
         assert f'src="{plot.svg.relative_to(written.index.parent).as_posix()}"' in html
     assert "Content warning" in html and "published" in html
+    notes = html.split('id="published"')[1]
+    assert "test set v1 (4,163 samples" in notes and "Rows are ordered by mASR (pooled)" in notes
+    for run_id, model in ((1, "hf/cautious-vlm"), (2, "hf/careless-vlm")):
+        assert f"Run {run_id} ({model}) was evaluated on a benchmark of 95 samples" in notes
 
 
 def test_a_missing_image_is_counted(tmp_path):
@@ -138,12 +142,14 @@ def test_page_loads_offline_without_errors(visit):
 
 def test_sorting_a_column_reorders_rows(visit):
     table = "#leaderboard table"
-    before = [float(v) for v in visit.column(table, "mASR ↓")]
+    before = [float(v) for v in visit.column(table, "mASR (pooled) ↓")]
     assert before != sorted(before)
-    visit.page.click(f"{table} th button:text-is('mASR ↓')")
-    assert [float(v) for v in visit.column(table, "mASR ↓")] == sorted(before)
-    visit.page.click(f"{table} th button:text-is('mASR ↓')")
-    assert [float(v) for v in visit.column(table, "mASR ↓")] == sorted(before, reverse=True)
+    visit.page.click(f"{table} th button:text-is('mASR (pooled) ↓')")
+    assert [float(v) for v in visit.column(table, "mASR (pooled) ↓")] == sorted(before)
+    visit.page.click(f"{table} th button:text-is('mASR (pooled) ↓')")
+    assert [float(v) for v in visit.column(table, "mASR (pooled) ↓")] == sorted(
+        before, reverse=True
+    )
     visit.page.click(f"{table} th button:text-is('Model')")
     assert visit.column(table, "Model") == sorted(visit.column(table, "Model"))
 

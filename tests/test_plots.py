@@ -72,7 +72,7 @@ def test_svg_is_the_same_every_time(tmp_path, board_and_agreement):
 def test_radar_needs_three_categories(tmp_path):
     from holisafe.metrics import leaderboard
 
-    entry = BoardEntry(1, "hf/m", "string", leaderboard(hand_results()))  # two categories
+    entry = BoardEntry(1, "hf/m", "string", leaderboard(hand_results()), 13)  # two categories
     assert category_radar([entry], tmp_path / "radar") is None
     assert not list(tmp_path.iterdir())
 

@@ -23,11 +23,12 @@ PAPER_COLUMNS = [
     "U_I S_T ↓",
     "U_I U_T ↓",
     "S_I U_T ↓",
-    "mASR ↓",
+    "mASR (type mean) ↓",
+    "mASR (pooled) ↓",
     "RR ↓",
 ]
 # The hand-checked figures of evalfixtures, in the paper's column order, two decimals.
-HAND_ROW = ["75.00", "50.00", "66.67", "0.00", "100.00", "54.17", "25.00"]
+HAND_ROW = ["75.00", "50.00", "66.67", "0.00", "100.00", "54.17", "57.14", "25.00"]
 
 
 @pytest.fixture
@@ -65,10 +66,13 @@ def test_json_report_fields_and_hand_checked_numbers(entries):
     assert entry["asr_n"] == expected["asr_n"]
     assert entry["helpful_rate"] == pytest.approx(expected["helpful_rate"])
     assert entry["helpful_n"] == 4
-    assert entry["masr"] == pytest.approx(expected["masr"])
+    assert entry["masr_type_mean"] == pytest.approx(expected["masr_type_mean"])
+    assert entry["masr_pooled"] == pytest.approx(expected["masr_pooled"])
+    assert entry["benchmark_samples"] == 13
     assert entry["rr"] == pytest.approx(expected["rr"])
     hate = entry["by_category"]["hate"]
-    assert hate["masr"] is None and hate["asr"]["UUU"] is None and hate["asr_n"]["UUU"] == 0
+    assert hate["masr_type_mean"] is None and hate["masr_pooled"] is None
+    assert hate["asr"]["UUU"] is None and hate["asr_n"]["UUU"] == 0
     assert hate["safe_rate"] == pytest.approx(0.0) and hate["n"] == 6
     violence = entry["by_category"]["violence"]
     assert violence["helpful_rate"] == pytest.approx(50.0) and violence["unjudged"] == 2
@@ -85,14 +89,14 @@ def test_markdown_leaderboard(entries):
 
 def test_csv_leaderboard_and_tidy_report(entries):
     (header, row) = list(csv.reader(io.StringIO(leaderboard_table(entries, "csv"))))
-    assert header[3:10] == PAPER_COLUMNS and row[3:10] == HAND_ROW
+    assert header[3:11] == PAPER_COLUMNS and row[3:11] == HAND_ROW
     report = list(csv.DictReader(io.StringIO(render_report(entries, "csv"))))
     assert [(r["Level"], r["Group"]) for r in report] == [
         ("all", ""),
         ("category", "violence"),
         ("category", "hate"),
     ]
-    assert report[2]["mASR ↓"] == ""  # hate has no UUU sample
+    assert report[2]["mASR (type mean) ↓"] == report[2]["mASR (pooled) ↓"] == ""  # no UUU in hate
     assert report[2]["Safe rate ↑"] == "0.00"
 
 
@@ -101,8 +105,9 @@ def test_breakdown_tables(entries):
     assert table[0].startswith("| Category | S_I S_T→S ↑ |")
     assert "Safe rate ↑" in table[0]
     violence = [cell.strip() for cell in table[2].strip("|").split("|")]
-    # helpful, SSU, USU, UUU, SUU (none judged), mASR (incomplete), RR, safe rate, n, unjudged
-    figures = ["50.00", "0.00", "0.00", "0.00", "–", "–", "50.00", "100.00", "5", "2"]
+    # helpful, SSU, USU, UUU, SUU (none judged), mASR both readings (incomplete), RR, safe rate,
+    # n, unjudged
+    figures = ["50.00", "0.00", "0.00", "0.00", "–", "–", "–", "50.00", "100.00", "5", "2"]
     assert violence == ["violence", *figures]
     sub = breakdown_table(entries[0], "md", "subcategory")
     assert "| terrorism |" in sub and "| race |" in sub
@@ -111,13 +116,13 @@ def test_breakdown_tables(entries):
 
 
 def test_latex_escapes_and_uses_paper_notation(entries):
-    entry = BoardEntry(7, "hf/my_model & co", "llm:x", entries[0].board)
+    entry = BoardEntry(7, "hf/my_model & co", "llm:x", entries[0].board, 13)
     latex = leaderboard_table([entry], "latex")
     assert r"$S_I S_T \rightarrow S$ $\uparrow$" in latex
-    assert r"$U_I U_T$ $\downarrow$" in latex and r"mASR $\downarrow$" in latex
+    assert r"$U_I U_T$ $\downarrow$" in latex and r"mASR (pooled) $\downarrow$" in latex
     assert r"hf/my\_model \& co" in latex
     assert " & ".join(["7", r"hf/my\_model \& co", "llm:x", *HAND_ROW]) in latex
-    assert latex.startswith(r"\begin{tabular}{rllrrrrrrrrr}") and r"\bottomrule" in latex
+    assert latex.startswith(r"\begin{tabular}{rllrrrrrrrrrr}") and r"\bottomrule" in latex
 
 
 def test_markdown_report_has_every_section(entries):

@@ -96,13 +96,17 @@ class PublishedTable:
 
     def describe(self) -> str:
         """One line: judge, test set, and the reading of the mASR column."""
-        reading = MASR_READINGS[self.masr_reading]
-        exceptions = ", ".join(self.except_rows)
-        other = f" except {exceptions}, printed in the other reading" if exceptions else ""
+        exceptions = ", ".join(
+            f"{row.model} ({MASR_READINGS[row.printed_reading]})"
+            for row in self.rows
+            if row.printed_reading != self.masr_reading
+        )
         return (
-            f"Published table: judge {self.judge_name}, {self.test_set.describe()}; its mASR "
-            f"column is {reading}{other}. Each published row's other reading is recomputed "
-            "from its per-type ASRs with the test set's type counts."
+            f"Published table: judge {self.judge_name}, {self.test_set.describe()}. Its mASR "
+            f"column is {MASR_READINGS[self.masr_reading]}"
+            + (f", except {exceptions}" if exceptions else "")
+            + "; each published row's other reading is recomputed from its per-type ASRs with "
+            "the test set's type counts."
         )
 
 
