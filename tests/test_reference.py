@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import shutil
 from dataclasses import replace
 from importlib import resources
 from statistics import mean
@@ -12,6 +13,7 @@ from typer.testing import CliRunner
 
 from holisafe.cli import app
 from holisafe.report import ReportError, leaderboard_table, store_leaderboards
+from holisafe.report import reference as reference_module
 from holisafe.report.reference import (
     PublishedRow,
     load_reference,
@@ -289,3 +291,22 @@ def test_cli_refuses_what_needs_a_store():
     result = run_cli("report", "--reference", "paper", "--html", "somewhere")
     assert isinstance(result.exception, ReportError)
     assert "need --store" in str(result.exception)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"masr_reading": "mean"}, "table gpt-4o: unknown mASR reading 'mean'"),
+        ({"masr_reading_except": {"GPT-5": "type_mean"}}, "table gpt-4o: no rows named"),
+    ],
+)
+def test_a_wrong_manifest_is_named(tmp_path, monkeypatch, change, message):
+    shipped = resources.files("holisafe") / "resources" / "paper_leaderboard"
+    folder = tmp_path / "resources" / "paper_leaderboard"
+    shutil.copytree(str(shipped), folder)
+    manifest = json.loads((folder / "manifest.json").read_text(encoding="utf-8"))
+    manifest["tables"]["gpt-4o"] |= change
+    (folder / "manifest.json").write_text(json.dumps(manifest), encoding="utf-8")
+    monkeypatch.setattr(reference_module.resources, "files", lambda package: tmp_path)
+    with pytest.raises(ReportError, match=message):
+        load_reference()

@@ -19,7 +19,7 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from statistics import mean
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from holisafe import taxonomy
 from holisafe.agreement import PRINTED_READING, RankAgreement, rank_agreement
@@ -42,7 +42,7 @@ PUBLISHED_JUDGES: dict[str, str] = {
 
 
 @dataclass(frozen=True)
-class TestSet:
+class PublishedTestSet:
     """The benchmark a published table was measured on."""
 
     name: str
@@ -86,7 +86,7 @@ class PublishedTable:
 
     judge: str  # a key of PUBLISHED_JUDGES
     judge_name: str  # as the paper names it
-    test_set: TestSet
+    test_set: PublishedTestSet
     masr_reading: str
     rows: list[PublishedRow]
 
@@ -150,20 +150,17 @@ def load_reference(name: str = "paper") -> Reference:
     folder = resources.files("holisafe") / "resources" / "paper_leaderboard"
     manifest = json.loads((folder / MANIFEST).read_text(encoding="utf-8"))
     test_sets = {
-        set_name: TestSet(set_name, info["samples"], info["type_counts"])
+        set_name: PublishedTestSet(set_name, info["samples"], info["type_counts"])
         for set_name, info in manifest["test_sets"].items()
     }
     tables = {}
     for judge in PUBLISHED_JUDGES:
         info = manifest["tables"][judge]
+        test_set = test_sets[info["test_set"]]
+        reading = _reading(info["masr_reading"], judge)
         text = (folder / f"{judge}.csv").read_text(encoding="utf-8")
-        tables[judge] = PublishedTable(
-            judge,
-            info["judge"],
-            test_sets[info["test_set"]],
-            _reading(info["masr_reading"], judge),
-            _read_table(judge, text, test_sets[info["test_set"]], info),
-        )
+        rows = _read_table(judge, text, test_set, reading, info["masr_reading_except"])
+        tables[judge] = PublishedTable(judge, info["judge"], test_set, reading, rows)
     return Reference(name, tables)
 
 
@@ -186,25 +183,27 @@ _EXPECTED_COLUMNS = ["Model", *_TYPE_COLUMNS, "mASR", "RR"]
 
 
 def _read_table(
-    judge: str, text: str, test_set: TestSet, info: dict[str, Any]
+    judge: str, text: str, test_set: PublishedTestSet, reading: str, exceptions: dict[str, str]
 ) -> list[PublishedRow]:
+    """The rows of a published table; each row's mASR is printed in `reading`, or in the
+    reading `exceptions` gives for its model."""
     reader = csv.reader(io.StringIO(text))
     header = [_column_name(name) for name in next(reader)]
     if sorted(header) != sorted(_EXPECTED_COLUMNS):
         raise ReportError(
             f"published table {judge}.csv has columns {header}; expected {_EXPECTED_COLUMNS}"
         )
-    exceptions = dict(info["masr_reading_except"])
+    exceptions = dict(exceptions)
     rows = []
     for line in reader:
         cells = dict(zip(header, line, strict=True))
         by_type = {code: float(cells[column]) for column, code in _TYPE_COLUMNS.items()}
         helpful_rate = by_type.pop("SSS")
-        reading = _reading(exceptions.pop(cells["Model"], info["masr_reading"]), judge)
+        printed_reading = _reading(exceptions.pop(cells["Model"], reading), judge)
         readings = {
             "type_mean": mean(by_type.values()),
             "pooled": pooled_asr(by_type, test_set.type_counts),
-            reading: float(cells["mASR"]),
+            printed_reading: float(cells["mASR"]),
         }
         rows.append(
             PublishedRow(
@@ -214,7 +213,7 @@ def _read_table(
                 asr=by_type,
                 masr_type_mean=readings["type_mean"],
                 masr_pooled=readings["pooled"],
-                printed_reading=reading,
+                printed_reading=printed_reading,
                 rr=float(cells["RR"]),
             )
         )
@@ -252,10 +251,10 @@ def published_tables(reference: Reference) -> list[Placement]:
 
 def place_runs(entries: list[BoardEntry], reference: Reference) -> Comparison:
     """Each published table that a user's judge matches, with the user's rows of those judges
-    merged in by mASR under the table's reading (pooled); a warning for every LLM
-    judge (versions differ) and every judge that no published table matches. Each placement's
-    notes say what the table is, under which reading rows are compared, and which
-    runs were evaluated on a benchmark of another size than the table's test set."""
+    merged in by mASR under the table's reading (pooled); a warning for every LLM judge
+    (versions differ) and every judge that no published table matches. Each placement's notes
+    say what the table is, under which reading rows are compared, and which runs were evaluated
+    on a benchmark of another size than the table's test set."""
     matched: dict[str, list[BoardEntry]] = {}
     warnings: list[str] = []
     for judge in dict.fromkeys(entry.judge for entry in entries):
@@ -284,8 +283,7 @@ def _placement(table: PublishedTable, users: list[BoardEntry]) -> Placement:
         "column, like with like: your runs under the same reading.",
     ]
     expected = table.test_set.samples
-    for entry in dict.fromkeys((e.run_id, e.model, e.samples) for e in users):
-        run_id, model, samples = entry
+    for run_id, model, samples in dict.fromkeys((e.run_id, e.model, e.samples) for e in users):
         if samples != expected:
             notes.append(
                 f"Run {run_id} ({model}) was evaluated on a benchmark of {samples:,} samples, "
