@@ -54,3 +54,26 @@ def test_helpful_subset_keeps_only_helpful_answers(quick_demo):
     out, _ = quick_demo
     subset = json.loads(write_helpful_subset(out / "mini" / "train").read_text())
     assert subset and {record["type"] for record in subset} == {"SSS"}
+
+
+def _outcome(out) -> tuple[dict[str, bytes], list]:
+    """What a demo produced: its models' weights, its data files, and every stored answer."""
+    files = [*out.glob("models/*/model.safetensors"), *out.glob("mini/*/holisafe_*.json")]
+    with Store(out / "demo.sqlite", create=False) as store:
+        answers = [
+            (record.sample.id, record.response.text, record.extra)
+            for run in store.runs()
+            for record in store.records(run.id)
+        ]
+    return {str(path.relative_to(out)): path.read_bytes() for path in files}, answers
+
+
+def test_the_same_seed_gives_the_same_demo(quick_demo, tmp_path):
+    first, _ = quick_demo
+    run_demo(tmp_path, quick=True, progress=False, say=lambda line: None)
+    first_files, first_answers = _outcome(first)
+    second_files, second_answers = _outcome(tmp_path)
+    assert len(first_files) == 4 + 4  # base and three models; bench and three train files
+    assert first_files.keys() == second_files.keys()
+    assert [n for n in first_files if first_files[n] != second_files[n]] == []
+    assert first_answers == second_answers

@@ -65,3 +65,16 @@ def test_cli_pretrains_then_adds_the_module(tmp_path):
     assert result.exit_code == 0, result.output
     assert "pretrained on 200 images" in result.output
     assert "safety_categories" in (out / "config.json").read_text()
+
+
+def test_the_same_seed_gives_the_same_tower(tmp_path):
+    # The global RNG is left in different states before each run: only the seed may matter.
+    towers = []
+    for noise in (1, 2):
+        torch.manual_seed(noise)
+        folder = tiny_model_dir(tmp_path / str(noise), "llava")
+        stats = pretrain_vision_tower(folder, seed=3, images=64, epochs=1, batch_size=32)
+        towers.append((load_file(folder / "model.safetensors"), stats.final_loss))
+    (first, first_loss), (second, second_loss) = towers
+    assert first_loss == second_loss
+    assert all(torch.equal(first[name], second[name]) for name in first)

@@ -86,9 +86,9 @@ def pretrain_vision_tower(
         heldout = _rendered(
             HELDOUT_IMAGES, seed, HELDOUT_STREAM, render_size, image_processor, vocabulary, bar
         )
-        namer = PictogramNamer(model, len(vocabulary))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(seed)  # before the namer's classifier is built: it is random too
+            namer = PictogramNamer(model, len(vocabulary))
             steps, loss = _train(namer, pixels, targets, epochs, batch_size, learning_rate, bar)
     model.save_pretrained(model_dir)
     return VisionPretrainStats(
