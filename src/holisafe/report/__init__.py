@@ -37,7 +37,12 @@ def store_leaderboards(
     """
     runs = [store.get_run(run_id)] if run_id is not None else store.runs()
     entries = [
-        BoardEntry(run.id, run.model, judge, leaderboard(store.results(run.id, judge), bootstrap))
+        BoardEntry(
+            run.id,
+            run.model,
+            judge,
+            leaderboard(store.results(run.id, judge), bootstrap, store.missing_predictions(run.id)),
+        )
         for run in runs
         for judge in store.judges(run.id)
         if judge_id in (None, judge)
