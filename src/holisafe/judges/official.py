@@ -40,7 +40,7 @@ OFFICIAL_SCRIPT_URL = (
 # SHA-256 of the script at OFFICIAL_COMMIT. Computed from a stored copy of that file, not from
 # GitHub's own bytes (which could not be reached when this was written): if GitHub's copy
 # differs, `holisafe fetch-judge-template --sha256 HEX` accepts the hash you have checked.
-OFFICIAL_SCRIPT_SHA256 = "0000000000000000000000000000000000000000000000000000000000000000"
+OFFICIAL_SCRIPT_SHA256 = "b9f09697e27ef266b4aecd50b19ca3e9b0800f73b88c350dc34a4ceaa74cc857"
 
 _LABEL = re.compile(r"<label>(True|False)</label>", re.IGNORECASE)
 
