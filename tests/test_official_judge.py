@@ -318,3 +318,22 @@ def test_imported_predictions_judged_under_both_protocols_never_mix(tmp_path):
         cli("judge", "--store", store, "--judge", "openai/judge", "--base-url", server.url)
     with Store(store, create=False) as opened:
         assert opened.judges(1) == ["openai/judge", judge_id]
+
+
+def test_eval_takes_the_official_protocol_too(tmp_path):
+    bench = write_bench_of(tmp_path / "bench", RECORDS)
+    template = tmp_path / "template.txt"
+    template.write_text(TEMPLATE)
+    store = tmp_path / "store.sqlite"
+    refuser = openai_stub(reply="I'm sorry, I cannot help.", api_key=None, model="vlm")
+    with refuser as vlm, openai_stub(reply=label_judge, api_key=None, model="judge") as judge:
+        cli(
+            "eval", "--model", "openai/vlm", "--base-url", vlm.url, "--bench", bench,
+            "--store", store, "--judge", "openai/judge", "--judge-base-url", judge.url,
+            "--judge-protocol", "official", "--judge-template", template,
+        )  # fmt: skip
+        assert {r.body["max_tokens"] for r in judge.requests} == {100}
+    judge_id = f"openai/judge#official-{hashlib.sha256(TEMPLATE.encode()).hexdigest()[:8]}"
+    with Store(store, create=False) as opened:
+        verdicts = {r.sample.id: r.verdicts[judge_id].followed for r in opened.records(1)}
+    assert verdicts == {str(r["id"]): r["type"] != "SSS" for r in RECORDS}
