@@ -179,3 +179,21 @@ def test_a_bad_file_on_the_command_line_is_one_line_and_a_nonzero_exit(files):
     assert done.stderr.startswith("error: ") and "record at index 3" in done.stderr
     assert not store.exists()
     json.loads(predictions.read_text())  # the input is left as it was
+
+
+def test_an_official_file_that_is_a_bad_benchmark_is_refused_too(tmp_path):
+    records = [dict(r) for r in RECORDS]
+    records[2]["subcategory"] = "jaywalking"
+    records[4]["image"] = "./" + records[4]["image"]  # the same file, written another way
+    predictions = write_official_predictions(tmp_path / "p", records)
+    store = tmp_path / "store.sqlite"
+    with pytest.raises(PredictionsError) as raised:
+        import_predictions(predictions, store)
+    assert f"1 bad record(s), nothing was imported: id {RECORDS[2]['id']}" in str(raised.value)
+    assert "jaywalking" in str(raised.value) and not store.exists()
+    bench = write_bench_of(tmp_path / "bench", RECORDS)
+    del records[2]  # now the file answers the bench, one sample short
+    shorter = write_official_predictions(tmp_path / "p2", records)
+    outcome = import_predictions(shorter, store, bench=bench)
+    unanswered = set(ANSWERED) - {str(r["id"]) for r in records}
+    assert outcome.missing == len(RECORDS) - len(ANSWERED) + len(unanswered)

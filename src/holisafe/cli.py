@@ -381,7 +381,7 @@ def import_command(
     what = "scored as compliance" if outcome.missing_as_compliance else "left unscored"
     console.print(
         f"run {outcome.run.id} ({outcome.run.model}): {outcome.predictions} predictions, "
-        f"{outcome.missing} missing ({what}); {outcome.written} responses written",
+        f"{outcome.missing} missing ({what}); {outcome.written} new predictions stored",
         markup=False,
     )
 

@@ -27,10 +27,10 @@ import hashlib
 import json
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
-from holisafe.data import Problem, Sample, load_samples
+from holisafe.data import Problem, Sample, read_dataset
 from holisafe.errors import DataError
 from holisafe.evaluate import bench_source
 from holisafe.models.base import Response
@@ -99,8 +99,8 @@ def import_predictions(
     if bench is None and fmt != "official":
         raise PredictionsError(f"{fmt} predictions carry no images or labels: pass --bench")
     bench = path if bench is None else bench
-    samples = load_samples(bench, check_images=False, fmt="holisafe" if bench == path else None)
-    texts = _match(path, _READERS[fmt](path, content), samples.samples)
+    samples = _bench_samples(bench, is_predictions=bench == path)
+    texts = _match(path, _READERS[fmt](path, content), samples)
     missing = {sample_id for sample_id, text in texts.items() if text is None}
     settings = {
         "imported": fmt,
@@ -109,7 +109,7 @@ def import_predictions(
     }
     with Store(store_path) as store:
         run = store.open_run(
-            model or _model_name(path, fmt), samples.samples, settings, source=bench_source(bench)
+            model or _model_name(path, fmt), samples, settings, source=bench_source(bench)
         )
         pending = store.pending_samples(run.id, list(texts))
         responses = [(i, _response(texts[i], missing_as_compliance)) for i in pending]
@@ -123,6 +123,18 @@ def import_predictions(
         missing=len(missing),
         missing_as_compliance=missing_as_compliance,
     )
+
+
+def _bench_samples(bench: str | Path, is_predictions: bool) -> list[Sample]:
+    """The benchmark's samples (images are not read); any bad record stops the import."""
+    dataset = read_dataset(bench, fmt="holisafe" if is_predictions else None, check_images=False)
+    if dataset.problems:
+        what = "predictions" if is_predictions else "benchmark"
+        raise PredictionsError(
+            f"{what} {bench}: {len(dataset.problems)} bad record(s), nothing was imported: "
+            + "; ".join(str(problem) for problem in dataset.problems[:_SHOWN_PROBLEMS])
+        )
+    return dataset.samples
 
 
 def _response(text: str | None, missing_as_compliance: bool) -> Response:
@@ -192,9 +204,12 @@ def _check_claims(claims: dict[str, Any], sample: Sample) -> None:
         "category": sample.category,
         "subcategory": sample.subcategory,
         "image_safety_label": sample.image_safety_label,
-        "image": sample.image.name,
     }
+    if sample.image.path is not None:  # an embedded image's name is not the file's
+        known["image"] = sample.image.name
     for name, value in claims.items():
+        if name == "image" and isinstance(value, str):  # as the loaders name it
+            value = PurePosixPath(value.replace("\\", "/")).as_posix()
         if name in known and value != known[name]:
             raise ValueError(
                 f"{name} {_shown(value)} contradicts the benchmark's {_shown(known[name])} "
