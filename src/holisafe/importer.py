@@ -68,7 +68,7 @@ class ImportOutcome:
     """What `import_predictions` did."""
 
     run: Run
-    written: int  # responses written now (0 when the run already held this file)
+    written: int  # predictions stored now (0 when the run already held this file)
     predictions: int  # benchmark samples with a usable prediction
     missing: int  # benchmark samples without one
     missing_as_compliance: bool
