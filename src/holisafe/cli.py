@@ -49,7 +49,18 @@ JudgeBaseUrlOpt = Annotated[
 ]
 JudgeTemplateOpt = Annotated[
     Path | None,
-    typer.Option(help="Rubric template for LLM judges: {query}, {label}, {response}, {tag}."),
+    typer.Option(
+        help="Template for LLM judges. toolkit protocol: a text file with {query}, {label}, "
+        "{response}, {tag}. official: the official script (.py, its PROMPT_TEMPLATE) or a text "
+        "file with {question}, {safety_label}, {response} (default: the fetched copy)."
+    ),
+]
+JudgeProtocolOpt = Annotated[
+    str,
+    typer.Option(
+        help="How LLM judges are asked and read: toolkit (this project's rubric) or official "
+        "(the authors' prompt, 100 tokens, <label> parser; see fetch-judge-template)."
+    ),
 ]
 
 
@@ -175,6 +186,7 @@ def eval_command(
     skip_invalid: SkipInvalidOpt = False,
     judge_base_url: JudgeBaseUrlOpt = None,
     judge_template: JudgeTemplateOpt = None,
+    judge_protocol: JudgeProtocolOpt = "toolkit",
 ) -> None:
     """Answer a benchmark with a model, judge the answers and print the leaderboard row."""
     from dataclasses import replace
@@ -204,9 +216,11 @@ def eval_command(
         progress=True,
         judge_options=replace(options, base_url=judge_base_url),
         judge_template=judge_template,
+        judge_protocol=judge_protocol,
     )
     for line in outcome.skipped:
         err_console.print(f"skipped {line}", markup=False, highlight=False)
+    _print_notes(outcome.notes)
     console.print(
         f"run {outcome.run.id}: {outcome.generated} new responses, "
         + ", ".join(f"{n} new {j} verdicts" for j, n in outcome.judged.items())
@@ -225,6 +239,11 @@ def _print_leaderboard(store: Path, run_id: int | None) -> None:
     with Store(store, create=False) as opened:
         entries = store_leaderboards(opened, run_id=run_id)
     print(leaderboard_table(entries, "md"), end="")
+
+
+def _print_notes(notes: list[str]) -> None:
+    for note in notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False)
 
 
 def _report_failures(outcome) -> None:
@@ -258,6 +277,7 @@ def judge_command(
         str | None, typer.Option(help="Benchmark, when it moved since the run recorded it.")
     ] = None,
     judge_template: JudgeTemplateOpt = None,
+    judge_protocol: JudgeProtocolOpt = "toolkit",
     concurrency: ConcurrencyOpt = 8,
     batch_size: Annotated[int, typer.Option(help="Samples per batch (hf judges).")] = 8,
     dtype: DtypeOpt = "auto",
@@ -286,8 +306,10 @@ def judge_command(
         bench=bench,
         options=options,
         judge_template=judge_template,
+        judge_protocol=judge_protocol,
         progress=True,
     )
+    _print_notes(outcomes[0].notes)
     for outcome in outcomes:
         judged = ", ".join(f"{n} new {j} verdicts" for j, n in outcome.judged.items())
         console.print(f"run {outcome.run.id} ({outcome.run.model}): {judged}", markup=False)
@@ -295,6 +317,73 @@ def judge_command(
     _print_leaderboard(store, run)
     if any(any(o.verdict_errors.values()) for o in outcomes):
         raise typer.Exit(1)
+
+
+@app.command("fetch-judge-template")
+def fetch_judge_template_command(
+    cache_dir: Annotated[
+        Path | None, typer.Option(help="Where to keep it (default: ~/.cache/holisafe).")
+    ] = None,
+    url: Annotated[str | None, typer.Option(help="A mirror of the official script.")] = None,
+    sha256: Annotated[
+        str | None, typer.Option(help="Expect this SHA-256 instead of the pinned one.")
+    ] = None,
+) -> None:
+    """Download the official judge script at its pinned commit, check it and cache it."""
+    from holisafe.judges import official
+
+    path = official.fetch_official_template(
+        cache_dir,
+        url=url or official.OFFICIAL_SCRIPT_URL,
+        sha256=sha256 or official.OFFICIAL_SCRIPT_SHA256,
+    )
+    console.print(
+        f"official judge template cached at {path}; use --judge-protocol official", markup=False
+    )
+
+
+@app.command("import")
+def import_command(
+    predictions: Annotated[Path, typer.Argument(help="The predictions file.")],
+    store: Annotated[Path, typer.Option(help="SQLite store to add the run to.")],
+    bench: Annotated[
+        str | None,
+        typer.Option(
+            help="Benchmark the predictions answer (needed by LLM judges, lmms-eval, "
+            "jsonl; an official file is its own by default)."
+        ),
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Model name (default: taken from the file).")
+    ] = None,
+    fmt: Annotated[
+        str, typer.Option("--format", help="official, lmms-eval or jsonl.")
+    ] = "official",
+    missing_as_compliance: Annotated[
+        bool,
+        typer.Option(
+            help="Score a missing or empty prediction as compliance (the official script's "
+            "rule) instead of leaving it unscored."
+        ),
+    ] = False,
+) -> None:
+    """Put another tool's predictions into a store as a run, for judge and report."""
+    from holisafe.importer import import_predictions
+
+    outcome = import_predictions(
+        predictions,
+        store,
+        bench=bench,
+        model=model,
+        fmt=fmt,
+        missing_as_compliance=missing_as_compliance,
+    )
+    what = "scored as compliance" if outcome.missing_as_compliance else "left unscored"
+    console.print(
+        f"run {outcome.run.id} ({outcome.run.model}): {outcome.predictions} predictions, "
+        f"{outcome.missing} missing ({what}); {outcome.written} new predictions stored",
+        markup=False,
+    )
 
 
 @app.command("report")

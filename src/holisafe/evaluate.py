@@ -34,6 +34,7 @@ class EvalOutcome:
     response_errors: list[tuple[str, str]] = field(default_factory=list)
     verdict_errors: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
     skipped: list[str] = field(default_factory=list)  # invalid benchmark records, described
+    notes: list[str] = field(default_factory=list)  # what a judge could not do as its protocol asks
 
 
 def evaluate(
@@ -51,22 +52,26 @@ def evaluate(
     model: Model | None = None,
     judge_options: ModelOptions | None = None,
     judge_template: str | Path | None = None,
+    judge_protocol: str = "toolkit",
 ) -> EvalOutcome:
     """Generate the missing responses of a run, then the missing verdicts of each judge.
 
     The model is loaded only when responses are missing; pass `model` to reuse a loaded one.
     LLM judges are reached with `judge_options` (default: `options` without the judged model's
-    base URL and API key) and use the rubric template file `judge_template` if given.
+    base URL and API key) and follow `judge_protocol` (`toolkit` or `official`, see
+    `load_judge`) with the template file `judge_template` if given.
     """
     dataset = load_samples(bench, skip_invalid=skip_invalid, progress=progress)
     samples = dataset.samples[:limit] if limit is not None else dataset.samples
     judge_options = judge_options or replace(options, base_url=None, api_key=None)
-    judge_objects = [load_judge(j, judge_options, judge_template) for j in judges]
+    judge_objects = [load_judge(j, judge_options, judge_template, judge_protocol) for j in judges]
     with Store(store_path) as store, _progress(progress) as bar:
         run = store.open_run(
-            model_spec, samples, settings.as_dict(), run_id=run_id, source=_source(bench)
+            model_spec, samples, settings.as_dict(), run_id=run_id, source=bench_source(bench)
         )
-        outcome = EvalOutcome(run=run, skipped=[str(p) for p in dataset.problems])
+        outcome = EvalOutcome(
+            run=run, skipped=[str(p) for p in dataset.problems], notes=_notes(judge_objects)
+        )
         pending = set(store.pending_samples(run.id, [s.id for s in samples]))
         todo = [s for s in samples if s.id in pending]
         if todo:
@@ -89,6 +94,7 @@ def judge_stored(
     bench: str | Path | None = None,
     options: ModelOptions = ModelOptions(),
     judge_template: str | Path | None = None,
+    judge_protocol: str = "toolkit",
     progress: bool = False,
 ) -> list[EvalOutcome]:
     """Add judges to the responses already in a store, without generating any.
@@ -97,7 +103,7 @@ def judge_stored(
     Each run's benchmark is read again from where the run recorded it (or from `bench`, when it
     has moved) for the images, and must still match the run's fingerprint.
     """
-    judge_objects = [load_judge(j, options, judge_template) for j in judges]
+    judge_objects = [load_judge(j, options, judge_template, judge_protocol) for j in judges]
     outcomes = []
     with Store(store_path, create=False) as store, _progress(progress) as bar:
         runs = [store.get_run(run_id)] if run_id is not None else store.runs()
@@ -106,12 +112,16 @@ def judge_stored(
         read: dict[str, list[Sample]] = {}
         for run in runs:
             samples = _run_samples(store, run, bench, read)
-            outcome = EvalOutcome(run=run)
+            outcome = EvalOutcome(run=run, notes=_notes(judge_objects))
             for judge in judge_objects:
                 outcome.judged[judge.id] = _judge(store, run.id, judge, samples, options, bar)
                 outcome.verdict_errors[judge.id] = store.verdict_errors(run.id, judge.id)
             outcomes.append(outcome)
     return outcomes
+
+
+def _notes(judges: Sequence[Judge]) -> list[str]:
+    return [note for judge in judges for note in judge.notes]
 
 
 def _run_samples(
@@ -141,7 +151,7 @@ def _run_samples(
     return samples
 
 
-def _source(bench: str | Path) -> str:
+def bench_source(bench: str | Path) -> str:
     """A local benchmark as an absolute path (so it is found from any folder), or a Hub id."""
     path = Path(bench)
     return str(path.resolve()) if path.exists() else str(bench)

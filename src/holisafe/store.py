@@ -423,6 +423,16 @@ class Store:
         )
         return [(row[0], row[1] or "empty response") for row in rows]
 
+    def missing_predictions(self, run_id: int) -> frozenset[str]:
+        """The ids of the samples whose imported prediction was missing or empty: their
+        response carries the extra `{"missing": true}` (see `holisafe.importer`)."""
+        rows = self._db.execute(
+            "SELECT sample_id FROM responses WHERE run_id = ? "
+            "AND json_extract(extra, '$.missing') = 1",
+            (run_id,),
+        )
+        return frozenset(row[0] for row in rows)
+
     def _check_known(self, run_id: int, sample_ids: list[str]) -> None:
         run = self.get_run(run_id)
         if run.bench not in self._bench_ids:

@@ -39,5 +39,6 @@ class Judge(Protocol):
     """
 
     id: str
+    notes: tuple[str, ...]  # what the judge cannot do as asked, for the user to read
 
     def judge(self, items: list[tuple[Sample, str]]) -> list[Verdict]: ...

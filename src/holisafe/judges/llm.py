@@ -12,6 +12,9 @@ close the markers early; and only the judge's own output is parsed, by a strict 
 Template placeholders (Python `str.format` syntax; write `{{` and `}}` for literal braces):
 `{query}` the query, `{label}` `safe` or `unsafe`, `{response}` the response already between its
 markers, all three required; `{tag}` the markers' name, optional. The image goes with the text.
+
+That is the toolkit's protocol. The official one (`holisafe.judges.official`) differs in its
+prompt, its token limit and its parser; `JudgeProtocol` holds what differs.
 """
 
 from __future__ import annotations
@@ -21,13 +24,20 @@ import hashlib
 import re
 import secrets
 import string
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from holisafe import taxonomy
 from holisafe.data.sample import ImageError, Sample
 from holisafe.judges.base import JudgeError, Verdict
+from holisafe.judges.official import (
+    OFFICIAL_SETTINGS,
+    check_official_template,
+    parse_official_output,
+    render_official_prompt,
+)
 from holisafe.models.base import GenerationSettings, Model, Request, Response
 
 REQUIRED_PLACEHOLDERS = ("query", "label", "response")
@@ -129,12 +139,56 @@ def _template_id(template: str) -> str:
     return hashlib.sha256(template.encode("utf-8")).hexdigest()[:8]
 
 
+def _render_with_fresh_nonce(template: str, sample: Sample, response: str) -> str:
+    nonce = secrets.token_hex(8)
+    while nonce in response:  # never true in practice; it makes the guarantee unconditional
+        nonce = secrets.token_hex(8)
+    return render_prompt(template, sample, response, nonce)
+
+
+@dataclass(frozen=True)
+class JudgeProtocol:
+    """How an LLM judge is asked and read: what checks a template, fills it for one response,
+    reads the judge's output, and with which generation settings."""
+
+    name: str
+    settings: GenerationSettings
+    check: Callable[[str, str], None]  # (template, where it came from)
+    render: Callable[[str, Sample, str], str]  # (template, sample, response)
+    parse: Callable[[str], Verdict]
+
+    def judge_id(self, spec: str, template: str) -> str:
+        """The id verdicts are stored under: the spec, marked with the protocol (unless it
+        is the toolkit's) and the template's hash (unless it is the default rubric)."""
+        if self is TOOLKIT:
+            return spec if template == default_template() else f"{spec}#{_template_id(template)}"
+        return f"{spec}#{self.name}-{_template_id(template)}"
+
+
+TOOLKIT = JudgeProtocol(
+    "toolkit",
+    GenerationSettings(max_new_tokens=512, temperature=0.0),
+    check_template,
+    _render_with_fresh_nonce,
+    parse_judge_output,
+)
+OFFICIAL = JudgeProtocol(
+    "official",
+    OFFICIAL_SETTINGS,
+    check_official_template,
+    render_official_prompt,
+    parse_official_output,
+)
+PROTOCOLS = {protocol.name: protocol for protocol in (TOOLKIT, OFFICIAL)}
+
+
 class LLMJudge:
     """A judge that asks `model` (any backend) for a verdict on each response.
 
     `id` is the model's spec (e.g. `openai/gpt-4o`); with a template other than the default it
-    is `<spec>#<8 hex digits of the template's hash>`, so that verdicts under different rubrics
-    are never mixed in a store. A failed or unparseable judgement is that Verdict's `error`.
+    is `<spec>#<8 hex digits of the template's hash>`, and under the official protocol
+    `<spec>#official-<hash>`, so that verdicts under different rubrics or protocols are never
+    mixed in a store. A failed or unparseable judgement is that Verdict's `error`.
     """
 
     def __init__(
@@ -142,16 +196,30 @@ class LLMJudge:
         model: Model,
         *,
         template: str | None = None,
-        settings: GenerationSettings = GenerationSettings(max_new_tokens=512, temperature=0.0),
+        protocol: JudgeProtocol = TOOLKIT,
+        settings: GenerationSettings | None = None,
     ):
-        if template is None or template == default_template():
-            template, self.id = default_template(), model.spec
-        else:
-            check_template(template)
-            self.id = f"{model.spec}#{_template_id(template)}"
+        if template is None:
+            if protocol is not TOOLKIT:
+                raise JudgeError(f"the {protocol.name} judge protocol needs a template")
+            template = default_template()
+        protocol.check(template, f"{protocol.name} judge template")
+        self.id = protocol.judge_id(model.spec, template)
         self.model = model
         self.template = template
-        self.settings = settings
+        self.protocol = protocol
+        self.settings = settings or protocol.settings
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What the judge cannot do as its protocol asks (e.g. a temperature not sent)."""
+        details = getattr(self.model, "details", {})
+        if isinstance(details.get("temperature"), str):
+            return (
+                f"{self.model.spec}: temperature {details['temperature']}; the "
+                f"{self.protocol.name} protocol asks for {self.settings.temperature:g}",
+            )
+        return ()
 
     def judge(self, items: list[tuple[Sample, str]]) -> list[Verdict]:
         verdicts: dict[int, Verdict] = {}
@@ -163,7 +231,7 @@ class LLMJudge:
                 verdicts[i] = Verdict(followed=None, error=str(reason))
         responses = self.model.generate(list(requests.values()), self.settings) if requests else []
         for i, response in zip(requests, responses, strict=True):
-            verdicts[i] = _verdict(response)
+            verdicts[i] = self._verdict(response)
         return [verdicts[i] for i in range(len(items))]
 
     def _request(self, sample: Sample, response: str) -> Request:
@@ -176,17 +244,13 @@ class LLMJudge:
             image = sample.image.load()
         except ImageError as exc:
             raise _Unjudgeable(f"the judge cannot see the image: {exc}") from None
-        nonce = secrets.token_hex(8)
-        while nonce in response:  # never true in practice; it makes the guarantee unconditional
-            nonce = secrets.token_hex(8)
-        return Request(query=render_prompt(self.template, sample, response, nonce), image=image)
+        return Request(query=self.protocol.render(self.template, sample, response), image=image)
+
+    def _verdict(self, response: Response) -> Verdict:
+        if not response.ok:
+            return Verdict(followed=None, error=f"judge model failed: {response.error}")
+        return self.protocol.parse(response.text)
 
 
 class _Unjudgeable(Exception):
     """A sample the judge cannot be asked about."""
-
-
-def _verdict(response: Response) -> Verdict:
-    if not response.ok:
-        return Verdict(followed=None, error=f"judge model failed: {response.error}")
-    return parse_judge_output(response.text)

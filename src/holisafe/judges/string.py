@@ -69,6 +69,7 @@ class StringJudge:
     """
 
     id = "string"
+    notes: tuple[str, ...] = ()
 
     def judge(self, items: list[tuple[Sample, str]]) -> list[Verdict]:
         return [self._judge_one(sample, text) for sample, text in items]

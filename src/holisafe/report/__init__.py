@@ -41,7 +41,9 @@ def store_leaderboards(
             run.id,
             run.model,
             judge,
-            leaderboard(store.results(run.id, judge), bootstrap),
+            leaderboard(
+                store.results(run.id, judge), bootstrap, store.missing_predictions(run.id)
+            ),
             run.samples,
         )
         for run in runs

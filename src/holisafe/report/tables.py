@@ -4,7 +4,8 @@ Figures are percentages with two decimals; a figure over no samples (or an mASR 
 the four unsafe types) is shown as `–` (empty in CSV, null in JSON). mASR comes in both readings
 (`holisafe.metrics.MASR_READINGS`): the type mean and the pooled ASR over all unsafe samples.
 Sample counts ride along: `n` (judged samples) and `unjudged` (samples left out for want of a
-usable verdict).
+usable verdict), and, when a table holds an imported run with predictions missing, `missing`
+(how many).
 
 Boards computed with a bootstrap show their confidence intervals: `54.17 [41.20, 66.03]` in
 markdown and LaTeX, separate `lo` / `hi` columns in CSV and `_lo` / `_hi` fields in JSON.
@@ -40,6 +41,7 @@ _FIGURES: tuple[tuple[str, bool], ...] = (
 )
 _SAFE_RATE = ("Safe rate", True)
 _COUNTS = (("n", None), ("unjudged", None))
+_MISSING = ("missing", None)
 
 
 class ReportError(HolisafeError):
@@ -121,33 +123,54 @@ def _published_figures(row: PublishedRow) -> list[float]:
     return [*by_type, row.masr_type_mean, row.masr_pooled, row.rr]
 
 
-def _leaderboard_row(entry: BoardEntry | PublishedRow) -> list[Any]:
+def _with_missing(boards: Sequence[Leaderboard]) -> bool:
+    """Whether a table shows the `missing` count: when any of its boards has one."""
+    return any(board.missing for board in boards)
+
+
+def _counts_header(with_missing: bool) -> list[tuple[str, bool | None]]:
+    return [*_COUNTS, *([_MISSING] if with_missing else [])]
+
+
+def _counts(board: Leaderboard | None, with_missing: bool) -> list[int | None]:
+    if board is None:  # a published row
+        return [None] * len(_counts_header(with_missing))
+    return [board.n, board.unjudged, *([board.missing] if with_missing else [])]
+
+
+def _leaderboard_row(entry: BoardEntry | PublishedRow, with_missing: bool) -> list[Any]:
     if isinstance(entry, BoardEntry):
         board = entry.board
-        return [entry.run_id, entry.model, entry.judge, *_figures(board), board.n, board.unjudged]
-    return ["paper", entry.model, entry.judge, *_published_figures(entry), None, None]
+        who = [entry.run_id, entry.model, entry.judge]
+        return [*who, *_figures(board), *_counts(board, with_missing)]
+    published = ["paper", entry.model, entry.judge, *_published_figures(entry)]
+    return [*published, *_counts(None, with_missing)]
 
 
 def leaderboard_grid(entries: Sequence[BoardEntry | PublishedRow]) -> Table:
     """The leaderboard as a Table: see `leaderboard_table`."""
-    header = [("Run", None), ("Model", None), ("Judge", None), *_FIGURES, *_COUNTS]
-    return Table(header, [_leaderboard_row(e) for e in entries])
+    with_missing = _with_missing([e.board for e in entries if isinstance(e, BoardEntry)])
+    header = [("Run", None), ("Model", None), ("Judge", None), *_FIGURES]
+    header += _counts_header(with_missing)
+    return Table(header, [_leaderboard_row(e, with_missing) for e in entries])
 
 
 def breakdown_grid(entry: BoardEntry, level: str) -> Table:
     """The category (or subcategory) table of one entry: see `breakdown_table`."""
     groups = entry.board.by_category if level == "category" else entry.board.by_subcategory
-    header = [(level.capitalize(), None), *_FIGURES, _SAFE_RATE, *_COUNTS]
+    with_missing = _with_missing([entry.board])
+    header = [(level.capitalize(), None), *_FIGURES, _SAFE_RATE, *_counts_header(with_missing)]
     rows = [
-        [name, *_figures(board), _safe_rate(board), board.n, board.unjudged]
+        [name, *_figures(board), _safe_rate(board), *_counts(board, with_missing)]
         for name, board in groups.items()
     ]
     return Table(header, rows)
 
 
 def _tidy_table(entries: Sequence[BoardEntry], levels: Sequence[str]) -> Table:
+    with_missing = _with_missing([e.board for e in entries])
     header = [("Run", None), ("Model", None), ("Judge", None), ("Level", None), ("Group", None)]
-    header += [*_FIGURES, _SAFE_RATE, *_COUNTS]
+    header += [*_FIGURES, _SAFE_RATE, *_counts_header(with_missing)]
     rows = []
     for e in entries:
         groups = [("all", "", e.board)]
@@ -155,15 +178,25 @@ def _tidy_table(entries: Sequence[BoardEntry], levels: Sequence[str]) -> Table:
         if "subcategory" in levels:
             groups += [("subcategory", name, b) for name, b in e.board.by_subcategory.items()]
         rows += [
-            [e.run_id, e.model, e.judge, level, name, *_figures(b), _safe_rate(b), b.n, b.unjudged]
+            [
+                e.run_id,
+                e.model,
+                e.judge,
+                level,
+                name,
+                *_figures(b),
+                _safe_rate(b),
+                *_counts(b, with_missing),
+            ]
             for level, name, b in groups
         ]
     return Table(header, rows)
 
 
 def leaderboard_table(entries: Sequence[BoardEntry | PublishedRow], fmt: str) -> str:
-    """One row per (run, judge): the paper's seven columns with n and unjudged. Published rows
-    may be mixed in: their Run is `paper` and their counts are missing."""
+    """One row per (run, judge): the paper's seven columns with n and unjudged (and missing,
+    when a run has missing predictions). Published rows may be mixed in: their Run is `paper`
+    and their counts are empty."""
     return _render(leaderboard_grid(entries), fmt)
 
 
@@ -284,6 +317,7 @@ def _board_json(board: Leaderboard) -> dict[str, Any]:
     figures = {
         "n": board.n,
         "unjudged": board.unjudged,
+        "missing": board.missing,
         "asr": {code: rate.percent for code, rate in board.asr.items()},
         "asr_n": {code: rate.n for code, rate in board.asr.items()},
         "helpful_rate": board.helpful_rate,
