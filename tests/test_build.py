@@ -576,3 +576,22 @@ def test_bad_input_is_one_clear_message(tmp_path, mini_images):
     )
     assert isinstance(result.exception, BuildError)
     assert "needs --label-model" in str(result.exception)
+
+
+def test_requests_that_get_no_reply_are_named_and_asked_again(tmp_path, mini_images):
+    images = manifest_of(2)
+    manifest = write_manifest(tmp_path, mini_images, images)
+    generator = Generator(image_names(tmp_path), images)
+    with openai_stub(api_key=None, reply=generator) as stub:
+        options = ModelOptions(base_url=stub.url, max_retries=0)
+        settings = BuildSettings(
+            manifest, tmp_path / "out", "openai/stub-model", generator_options=options
+        )
+        stub.fail("server_error", times=1)
+        first = build_dataset(settings)
+        assert not first.complete and first.pending == {}
+        ((what, error),) = first.failures
+        assert what.startswith("generate pics/") and "server error (500)" in error
+        second = build_dataset(settings)
+    assert second.complete and second.requests == 1
+    assert sorted(generator.asked.values()) == [1, 1]  # the failed request never reached it

@@ -45,7 +45,7 @@ from holisafe.data.loaders import ImageFolder, read_dataset
 from holisafe.data.sample import ImageRef, Sample, decode_image
 from holisafe.errors import HolisafeError
 from holisafe.evaluate import _chunks, _progress
-from holisafe.judges.llm import LLMJudge, parse_judge_output
+from holisafe.judges.llm import LLMJudge, default_template, parse_judge_output
 from holisafe.judges.string import refusal_match
 from holisafe.models import ModelOptions, load_model
 from holisafe.models.base import GenerationSettings, Request
@@ -869,7 +869,8 @@ class _Build:
                 raise Malformed(verdict.error)
             return verdict.followed
 
-        job = _job(self.s.judge, template, self.judge_settings.as_dict())
+        rubric = template if template is not None else default_template()
+        job = _job(self.s.judge, rubric, self.judge_settings.as_dict())
         return Stage(
             "response_check", job, ask, parse, self.s.retries + 1, self.batch(self.s.judge_options)
         )
@@ -1041,8 +1042,6 @@ def _validate(folder: Path) -> None:
 
 def _template_provenance(path: str | Path | None) -> dict:
     if path is None:
-        from holisafe.judges.llm import default_template
-
         return {
             "file": "default",
             "sha256": hashlib.sha256(default_template().encode("utf-8")).hexdigest(),
