@@ -334,8 +334,10 @@ class Pair:
 
     @property
     def key(self) -> str:
+        """The image's name and the type (readable in messages), and a hash of the rest."""
         fields = [self.image.key, *asdict(self.item).values()]
-        return hashlib.sha256(json.dumps(fields).encode("utf-8")).hexdigest()[:24]
+        digest = hashlib.sha256(json.dumps(fields).encode("utf-8")).hexdigest()[:16]
+        return f"{self.image.name}|{self.item.type}|{digest}"
 
 
 @dataclass(frozen=True)
@@ -481,13 +483,14 @@ class ReplyStore:
 
 @dataclass
 class Budget:
-    """Model requests this build may still make (None: no limit)."""
+    """The model requests one build call may make (`limit` None: no limit)."""
 
-    left: int | None
+    limit: int | None
     used: int = 0
 
     def grant(self, wanted: int) -> int:
-        granted = wanted if self.left is None else min(wanted, self.left - self.used)
+        """How many of `wanted` requests may be made now; they count as made."""
+        granted = wanted if self.limit is None else min(wanted, self.limit - self.used)
         self.used += granted
         return granted
 
@@ -611,17 +614,15 @@ class BuildSettings:
     label_options: ModelOptions = ModelOptions()
 
     def __post_init__(self) -> None:
-        problems = [
-            "per_type must be at least 1" * (self.per_type < 1),
-            "retries must be 0 or more" * (self.retries < 0),
-            "test_ratio must be from 0 to 1" * (not 0 <= self.test_ratio <= 1),
-            "dedup_threshold must be above 0 and at most 1" * (not 0 < self.dedup_threshold <= 1),
-            "max_requests must be 0 or more"
-            * (self.max_requests is not None and self.max_requests < 0),
-            f"label_by must be one of {', '.join(LABEL_ROUTES)}"
-            * (self.label_by not in LABEL_ROUTES),
-        ]
-        problems = [p for p in problems if p]
+        checks = {
+            "per_type must be at least 1": self.per_type >= 1,
+            "retries must be 0 or more": self.retries >= 0,
+            "test_ratio must be from 0 to 1": 0 <= self.test_ratio <= 1,
+            "dedup_threshold must be above 0 and at most 1": 0 < self.dedup_threshold <= 1,
+            "max_requests must be 0 or more": self.max_requests is None or self.max_requests >= 0,
+            f"label_by must be one of {', '.join(LABEL_ROUTES)}": self.label_by in LABEL_ROUTES,
+        }
+        problems = [problem for problem, ok in checks.items() if not ok]
         if problems:
             raise BuildError("; ".join(problems))
 
@@ -682,7 +683,7 @@ class _Build:
             return images
         if self.s.label_model is None:
             raise BuildError("a folder of unlabelled images needs --label-model (and --label-by)")
-        by_key = {image.digest: image for image in unlabelled}
+        by_key = {f"{image.name}|{image.digest}": image for image in unlabelled}
         model = _Lazy(self.s.label_model, self.s.label_options)
         source = f"{self.s.label_by}:{self.s.label_model}"
         if self.s.label_by == "head":
@@ -698,19 +699,19 @@ class _Build:
         for image in images:
             if image.image_safe is not None:
                 labelled.append(image)
-            elif image.digest in result.values:
-                label = taxonomy.IMAGE_SAFETY_LABELS[result.values[image.digest]]
+            elif (key := f"{image.name}|{image.digest}") in result.values:
+                label = taxonomy.IMAGE_SAFETY_LABELS[result.values[key]]
                 subcategory = None if label == "safe" else label
                 labelled.append(
                     SourceImage(image.image, image.digest, label == "safe", subcategory, source)
                 )
-            elif image.digest in result.malformed:
+            elif key in result.malformed:
                 self.rejections.append(
                     Rejection(
                         "unlabelled",
                         image.name,
                         "the labeller gave no usable label",
-                        replies=tuple(result.malformed[image.digest]),
+                        replies=tuple(result.malformed[key]),
                     )
                 )
         return labelled
