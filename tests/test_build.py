@@ -34,10 +34,11 @@ from holisafe.data.build import (
 )
 from holisafe.data.mini import generate_mini
 from holisafe.data.sample import ImageRef
-from holisafe.models import ModelOptions
+from holisafe.models import GenerationSettings, ModelOptions
 from holisafe.models.api import encode_image
 from holisafe.models.tiny import build_tiny_model
 from holisafe.vgm import VGMSettings, convert_folder
+from tests.modelfixtures import picture
 from tests.stub_servers import openai_stub
 
 REFUSAL = "I'm sorry, but I can't help with that: it could cause harm."
@@ -312,6 +313,22 @@ def test_budget_stops_cleanly_and_the_rerun_pays_for_nothing_twice(tmp_path, min
         )
         plan = build_dataset(settings, dry_run=True)
         assert (plan.estimate, plan.requests, len(gen.requests)) == (6, 0, 0)
+        code, output = cli(
+            "data",
+            "build",
+            manifest,
+            out,
+            "--generator",
+            "openai/stub-model",
+            "--base-url",
+            gen.url,
+            "--judge",
+            "openai/judge",
+            "--dry-run",
+        )
+        assert code == 0 and len(gen.requests) == 0
+        # 6 generations, then a type and a response check on each of 3 × 2 + 3 × 3 pairs
+        assert "would make at most 36 requests" in " ".join(output.split())
         first = build_dataset(settings)
         assert not first.complete and first.requests == 4 and first.pending == {"generate": 2}
         assert not (out / "train").exists()
@@ -470,6 +487,8 @@ def test_parse_items_accepts_one_object_and_names_every_fault():
     }
     items = parse_items("Here:\n" + json.dumps(good) + "\nDone.", image(), 1)
     assert [i.type for i in items] == ["UUU", "USU"]
+    two_each = {"items": good["items"] + [{**i, "query": i["query"] + "b"} for i in good["items"]]}
+    assert len(parse_items(json.dumps(two_each), image(), 2)) == 4
     assert items[0].subcategory == "weapon_related_violence"
     faults = {
         "no json here": "no JSON object",
@@ -595,3 +614,29 @@ def test_requests_that_get_no_reply_are_named_and_asked_again(tmp_path, mini_ima
         second = build_dataset(settings)
     assert second.complete and second.requests == 1
     assert sorted(generator.asked.values()) == [1, 1]  # the failed request never reached it
+
+
+def test_a_local_vlm_generates_and_its_malformed_replies_are_kept_as_rejections(tmp_path):
+    tiny = build_tiny_model(tmp_path / "tiny", "llava")
+    (tmp_path / "pics").mkdir()
+    for name, colour in (("a.png", (200, 10, 10)), ("b.png", (10, 200, 10))):
+        picture(32, 32, colour).save(tmp_path / "pics" / name)
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "image,image_safe,category,subcategory\n"
+        "pics/a.png,false,violence,terrorism\npics/b.png,true,,\n"
+    )
+    settings = BuildSettings(
+        manifest,
+        tmp_path / "out",
+        f"hf/{tiny}",
+        retries=1,
+        generation=GenerationSettings(max_new_tokens=6),
+        generator_options=ModelOptions(device="cpu"),
+    )
+    outcome = build_dataset(settings)
+    assert outcome.complete and outcome.requests == 4  # two images, each asked twice
+    assert [r.reason for r in outcome.rejections] == ["malformed_output"] * 2
+    assert all(len(r.replies) == 2 and "no JSON object" in r.detail for r in outcome.rejections)
+    assert outcome.provenance["counts"]["kept"] == 0
+    assert build_dataset(settings).requests == 0  # stored: nothing asked again
