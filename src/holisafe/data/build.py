@@ -214,13 +214,22 @@ def _manifest_image(root: Path, row: Any) -> SourceImage:
     if missing:
         raise ValueError("missing field(s): " + ", ".join(missing))
     image_safe = _boolean(row["image_safe"])
-    category = (row["category"] or "").strip() or None
-    subcategory = (row["subcategory"] or "").strip() or None
+    category, subcategory = _name(row, "category"), _name(row, "subcategory")
     if subcategory is not None and taxonomy.category_of(subcategory) != category:
         raise ValueError(f"subcategory {subcategory!r} does not belong to category {category!r}")
-    if subcategory is None and (category is not None or not image_safe):
+    if subcategory is None and not image_safe:
         raise ValueError("an unsafe image needs its category and subcategory")
+    if subcategory is None and category is not None:
+        raise ValueError("a category needs its subcategory (leave both empty for a safe image)")
     return _source_image(root, row["image"], image_safe, subcategory, "manifest")
+
+
+def _name(row: dict, field_name: str) -> str | None:
+    """A category or subcategory of a manifest row; None when empty."""
+    value = row[field_name]
+    if value is not None and not isinstance(value, str):
+        raise ValueError(f"{field_name} must be a string, got {value!r}")
+    return (value or "").strip() or None
 
 
 def _boolean(value: Any) -> bool:
@@ -445,7 +454,7 @@ class ReplyStore:
 
     def __init__(self, path: str | Path):
         Store(path).close()  # creates the store, or checks that the file is one
-        self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        self._db = sqlite3.connect(path, timeout=30)  # `with self._db` is one transaction
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS build_replies (stage TEXT NOT NULL, job TEXT NOT NULL, "
             "key TEXT NOT NULL, attempt INTEGER NOT NULL, text TEXT NOT NULL, "
@@ -945,7 +954,7 @@ def build_dataset(
             "images": len(images),
             "generated": len(candidates),
             "kept": len(kept),
-            "requests_stored": total_replies,
+            "replies_stored": total_replies,
         }
         outcome.files, outcome.provenance = _write(settings, build, labelled, kept, counts)
     return outcome
