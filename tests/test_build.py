@@ -589,6 +589,9 @@ def test_bad_input_is_one_clear_message(tmp_path, mini_images):
     prompt.write_text("only {image} and {typo}")
     with pytest.raises(BuildError, match=r"needs exactly \['image', 'per_type'"):
         load_prompt("generate", prompt)
+    (tmp_path / "taken" / "train").mkdir(parents=True)
+    with pytest.raises(BuildError, match="already holds train/ from something other"):
+        build_dataset(BuildSettings(manifest, tmp_path / "taken", "openai/x"))
     result = CliRunner().invoke(
         app,
         ["data", "build", str(tmp_path / "pics"), str(tmp_path / "out"), "--generator", "openai/x"],

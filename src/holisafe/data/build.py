@@ -929,6 +929,7 @@ def build_dataset(
     settings: BuildSettings, *, dry_run: bool = False, progress: bool = False
 ) -> BuildOutcome:
     """Run (or resume) a build; with `dry_run`, make no request and say how many are left."""
+    _check_out(Path(settings.out))
     images = read_source(settings.source)
     budget = Budget(0 if dry_run else settings.max_requests)
     with _progress(progress) as bar:
@@ -958,6 +959,19 @@ def build_dataset(
         }
         outcome.files, outcome.provenance = _write(settings, build, labelled, kept, counts)
     return outcome
+
+
+def _check_out(out: Path) -> None:
+    """Refuse to replace `train/` or `test/` folders that an earlier build did not write."""
+    foreign = [
+        split for split in ("train", "test")
+        if (out / split).exists() and not (out / "provenance.json").is_file()
+    ]  # fmt: skip
+    if foreign:
+        raise BuildError(
+            f"{out} already holds {' and '.join(foreign)}/ from something other than a build; "
+            "choose another output folder"
+        )
 
 
 def _estimate(settings: BuildSettings, labelled: list[SourceImage], pending: dict) -> int:
