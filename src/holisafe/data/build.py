@@ -984,7 +984,8 @@ def _estimate(settings: BuildSettings, labelled: list[SourceImage], pending: dic
     checks = len(pending.get("type_check", ())) + len(pending.get("response_check", ()))
     if settings.judge is not None:
         checks += 2 * new_pairs * settings.per_type
-    return 2 * len(pending.get("label", ())) + len(waiting) + checks
+    labels = len(pending.get("label", ()))
+    return labels + labels + len(waiting) + checks  # a newly labelled image needs a generation
 
 
 def _write(settings: BuildSettings, build: _Build, labelled, kept: list[Pair], counts: dict):
