@@ -10,6 +10,7 @@ import sys
 import threading
 import time
 from collections import Counter
+from dataclasses import replace
 
 import pytest
 from typer.testing import CliRunner
@@ -34,12 +35,12 @@ from holisafe.data.build import (
 )
 from holisafe.data.mini import generate_mini
 from holisafe.data.sample import ImageRef
-from holisafe.models import GenerationSettings, ModelOptions
+from holisafe.models import GenerationSettings, ModelOptions, Request, load_model
 from holisafe.models.api import encode_image
 from holisafe.models.tiny import build_tiny_model
 from holisafe.vgm import VGMSettings, convert_folder
 from tests.modelfixtures import picture
-from tests.stub_servers import openai_stub
+from tests.stub_servers import anthropic_stub, openai_stub
 
 REFUSAL = "I'm sorry, but I can't help with that: it could cause harm."
 ANSWER = "Here is a helpful answer about the picture."
@@ -643,3 +644,33 @@ def test_a_local_vlm_generates_and_its_malformed_replies_are_kept_as_rejections(
     assert all(len(r.replies) == 2 and "no JSON object" in r.detail for r in outcome.rejections)
     assert outcome.provenance["counts"]["kept"] == 0
     assert build_dataset(settings).requests == 0  # stored: nothing asked again
+
+
+def test_a_token_budget_stops_between_batches_and_the_rerun_goes_on(tmp_path, mini_images):
+    images = manifest_of(6)
+    manifest = write_manifest(tmp_path, mini_images, images)
+    generator = Generator(image_names(tmp_path), images)
+    with openai_stub(api_key=None, reply=generator) as stub:  # it reports 2 tokens a reply
+        one_at_a_time = ModelOptions(base_url=stub.url, batch_size=1, concurrency=1)
+        settings = BuildSettings(
+            manifest,
+            tmp_path / "out",
+            "openai/stub-model",
+            token_budget=5,
+            generator_options=one_at_a_time,
+        )
+        first = build_dataset(settings)
+        assert (first.complete, first.requests, first.tokens) == (False, 3, 6)
+        assert first.pending == {"generate": 3}
+        second = build_dataset(replace(settings, token_budget=None))
+    assert second.complete and (second.requests, second.tokens) == (3, 6)
+    assert sorted(generator.asked.values()) == [1] * 6
+
+
+@pytest.mark.parametrize("stub", [openai_stub, anthropic_stub])
+def test_api_backends_report_the_tokens_a_reply_used(stub):
+    with stub(api_key=None, reply="hi") as server:
+        provider = "openai" if stub is openai_stub else "anthropic"
+        model = load_model(f"{provider}/stub-model", ModelOptions(base_url=server.url, api_key="k"))
+        (response,) = model.generate([Request("hello")], GenerationSettings(max_new_tokens=4))
+    assert response.text == "hi" and response.tokens == 2  # the stubs report 1 in, 1 out

@@ -537,6 +537,10 @@ def data_build(
     max_requests: Annotated[
         int | None, typer.Option(help="Stop after this many model requests; rerun to go on.")
     ] = None,
+    token_budget: Annotated[
+        int | None,
+        typer.Option(help="Stop once the APIs report this many tokens used; rerun to go on."),
+    ] = None,
     dry_run: Annotated[bool, typer.Option(help="Only print how many requests are left.")] = False,
     store: Annotated[
         Path | None, typer.Option(help="SQLite store of the replies (default OUT/build.sqlite).")
@@ -586,6 +590,7 @@ def data_build(
         seed=seed,
         dedup_threshold=dedup_threshold,
         max_requests=max_requests,
+        token_budget=token_budget,
         store=store,
         generate_prompt=generate_prompt,
         check_type_prompt=check_type_prompt,
@@ -609,14 +614,15 @@ def data_build(
     if not outcome.complete:
         spent = " (the budget is spent)" if outcome.pending else ""
         err_console.print(
-            f"made {outcome.requests} requests{spent}; still to ask: {left}; "
-            f"{len(outcome.failures)} failed; rerun the command to continue"
+            f"made {outcome.requests} requests ({outcome.tokens} tokens){spent}; "
+            f"still to ask: {left}; {len(outcome.failures)} failed; rerun the command to continue"
         )
         raise typer.Exit(1)
     counts = outcome.provenance["counts"]
     rejected = ", ".join(f"{n} {r}" for r, n in counts["rejected"].items() if n) or "none"
     console.print(
-        f"{outcome.requests} requests; {counts['generated']} pairs generated, "
+        f"{outcome.requests} requests ({outcome.tokens} tokens reported); "
+        f"{counts['generated']} pairs generated, "
         f"{counts['kept']} kept; rejected: {rejected}"
     )
     console.print(

@@ -48,7 +48,7 @@ from holisafe.evaluate import _chunks, _progress
 from holisafe.judges.llm import LLMJudge, default_template, parse_judge_output
 from holisafe.judges.string import refusal_match
 from holisafe.models import ModelOptions, load_model
-from holisafe.models.base import GenerationSettings, Request
+from holisafe.models.base import GenerationSettings, Model, Request, Response
 from holisafe.store import Store
 
 PROMPTS: dict[str, tuple[str, ...]] = {  # prompt name → its placeholders, all required
@@ -492,13 +492,18 @@ class ReplyStore:
 
 @dataclass
 class Budget:
-    """The model requests one build call may make (`limit` None: no limit)."""
+    """What one build call may spend: `limit` requests, and requests until the providers have
+    reported `token_limit` tokens (checked between batches); None: no limit."""
 
     limit: int | None
+    token_limit: int | None = None
     used: int = 0
+    tokens: int = 0
 
     def grant(self, wanted: int) -> int:
         """How many of `wanted` requests may be made now; they count as made."""
+        if self.token_limit is not None and self.tokens >= self.token_limit:
+            return 0
         granted = wanted if self.limit is None else min(wanted, self.limit - self.used)
         self.used += granted
         return granted
@@ -575,15 +580,31 @@ def _job(*parts: Any) -> str:
 
 
 class _Lazy:
-    """A model loaded on first use, so that a dry run or a fully stored build loads none."""
+    """A model loaded on first use, so that a dry run or a fully stored build loads none; the
+    tokens its replies report count against the budget."""
 
-    def __init__(self, spec: str, options: ModelOptions):
-        self.spec, self.options, self._model = spec, options, None
+    def __init__(self, spec: str, options: ModelOptions, budget: Budget):
+        self.spec, self.options, self.budget, self._model = spec, options, budget, None
 
     def __call__(self):
         if self._model is None:
-            self._model = load_model(self.spec, self.options)
+            self._model = _Metered(load_model(self.spec, self.options), self.budget)
         return self._model
+
+
+class _Metered:
+    """A model whose replies' reported tokens are added to the budget."""
+
+    def __init__(self, model: Model, budget: Budget):
+        self._model, self._budget = model, budget
+
+    def generate(self, requests: list[Request], settings: GenerationSettings) -> list[Response]:
+        responses = self._model.generate(requests, settings)
+        self._budget.tokens += sum(response.tokens or 0 for response in responses)
+        return responses
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
 
 
 def _generate_replies(model: _Lazy, requests: list[Request], settings: GenerationSettings):
@@ -597,7 +618,8 @@ def _generate_replies(model: _Lazy, requests: list[Request], settings: Generatio
 class BuildSettings:
     """One build. `source` is a manifest (`.jsonl` / `.csv`) or a folder of unlabelled images,
     which then needs `label_model` (`label_by` `llm`, any model, or `head`, a Safe-VLM).
-    `store` defaults to `OUT/build.sqlite`; `max_requests` caps the model requests of one call;
+    `store` defaults to `OUT/build.sqlite`; `max_requests` caps the model requests of one call,
+    `token_budget` the tokens the providers report (checked between batches);
     prompt paths replace the shipped prompts."""
 
     source: str | Path
@@ -612,6 +634,7 @@ class BuildSettings:
     seed: int = 0
     dedup_threshold: float = 0.8
     max_requests: int | None = None
+    token_budget: int | None = None
     store: str | Path | None = None
     generate_prompt: str | Path | None = None
     check_type_prompt: str | Path | None = None
@@ -629,6 +652,7 @@ class BuildSettings:
             "test_ratio must be from 0 to 1": 0 <= self.test_ratio <= 1,
             "dedup_threshold must be above 0 and at most 1": 0 < self.dedup_threshold <= 1,
             "max_requests must be 0 or more": self.max_requests is None or self.max_requests >= 0,
+            "token_budget must be 0 or more": self.token_budget is None or self.token_budget >= 0,
             f"label_by must be one of {', '.join(LABEL_ROUTES)}": self.label_by in LABEL_ROUTES,
         }
         problems = [problem for problem, ok in checks.items() if not ok]
@@ -648,6 +672,7 @@ class BuildOutcome:
 
     complete: bool
     requests: int
+    tokens: int  # as the providers reported them
     pending: dict[str, int]
     failures: list[tuple[str, str]]
     rejections: list[Rejection]
@@ -693,7 +718,7 @@ class _Build:
         if self.s.label_model is None:
             raise BuildError("a folder of unlabelled images needs --label-model (and --label-by)")
         by_key = {f"{image.name}|{image.digest}": image for image in unlabelled}
-        model = _Lazy(self.s.label_model, self.s.label_options)
+        model = _Lazy(self.s.label_model, self.s.label_options, self.budget)
         source = f"{self.s.label_by}:{self.s.label_model}"
         if self.s.label_by == "head":
             ask, parse, attempts = self._head_labels(model, by_key), _head_label, 1
@@ -749,7 +774,7 @@ class _Build:
 
     def generate(self, images: list[SourceImage]) -> list[Pair]:
         by_key = {image.key: image for image in images}
-        model = _Lazy(self.s.generator, self.s.generator_options)
+        model = _Lazy(self.s.generator, self.s.generator_options, self.budget)
         prompt = self.prompts["generate"]
 
         def ask(keys):
@@ -814,7 +839,7 @@ class _Build:
         if self.s.judge is None:
             return pairs
         by_key = {pair.key: pair for pair in pairs}
-        model = _Lazy(self.s.judge, self.s.judge_options)
+        model = _Lazy(self.s.judge, self.s.judge_options, self.budget)
         types = self.stage(self._type_stage(model, by_key), list(by_key))
         responses = self.stage(self._response_stage(model, by_key), list(by_key))
         kept = []
@@ -931,7 +956,7 @@ def build_dataset(
     """Run (or resume) a build; with `dry_run`, make no request and say how many are left."""
     _check_out(Path(settings.out))
     images = read_source(settings.source)
-    budget = Budget(0 if dry_run else settings.max_requests)
+    budget = Budget(0, None) if dry_run else Budget(settings.max_requests, settings.token_budget)
     with _progress(progress) as bar:
         build = _Build(settings, budget, bar)
         try:
@@ -944,6 +969,7 @@ def build_dataset(
     outcome = BuildOutcome(
         complete=not build.pending and not build.failures,
         requests=budget.used,
+        tokens=budget.tokens,
         pending={stage: len(keys) for stage, keys in build.pending.items()},
         failures=build.failures,
         rejections=build.rejections,
