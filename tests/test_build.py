@@ -401,10 +401,15 @@ def test_unlabelled_images_are_labelled_by_an_llm_and_the_source_recorded(tmp_pa
     folder.mkdir()
     shutil.copy(mini_images[0], folder / "a.png")
     shutil.copy(mini_images[8], folder / "b.png")
-    labels = {"a.png": '{"label": "terrorism"}', "b.png": 'I think: {"label": "safe"}'}
+    shutil.copy(mini_images[9], folder / "c.png")
+    labels = {
+        "a.png": '{"label": "terrorism"}',
+        "b.png": 'I think: {"label": "safe"}',
+        "c.png": '{"label": "scary"}',  # not a label, every time
+    }
     names = {
         encode_image(read_source(folder)[i].image.load()).base64: n
-        for i, n in enumerate(["a.png", "b.png"])
+        for i, n in enumerate(["a.png", "b.png", "c.png"])
     }
     images = {"a.png": ("terrorism", False, "ok"), "b.png": (None, True, "ok")}
     generator = Generator(names, images)
@@ -435,8 +440,12 @@ def test_unlabelled_images_are_labelled_by_an_llm_and_the_source_recorded(tmp_pa
         "label_source": "llm:openai/stub-model",
         "split": None,
     }
-    assert by_image["b.png"]["image_safe"] is True
+    assert by_image["b.png"]["image_safe"] is True and "c.png" not in by_image
     assert outcome.provenance["counts"]["kept"] == 2 + 3
+    (unlabelled,) = outcome.rejections
+    assert (unlabelled.reason, unlabelled.image) == ("unlabelled", "c.png")
+    assert unlabelled.replies == ('{"label": "scary"}',) * 3
+    assert "'scary' is not one of the 20 image safety labels" in unlabelled.detail
 
 
 def test_a_safe_vlm_head_labels_images(tmp_path, mini_images):

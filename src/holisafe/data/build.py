@@ -526,6 +526,7 @@ class Stage:
 class StageResult:
     values: dict[str, Any] = field(default_factory=dict)
     malformed: dict[str, list[str]] = field(default_factory=dict)  # attempts spent: the replies
+    why: dict[str, str] = field(default_factory=dict)  # what is wrong with the last of them
     failed: dict[str, str] = field(default_factory=dict)  # no reply this time (rerun retries)
     pending: list[str] = field(default_factory=list)  # not asked: the budget is spent
 
@@ -543,10 +544,10 @@ def run_stage(
             try:
                 result.values[key] = stage.parse(key, text)
                 return True
-            except Malformed:
-                pass
+            except Malformed as exc:
+                why = str(exc)
         if len(replies.get(key, [])) >= stage.attempts:
-            result.malformed[key] = replies[key]
+            result.malformed[key], result.why[key] = replies[key], why
             return True
         return False
 
@@ -744,7 +745,7 @@ class _Build:
                     Rejection(
                         "unlabelled",
                         image.name,
-                        "the labeller gave no usable label",
+                        f"no usable label: {result.why[key]}",
                         replies=tuple(result.malformed[key]),
                     )
                 )
@@ -800,10 +801,7 @@ class _Build:
                 pairs += [Pair(image, item) for item in result.values[image.key]]
             elif image.key in result.malformed:
                 replies = result.malformed[image.key]
-                try:
-                    parse_items(replies[-1], image, self.s.per_type)
-                except Malformed as exc:
-                    detail = f"{len(replies)} malformed replies; the last: {exc}"
+                detail = f"{len(replies)} malformed replies; the last: {result.why[image.key]}"
                 self.rejections.append(
                     Rejection("malformed_output", image.name, detail, replies=tuple(replies))
                 )
@@ -851,9 +849,7 @@ class _Build:
             problems = []
             for reason, result, problem in verdicts:
                 if key in result.malformed:
-                    problems.append(
-                        (reason, f"unparseable judge replies: {result.malformed[key][-1]!r}")
-                    )
+                    problems.append((reason, f"no usable judge reply: {result.why[key]}"))
                 elif key in result.values and (why := problem(pair, result.values[key])):
                     problems.append((reason, why))
             if problems:
