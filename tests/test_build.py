@@ -254,6 +254,8 @@ def test_build_matches_the_hand_count_then_trains_and_evaluates(tmp_path, mini_i
     assert {s.image_safety_label for s in train + test if s.image_safe} == {0}
     labels = {p["image"]: p for p in provenance["images"]}
     assert labels["pics/u1.png"]["label_source"] == "manifest"
+    assert labels["pics/u3.png"]["split"] is None  # all of it rejected
+    assert {labels[n]["split"] for n in labels if n != "pics/u3.png"} == {"train", "test"}
     assert set(provenance["prompts"]) == {"generate", "check_type", "label", "judge_template"}
     assert all(len(p["sha256"]) == 64 for p in provenance["prompts"].values())
 

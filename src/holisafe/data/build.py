@@ -1,6 +1,6 @@
 """Building a HoliSafe-style data set: images in, typed queries and reference responses out.
 
-The evaluation's flow run the other way: image → generator Model → candidate pairs → filters →
+The evaluation's flow runs the other way: image → generator Model → candidate pairs → filters →
 records. Every model reply is kept in the store (table `build_replies`, keyed by stage, by what
 the reply depends on, and by attempt), so a rerun after a crash, a `kill -9` or a spent budget
 asks only for what has no usable reply yet.
@@ -1026,7 +1026,7 @@ def _write(settings: BuildSettings, build: _Build, labelled, kept: list[Pair], c
             files.append(export_samples(samples, out / split, "json", file_name=name))
             _validate(out / split)
     rejected = Counter(r.reason for r in build.rejections)
-    test_images = {p.image.name for p in test}
+    split_of = {p.image.name: "train" for p in train} | {p.image.name: "test" for p in test}
     provenance = {
         "holisafe_version": __version__,
         "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -1055,7 +1055,7 @@ def _write(settings: BuildSettings, build: _Build, labelled, kept: list[Pair], c
                 "category": i.category,
                 "subcategory": i.subcategory,
                 "label_source": i.label_source,
-                "split": "test" if i.name in test_images else "train",
+                "split": split_of.get(i.name),  # None: every pair was rejected
             }
             for i in labelled
         ],
