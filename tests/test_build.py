@@ -35,7 +35,7 @@ from holisafe.data.build import (
 )
 from holisafe.data.mini import generate_mini
 from holisafe.data.sample import ImageRef
-from holisafe.models import GenerationSettings, ModelOptions, Request, load_model
+from holisafe.models import GenerationSettings, ModelError, ModelOptions, Request, load_model
 from holisafe.models.api import encode_image
 from holisafe.models.tiny import build_tiny_model
 from holisafe.vgm import VGMSettings, convert_folder
@@ -601,6 +601,10 @@ def test_bad_input_is_one_clear_message(tmp_path, mini_images):
     prompt.write_text("only {image} and {typo}")
     with pytest.raises(BuildError, match=r"needs exactly \['image', 'per_type'"):
         load_prompt("generate", prompt)
+    with pytest.raises(ModelError, match="must be provider/name"):
+        BuildSettings(manifest, tmp_path / "out", "openai/x", judge="gpt-4o")
+    with pytest.raises(BuildError, match="per_type must be at least 1; test_ratio must be"):
+        BuildSettings(manifest, tmp_path / "out", "openai/x", per_type=0, test_ratio=2)
     (tmp_path / "taken" / "train").mkdir(parents=True)
     with pytest.raises(BuildError, match="already holds train/ from something other"):
         build_dataset(BuildSettings(manifest, tmp_path / "taken", "openai/x"))

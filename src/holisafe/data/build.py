@@ -47,7 +47,7 @@ from holisafe.errors import HolisafeError
 from holisafe.evaluate import _chunks, _progress
 from holisafe.judges.llm import LLMJudge, default_template, parse_judge_output
 from holisafe.judges.string import refusal_match
-from holisafe.models import ModelOptions, load_model
+from holisafe.models import ModelOptions, load_model, parse_spec
 from holisafe.models.base import GenerationSettings, Model, Request, Response
 from holisafe.store import Store
 
@@ -659,6 +659,9 @@ class BuildSettings:
         problems = [problem for problem, ok in checks.items() if not ok]
         if problems:
             raise BuildError("; ".join(problems))
+        for spec in (self.generator, self.judge, self.label_model):
+            if spec is not None:
+                parse_spec(spec)  # a bad spec fails now, not after paying for a stage
 
     @property
     def store_path(self) -> Path:
