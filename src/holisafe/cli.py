@@ -596,6 +596,132 @@ def data_mini(
     console.print(f"sample grid: {grid}")
 
 
+@data_app.command("build")
+def data_build(
+    source: Annotated[
+        Path, typer.Argument(help="Manifest (.jsonl/.csv) of labelled images, or an image folder.")
+    ],
+    out: Annotated[Path, typer.Argument(help="Output folder: train/, test/, provenance.json.")],
+    generator: Annotated[str, typer.Option(help="Model that writes the pairs (any model spec).")],
+    base_url: Annotated[str | None, typer.Option(help="Server of the generator's API.")] = None,
+    judge: Annotated[
+        str | None, typer.Option(help="Model that checks each pair's type and response.")
+    ] = None,
+    judge_base_url: JudgeBaseUrlOpt = None,
+    judge_template: JudgeTemplateOpt = None,
+    label_model: Annotated[
+        str | None, typer.Option(help="Model that labels the images of an unlabelled folder.")
+    ] = None,
+    label_by: Annotated[
+        str, typer.Option(help="llm (any model, asked) or head (a Safe-VLM's safety head).")
+    ] = "llm",
+    label_base_url: Annotated[str | None, typer.Option(help="Server of the labeller.")] = None,
+    per_type: Annotated[int, typer.Option(help="Queries per type per image.")] = 1,
+    retries: Annotated[int, typer.Option(help="Retries of a malformed model reply.")] = 2,
+    test_ratio: Annotated[float, typer.Option(help="Share of images in the test split.")] = 0.26,
+    seed: Annotated[int, typer.Option(help="Seed of the split.")] = 0,
+    dedup_threshold: Annotated[
+        float, typer.Option(help="Token-set Jaccard similarity that makes a near-duplicate.")
+    ] = 0.8,
+    max_requests: Annotated[
+        int | None, typer.Option(help="Stop after this many model requests; rerun to go on.")
+    ] = None,
+    token_budget: Annotated[
+        int | None,
+        typer.Option(help="Stop once the APIs report this many tokens used; rerun to go on."),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="Only print how many requests are left.")] = False,
+    store: Annotated[
+        Path | None, typer.Option(help="SQLite store of the replies (default OUT/build.sqlite).")
+    ] = None,
+    generate_prompt: Annotated[
+        Path | None, typer.Option(help="Replaces the generation prompt.")
+    ] = None,
+    check_type_prompt: Annotated[
+        Path | None, typer.Option(help="Replaces the type-check prompt.")
+    ] = None,
+    label_prompt: Annotated[
+        Path | None, typer.Option(help="Replaces the labelling prompt.")
+    ] = None,
+    max_new_tokens: Annotated[int, typer.Option(help="Longest generator reply.")] = 2048,
+    temperature: Annotated[float, typer.Option(help="Generator temperature.")] = 0.7,
+    concurrency: ConcurrencyOpt = 8,
+    batch_size: Annotated[int, typer.Option(help="Requests per batch (hf models).")] = 8,
+    timeout: TimeoutOpt = 60.0,
+    max_retries: MaxRetriesOpt = 5,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+) -> None:
+    """Build a HoliSafe-style data set: typed queries and reference responses for images."""
+    from dataclasses import replace
+
+    from holisafe.data.build import BuildSettings, build_dataset
+    from holisafe.models import GenerationSettings, ModelOptions
+
+    options = ModelOptions(
+        dtype=dtype,
+        device=device,
+        batch_size=batch_size,
+        concurrency=concurrency,
+        timeout_s=timeout,
+        max_retries=max_retries,
+    )
+    settings = BuildSettings(
+        source=source,
+        out=out,
+        generator=generator,
+        judge=judge,
+        label_model=label_model,
+        label_by=label_by,
+        per_type=per_type,
+        retries=retries,
+        test_ratio=test_ratio,
+        seed=seed,
+        dedup_threshold=dedup_threshold,
+        max_requests=max_requests,
+        token_budget=token_budget,
+        store=store,
+        generate_prompt=generate_prompt,
+        check_type_prompt=check_type_prompt,
+        label_prompt=label_prompt,
+        judge_template=judge_template,
+        generation=GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature),
+        generator_options=replace(options, base_url=base_url),
+        judge_options=replace(options, base_url=judge_base_url),
+        label_options=replace(options, base_url=label_base_url),
+    )
+    outcome = build_dataset(settings, dry_run=dry_run, progress=not dry_run)
+    left = ", ".join(f"{n} {stage}" for stage, n in outcome.pending.items()) or "none"
+    if dry_run:
+        console.print(
+            f"would make at most {outcome.estimate} requests (first attempts; "
+            f"each malformed reply adds up to {retries} more); pending now: {left}"
+        )
+        return
+    for what, error in outcome.failures[:20]:
+        err_console.print(f"failed {what}: {error}", markup=False, highlight=False)
+    if not outcome.complete:
+        spent = " (the budget is spent)" if outcome.pending else ""
+        err_console.print(
+            f"made {outcome.requests} requests ({outcome.tokens} tokens){spent}; "
+            f"still to ask: {left}; {len(outcome.failures)} failed; rerun the command to continue"
+        )
+        raise typer.Exit(1)
+    counts = outcome.provenance["counts"]
+    rejected = ", ".join(f"{n} {r}" for r, n in counts["rejected"].items() if n) or "none"
+    console.print(
+        f"{outcome.requests} requests ({outcome.tokens} tokens reported); "
+        f"{counts['generated']} pairs generated, "
+        f"{counts['kept']} kept; rejected: {rejected}"
+    )
+    console.print(
+        f"train: {counts['train']['pairs']} pairs over {counts['train']['images']} "
+        f"images; test: {counts['test']['pairs']} pairs over "
+        f"{counts['test']['images']} images"
+    )
+    console.print("wrote " + ", ".join(str(path) for path in outcome.files))
+
+
 model_app = typer.Typer(help="Build model folders.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 

@@ -45,7 +45,8 @@ class AnthropicModel(ApiModel):
         if content is None:
             raise malformed(message, "content")
         text = "".join(block.text for block in content if block.type == "text")
-        return Reply(text, message.stop_reason)
+        usage = message.usage
+        return Reply(text, message.stop_reason, usage and usage.input_tokens + usage.output_tokens)
 
 
 def _content(request: Request) -> str | list[dict]:

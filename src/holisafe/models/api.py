@@ -34,10 +34,12 @@ class RequestFailed(Exception):
 
 @dataclass(frozen=True)
 class Reply:
-    """What a provider answered: its text (None when it gave none) and why it stopped."""
+    """What a provider answered: its text (None when it gave none), why it stopped, and the
+    tokens (prompt + completion) it reports having used."""
 
     text: str | None
     stop_reason: str | None = None
+    tokens: int | None = None
 
 
 @dataclass(frozen=True)
@@ -187,8 +189,10 @@ class ApiModel:
         latency_s = time.perf_counter() - start
         if reply.text is None or not reply.text.strip():
             stopped = f" (stop reason: {reply.stop_reason})" if reply.stop_reason else ""
-            return Response(None, error=f"empty reply{stopped}", latency_s=latency_s)
-        return Response(reply.text, latency_s=latency_s)
+            return Response(
+                None, error=f"empty reply{stopped}", latency_s=latency_s, tokens=reply.tokens
+            )
+        return Response(reply.text, latency_s=latency_s, tokens=reply.tokens)
 
     def missing_key(self) -> ModelError:
         names = " or ".join(self.key_variables)

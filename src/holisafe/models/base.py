@@ -62,6 +62,7 @@ class Response:
     error: str | None = None
     latency_s: float = 0.0
     safety: SafetyPrediction | None = None
+    tokens: int | None = None  # prompt + completion tokens the provider reports; None: unknown
 
     @property
     def ok(self) -> bool:

@@ -56,7 +56,8 @@ class GoogleModel(ApiModel):
             response = self._client.models.generate_content(
                 model=self.name, contents=_contents(request), config=config
             )
-        return Reply(response.text, _stop_reason(response))
+        usage = response.usage_metadata
+        return Reply(response.text, _stop_reason(response), usage and usage.total_token_count)
 
     @contextmanager
     def _sorted_errors(self) -> Iterator[None]:

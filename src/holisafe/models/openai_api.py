@@ -49,7 +49,8 @@ class OpenAIModel(ApiModel):
         if not choices:
             raise malformed(completion, "choices")
         choice = choices[0]
-        return Reply(choice.message.content, choice.finish_reason)
+        usage = getattr(completion, "usage", None)
+        return Reply(choice.message.content, choice.finish_reason, usage and usage.total_tokens)
 
 
 def _messages(request: Request) -> list[dict]:
