@@ -44,7 +44,7 @@ from holisafe.data.export import export_samples
 from holisafe.data.loaders import ImageFolder, read_dataset
 from holisafe.data.sample import ImageRef, Sample, decode_image
 from holisafe.errors import HolisafeError
-from holisafe.evaluate import _chunks, _progress
+from holisafe.evaluate import chunks, progress_bar
 from holisafe.judges.llm import LLMJudge, default_template, parse_judge_output
 from holisafe.judges.string import refusal_match
 from holisafe.models import ModelOptions, load_model, parse_spec
@@ -555,7 +555,7 @@ def run_stage(
     task = bar.add_task(f"{stage.name}", total=len(todo), visible=bool(todo))
     while todo:
         asked = []
-        for chunk in _chunks(todo, stage.batch):
+        for chunk in chunks(todo, stage.batch):
             granted = budget.grant(len(chunk))
             result.pending += chunk[granted:]
             if not granted:
@@ -956,7 +956,7 @@ def build_dataset(
     _check_out(Path(settings.out))
     images = read_source(settings.source)
     budget = Budget(0, None) if dry_run else Budget(settings.max_requests, settings.token_budget)
-    with _progress(progress) as bar:
+    with progress_bar(progress) as bar:
         build = _Build(settings, budget, bar)
         try:
             labelled = build.label(images)
