@@ -178,7 +178,7 @@ def test_limits_are_checked_and_summarised():
     summary = SMALL.summary()
     for figure in ("2 requests", "5,000 decoded pixels", "500 bytes", "10 s", "60 s"):
         assert figure in summary
-    bound = 2 * 2 * 64 * 1024 + 8 * 5_000  # two bodies (read, parsed) per request; 8 B a pixel
+    bound = 2 * 2 * 64 * 1024 + 16 * 5_000  # two bodies (read, parsed) a request; 16 B a pixel
     assert SMALL.memory_bound == bound
 
 

@@ -577,7 +577,7 @@ def serve_command(
     ] = 64,
     max_decoded_pixels: Annotated[
         int, typer.Option(help="Decoded image pixels held at once, all requests together.")
-    ] = 64_000_000,
+    ] = 32_000_000,
     max_connections: Annotated[
         int, typer.Option(help="Open connections; a request on one more gets 503.")
     ] = 512,

@@ -35,9 +35,11 @@ DATA_URL = re.compile(r"data:(?P<media>[\w.+-]+/[\w.+-]+)?(;[^,;]*)*;base64,(?P<
 RETRY_AFTER_S = 1
 # An admitted request holds its body while reading it and the body parsed while it is answered.
 BODY_COPIES = 2
-# A decoded pixel costs at most 8 bytes: the decoder's own copy (up to 4 bytes a pixel, in the
-# modes Pillow decodes to), an intermediate 1-byte copy some conversions make, the RGB result (3).
-BYTES_PER_DECODED_PIXEL = 8
+# A decoded pixel is held until the answer: as RGB (3 bytes), with Pillow's decoding copy while
+# it is decoded, and with the image processor's float copy while the model reads it. Measured
+# with LLaVA's CLIP image processor: about 6 bytes a pixel decoded and 8.5 more in the model's
+# hands (benchmarks/bench_server_memory.py); other processors may need more.
+BYTES_PER_DECODED_PIXEL = 16
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,7 @@ class ServeLimits:
     max_text_bytes: int = 8_000  # system prompt and question together, in UTF-8
     max_guard_images: int = 16  # images in one /v1/guard request
     max_pending: int = 64  # API requests admitted at once: being read, decoded, queued, answered
-    max_decoded_pixels: int = 64_000_000  # decoded image pixels held by all requests together
+    max_decoded_pixels: int = 32_000_000  # decoded image pixels held by all requests together
     max_connections: int = 512  # open connections; a request on one more gets 503
     header_timeout_s: float = 10.0  # to send a request head, from connecting or the last answer
     body_timeout_s: float = 60.0  # to send a request body, from its head
@@ -73,7 +75,8 @@ class ServeLimits:
     @property
     def memory_bound(self) -> int:
         """The most bytes that admitted requests and their images hold, beyond the model's own
-        memory and its work on one batch."""
+        memory: their bodies, and their images until answered (the model's work on them
+        included)."""
         bodies = self.max_pending * BODY_COPIES * self.max_request_bytes
         return bodies + self.max_decoded_pixels * BYTES_PER_DECODED_PIXEL
 
