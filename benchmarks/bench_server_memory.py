@@ -19,6 +19,7 @@ import base64
 import io
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -44,8 +45,6 @@ MiB = 2**20
 
 
 def free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
@@ -172,6 +171,8 @@ def main() -> None:
     limits = ServeLimits(max_pending=args.max_pending)
 
     print(*machine_lines(), sep="\n")
+    memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    print(f"memory: {memory:.0f} GiB; server and clients on this machine, over loopback")
     image = largest_image(limits)
     body = chat_body(image)
     print(
