@@ -8,7 +8,10 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -24,6 +27,7 @@ from typer.testing import CliRunner
 
 from holisafe.cli import app as cli_app
 from holisafe.models.base import Response, SafetyPrediction
+from holisafe.models.tiny import build_tiny_model
 from holisafe.serve import (
     ApiError,
     ServeError,
@@ -34,6 +38,7 @@ from holisafe.serve import (
 )
 from holisafe.serve.limits import decode_encoded, read_image_url
 from holisafe.serve.protocol import ChatCall, parse_chat
+from tests.modelfixtures import no_network
 
 NAME = "fake"
 WAIT_S = 30  # the most any condition below is waited for; reaching it fails the test
@@ -239,6 +244,12 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(
         assert health(root)["pending"] == 0
 
 
+def test_a_request_head_still_incomplete_past_16_kib_gets_400(server):
+    with connect(server) as sock:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Padding: " + b"x" * 20_000)
+        assert read_until_closed(sock).startswith(b"HTTP/1.1 400")
+
+
 def test_requests_past_max_connections_get_503():
     with serving(limits=ServeLimits(max_connections=3)) as root:
         idle = [connect(root) for _ in range(3)]
@@ -325,6 +336,33 @@ def test_serve_command_refuses_a_bad_timeout_before_loading_anything():
     )
     assert isinstance(result.exception, ServeError)
     assert "header_timeout_s must be over 0 seconds" in str(result.exception)
+
+
+def test_serve_command_prints_its_limits_hosts_and_key_at_start_up(tmp_path):
+    with no_network():
+        folder = build_tiny_model(tmp_path / "tiny", "llava", seed=1)
+    command = [sys.executable, "-m", "holisafe", "serve", "--model", f"hf/{folder}"]
+    command += ["--port", "0", "--device", "cpu", "--max-pending", "7"]
+    command += ["--allowed-host", "lab.internal"]
+    env = os.environ | {"HOLISAFE_API_KEY": "k", "HF_HUB_OFFLINE": "1"}
+    server = subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env)
+    watchdog = threading.Timer(120, server.kill)
+    watchdog.start()
+    lines: list[str] = []
+    try:
+        while not any("answering for hosts" in line for line in lines):
+            line = server.stderr.readline()
+            assert line, "".join(lines)  # the server exited before it was ready
+            lines.append(line)
+    finally:
+        watchdog.cancel()
+        server.terminate()
+        server.wait()
+    printed = "".join(lines)
+    assert "limits: at most 7 requests in progress" in printed
+    assert "32,000,000 decoded pixels" in printed and "10 s to send a request head" in printed
+    assert "127.0.0.1, localhost, ::1, lab.internal" in printed
+    assert "/v1/ needs an API key" in printed
 
 
 # --- property-based: any request gets a clear 4xx or an answer, never a 500 -----------------

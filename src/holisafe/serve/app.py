@@ -174,9 +174,8 @@ class _Served:
             self.check_model(call.model)
             urls = {} if call.image_url is None else {"in the request": call.image_url}
             async with self.decoded(urls) as images:
-                request = Request(
-                    query=call.query, image=next(iter(images), None), system=call.system
-                )
+                image = images[0] if images else None
+                request = Request(query=call.query, image=image, system=call.system)
                 response = await self.batcher.generate(request, call.settings)
         if response.text is None:
             raise ApiError(500, f"the model gave no answer: {response.error}", "model_error")
