@@ -213,7 +213,7 @@ class _Served:
             await run_in_threadpool(read_image_url, url, where, self.limits)
             for where, url in urls.items()
         ]
-        async with self.capacity.pixels(sum(image.pixels for image in encoded)):
+        async with self.capacity.hold_pixels(sum(image.pixels for image in encoded)):
             images = [await run_in_threadpool(decode_encoded, e, self.limits) for e in encoded]
             encoded.clear()  # the files' bytes are not needed while the model works
             yield images

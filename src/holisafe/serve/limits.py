@@ -126,7 +126,7 @@ class Capacity:
             self.pending -= 1
 
     @asynccontextmanager
-    async def pixels(self, count: int):
+    async def hold_pixels(self, count: int):
         """Hold `count` decoded pixels, waiting while other requests hold too many; 413 when
         `count` alone is over the budget."""
         budget = self.limits.max_decoded_pixels
