@@ -83,6 +83,18 @@ BENCHMARKS = (
         gpu_args=("--gpu-7b", "--clients", "16", "--per-client", "2"),
     ),
     Benchmark(
+        "Server memory under concurrent maximum-size image requests (`holisafe serve`)",
+        "bench_server_memory.py",
+        "`holisafe serve` on the tiny LLaVA in its own process, default limits, receiving 96 "
+        "chat requests at once, each carrying an image at both image limits (16,000,000 pixels "
+        "in a PNG just under 8 MiB, a 10.6 MiB body). The server admits 64 (`--max-pending`) "
+        "and answers the rest 503 at once; it decodes images within its pixel budget (32 M, "
+        "two such images). Its resident memory at rest and at its peak (the kernel's "
+        "high-water mark) are set against the bound it states for what requests hold "
+        "(`ServeLimits.memory_bound`), while /health is timed every 100 ms. The script fails "
+        "when the peak passes the bound, /health fails, or no request is refused.",
+    ),
+    Benchmark(
         "The visual guard module: its cost, and the guard head against a generative guard",
         "bench_guard.py",
         "The same LLaVA weights as a plain model and as Safe-VLMs, random weights (this measures "

@@ -40,7 +40,9 @@ LIMITS = ServeLimits(
     max_image_bytes=96 * 1024,
     max_image_pixels=100_000,
     max_tokens=32,
-    max_text_chars=2_000,
+    max_text_bytes=2_000,
+    max_pending=64,
+    max_decoded_pixels=400_000,
     max_guard_images=4,
 )
 GREEDY = {"max_tokens": 6, "temperature": 0}
@@ -246,7 +248,7 @@ def decompression_bomb() -> bytes:
     [
         (chat_body(max_tokens=33), 400, ["max_tokens=33", "limit of 32"]),
         (chat_body(max_completion_tokens=99), 400, ["max_tokens=99"]),
-        (chat_body(messages=[user("x" * 2_001)]), 400, ["2,001 characters"]),
+        (chat_body(messages=[user("x" * 2_001)]), 400, ["2,001 bytes"]),
         (chat_body(n=2), 400, ["n=2"]),
         (chat_body(messages=[{"role": "system", "content": "hi"}]), 400, ["no user message"]),
         (

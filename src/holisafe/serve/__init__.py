@@ -9,11 +9,14 @@ from holisafe.serve.app import (
 )
 from holisafe.serve.batching import BatchStats, DynamicBatcher
 from holisafe.serve.errors import ApiError, ServeError
-from holisafe.serve.limits import ServeLimits
+from holisafe.serve.gate import LOOPBACK_HOSTS
+from holisafe.serve.limits import Capacity, ServeLimits
 
 __all__ = [
+    "LOOPBACK_HOSTS",
     "ApiError",
     "BatchStats",
+    "Capacity",
     "DynamicBatcher",
     "ServeError",
     "ServeLimits",

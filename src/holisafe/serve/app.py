@@ -5,6 +5,10 @@
 - `POST /v1/guard`: `{"images": [data URL, ...]}` in, one safety prediction per image out.
 - `GET /v1/models`: the one model served. `GET /health`: status and batching counters.
 - `GET /`: a page to try the model in a browser.
+
+Every request first passes the gate (Host, API key, JSON content type: `gate.py`); API
+requests are then admitted within the server's capacity (`limits.py`), so that what the server
+holds stays under `ServeLimits.memory_bound`.
 """
 
 from __future__ import annotations
@@ -13,9 +17,9 @@ import logging
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import uvicorn
@@ -32,8 +36,16 @@ from holisafe.errors import HolisafeError
 from holisafe.models import ModelOptions, load_model
 from holisafe.models.base import Model, Request
 from holisafe.serve.batching import DynamicBatcher
+from holisafe.serve.connections import server_config
 from holisafe.serve.errors import ApiError, ServeError, error_body
-from holisafe.serve.limits import ServeLimits, decode_image_url, read_json
+from holisafe.serve.gate import ANY_HOST, LOOPBACK_HOSTS, RequestGate
+from holisafe.serve.limits import (
+    Capacity,
+    ServeLimits,
+    decode_encoded,
+    read_image_url,
+    read_json,
+)
 from holisafe.serve.protocol import (
     GuardBody,
     completion,
@@ -45,22 +57,27 @@ from holisafe.serve.protocol import (
 
 STATIC = Path(__file__).parent / "static"
 STARTUP_POLL_S = 0.01
+WILDCARD_ADDRESSES = ("", "0.0.0.0", "::")
 
 
 @dataclass(frozen=True)
 class ServeSettings:
-    """How the server names its model, batches requests and limits them."""
+    """How the server names its model, batches requests, limits them and whom it answers."""
 
     model_name: str | None = None  # default: the model folder's name, or the Hub id
     max_batch: int | None = None  # default: the model's batch size (8 if it has none)
     batch_wait_ms: float = 10.0
     limits: ServeLimits = field(default_factory=ServeLimits)
+    allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host headers answered; "*": any
+    api_key: str | None = None  # when set, /v1/ needs `Authorization: Bearer <key>`
 
     def __post_init__(self) -> None:
         if self.max_batch is not None and self.max_batch < 1:
             raise ServeError(f"max batch must be at least 1, got {self.max_batch}")
         if self.batch_wait_ms < 0:
             raise ServeError(f"batch wait must be 0 ms or more, got {self.batch_wait_ms:g}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ServeError("the API key is empty")
 
 
 def default_model_name(spec: str) -> str:
@@ -81,6 +98,7 @@ def create_app(model: Model, settings: ServeSettings = ServeSettings()) -> FastA
         name=settings.model_name or default_model_name(model.spec),
         batcher=batcher,
         limits=settings.limits,
+        capacity=Capacity(settings.limits),
         safe_vlm=bool(getattr(model, "is_safe_vlm", False)),
     )
 
@@ -91,6 +109,8 @@ def create_app(model: Model, settings: ServeSettings = ServeSettings()) -> FastA
         await batcher.stop()
 
     app = FastAPI(title="holisafe", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.limits = settings.limits
+    app.add_middleware(RequestGate, allowed_hosts=settings.allowed_hosts, api_key=settings.api_key)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
     _add_error_handlers(app)
     app.add_api_route("/", _page, include_in_schema=False)
@@ -113,6 +133,7 @@ class _Served:
     name: str
     batcher: DynamicBatcher
     limits: ServeLimits
+    capacity: Capacity
     safe_vlm: bool
     created: int = field(default_factory=lambda: int(time.time()))
 
@@ -132,6 +153,9 @@ class _Served:
             "max_batch": self.batcher.max_batch,
             "batch_wait_ms": self.batcher.wait_s * 1000,
             **asdict(self.batcher.stats),
+            "pending": self.capacity.pending,
+            "decoded_pixels": self.capacity.decoded_pixels,
+            "busy_refusals": self.capacity.busy_refusals,
         }
 
     def card(self) -> dict:
@@ -145,13 +169,14 @@ class _Served:
         return self.card()
 
     async def chat(self, http: HttpRequest):
-        call = parse_chat(await read_json(http, self.limits.max_request_bytes), self.limits)
-        self.check_model(call.model)
-        image = None
-        if call.image_url is not None:
-            image = await self.decode(call.image_url, "in the request")
-        request = Request(query=call.query, image=image, system=call.system)
-        response = await self.batcher.generate(request, call.settings)
+        with self.capacity.admit():
+            call = parse_chat(await read_json(http, self.limits), self.limits)
+            self.check_model(call.model)
+            urls = {} if call.image_url is None else {"in the request": call.image_url}
+            async with self.decoded(urls) as images:
+                image = images[0] if images else None
+                request = Request(query=call.query, image=image, system=call.system)
+                response = await self.batcher.generate(request, call.settings)
         if response.text is None:
             raise ApiError(500, f"the model gave no answer: {response.error}", "model_error")
         if call.stream:
@@ -160,26 +185,38 @@ class _Served:
         return completion(self.name, response)
 
     async def guard(self, http: HttpRequest) -> dict:
-        body = validated(GuardBody, await read_json(http, self.limits.max_request_bytes))
-        self.check_model(body.model)
-        if not self.safe_vlm:
-            raise ApiError(
-                400, f"`{self.name}` has no safety head; serve a Safe-VLM", "no_safety_head"
-            )
-        if len(body.images) > self.limits.max_guard_images:
-            raise ApiError(
-                400,
-                f"{len(body.images)} images is over the limit of "
-                f"{self.limits.max_guard_images} per guard request",
-                "too_many_images",
-            )
-        images = [await self.decode(url, f"#{i + 1}") for i, url in enumerate(body.images)]
-        predictions = await self.batcher.classify(images)
+        with self.capacity.admit():
+            body = validated(GuardBody, await read_json(http, self.limits))
+            self.check_model(body.model)
+            if not self.safe_vlm:
+                raise ApiError(
+                    400, f"`{self.name}` has no safety head; serve a Safe-VLM", "no_safety_head"
+                )
+            if len(body.images) > self.limits.max_guard_images:
+                raise ApiError(
+                    400,
+                    f"{len(body.images)} images is over the limit of "
+                    f"{self.limits.max_guard_images} per guard request",
+                    "too_many_images",
+                )
+            urls = {f"#{i + 1}": url for i, url in enumerate(body.images)}
+            async with self.decoded(urls) as images:
+                predictions = await self.batcher.classify(images)
         return {"model": self.name, "results": [safety_json(p) for p in predictions]}
 
-    async def decode(self, url: str, where: str) -> Image.Image:
-        """Decoding is CPU work: done on a thread, so that the event loop keeps serving."""
-        return await run_in_threadpool(decode_image_url, url, where, self.limits)
+    @asynccontextmanager
+    async def decoded(self, urls: dict[str, str]) -> AsyncIterator[list[Image.Image]]:
+        """The images (by where they are in the request), decoded once their pixels fit in the
+        server's budget and held until the block ends. Decoding is CPU work: done on threads,
+        so that the event loop keeps serving."""
+        encoded = [
+            await run_in_threadpool(read_image_url, url, where, self.limits)
+            for where, url in urls.items()
+        ]
+        async with self.capacity.hold_pixels(sum(image.pixels for image in encoded)):
+            images = [await run_in_threadpool(decode_encoded, e, self.limits) for e in encoded]
+            encoded.clear()  # the files' bytes are not needed while the model works
+            yield images
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -190,7 +227,9 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ApiError)
     async def api_error(_http, exc: ApiError) -> JSONResponse:
-        return answer(exc.status, exc.message, exc.code)
+        response = answer(exc.status, exc.message, exc.code)
+        response.headers.update(exc.headers)
+        return response
 
     @app.exception_handler(Exception)
     async def server_error(_http, exc: Exception) -> JSONResponse:
@@ -218,14 +257,20 @@ def serve(
     options: ModelOptions = ModelOptions(),
     log_level: str = "info",
 ) -> None:
-    """Load the model `spec` names and serve it until interrupted."""
-    app = create_app(load_model(spec, options), settings)
+    """Load the model `spec` names and serve it until interrupted. The address it listens on
+    joins the hosts it answers for."""
+    if host not in WILDCARD_ADDRESSES and host not in settings.allowed_hosts:
+        settings = replace(settings, allowed_hosts=(*settings.allowed_hosts, host))
     sock = _listen(host, port)
-    config = uvicorn.Config(app, log_level=log_level)  # sets up uvicorn's loggers
+    app = create_app(load_model(spec, options), settings)
+    config = server_config(app, settings.limits, log_level)  # sets up uvicorn's loggers
     url = f"http://{host}:{sock.getsockname()[1]}"
-    logging.getLogger("uvicorn.error").info(
-        "serving %s on %s (web page at /, OpenAI-compatible API under /v1)", spec, url
-    )
+    log = logging.getLogger("uvicorn.error")
+    log.info("serving %s on %s (web page at /, OpenAI-compatible API under /v1)", spec, url)
+    log.info("limits: %s", settings.limits.summary())
+    hosts = "any" if ANY_HOST in settings.allowed_hosts else ", ".join(settings.allowed_hosts)
+    auth = "an API key" if settings.api_key else "no API key"
+    log.info("answering for hosts: %s; /v1/ needs %s", hosts, auth)
     uvicorn.Server(config).run(sockets=[sock])
 
 
@@ -233,7 +278,7 @@ def serve(
 def running_server(app: FastAPI, host: str = "127.0.0.1", port: int = 0) -> Iterator[str]:
     """Serve `app` on a background thread; yields its root URL (port 0: a free port)."""
     sock = _listen(host, port)
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning"))
+    server = uvicorn.Server(server_config(app, app.state.limits, "warning"))
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     while not server.started:

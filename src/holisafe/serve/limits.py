@@ -1,19 +1,29 @@
-"""What the server accepts, and reading bodies and images within those limits.
+"""What the server accepts and holds at once, and reading bodies and images within those limits.
 
 Sizes are checked before any work that grows with them: the declared Content-Length before the
 body is read, the base64 length before it is decoded, the pixel count in the image header
 before the pixels are (so a decompression bomb is refused without being expanded).
+
+The memory model: at most `max_pending` API requests are admitted at once (one more gets 503
+with Retry-After before its body is read); each holds at most its body and that body parsed
+(about 2 x `max_request_bytes`); and the images of all admitted requests together hold at most
+`max_decoded_pixels` decoded pixels (a request waits, admitted, until its pixels fit).
+`ServeLimits.memory_bound` adds these up.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import io
 import json
 import re
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, fields
 
+import anyio
 from PIL import Image
 from starlette.requests import Request as HttpRequest
 
@@ -22,51 +32,165 @@ from holisafe.serve.errors import ApiError, ServeError
 
 MiB = 2**20
 DATA_URL = re.compile(r"data:(?P<media>[\w.+-]+/[\w.+-]+)?(;[^,;]*)*;base64,(?P<data>.*)", re.S)
+RETRY_AFTER_S = 1
+# An admitted request holds its body while reading it and the body parsed while it is answered.
+BODY_COPIES = 2
+# A decoded pixel is held until the answer: as RGB (3 bytes), with Pillow's decoding copy while
+# it is decoded, and with the image processor's float copy while the model reads it. Measured
+# with LLaVA's CLIP image processor: about 6 bytes a pixel decoded and 8.5 more in the model's
+# hands (benchmarks/bench_server_memory.py); other processors may need more.
+BYTES_PER_DECODED_PIXEL = 16
 
 
 @dataclass(frozen=True)
 class ServeLimits:
-    """Per-request limits; a request over one gets a 4xx answer that names it."""
+    """Per-request limits (a request over one gets a 4xx answer that names it), what the server
+    holds at once, and how long it waits for a client."""
 
     max_request_bytes: int = 16 * MiB
     max_image_bytes: int = 8 * MiB  # one image, decoded from base64
     max_image_pixels: int = 16_000_000
     max_tokens: int = 1024  # the most max_tokens a request may ask for
-    max_text_chars: int = 20_000  # system prompt and question together
+    max_text_bytes: int = 8_000  # system prompt and question together, in UTF-8
     max_guard_images: int = 16  # images in one /v1/guard request
+    max_pending: int = 64  # API requests admitted at once: being read, decoded, queued, answered
+    max_decoded_pixels: int = 32_000_000  # decoded image pixels held by all requests together
+    max_connections: int = 512  # open connections; a request on one more gets 503
+    header_timeout_s: float = 10.0  # to send a request head, from connecting or the last answer
+    body_timeout_s: float = 60.0  # to send a request body, from its head
 
     def __post_init__(self) -> None:
         for field in fields(self):
-            if getattr(self, field.name) < 1:
-                raise ServeError(
-                    f"{field.name} must be at least 1, got {getattr(self, field.name)}"
-                )
+            value = getattr(self, field.name)
+            if field.name.endswith("_s") and not value > 0:
+                raise ServeError(f"{field.name} must be over 0 seconds, got {value:g}")
+            if not field.name.endswith("_s") and value < 1:
+                raise ServeError(f"{field.name} must be at least 1, got {value}")
+        if self.max_decoded_pixels < self.max_image_pixels:
+            raise ServeError(
+                f"max_decoded_pixels ({self.max_decoded_pixels:,}) must hold at least one image "
+                f"of max_image_pixels ({self.max_image_pixels:,})"
+            )
+
+    @property
+    def memory_bound(self) -> int:
+        """The most bytes that admitted requests and their images hold, beyond the model's own
+        memory: their bodies, and their images until answered (the model's work on them
+        included)."""
+        bodies = self.max_pending * BODY_COPIES * self.max_request_bytes
+        return bodies + self.max_decoded_pixels * BYTES_PER_DECODED_PIXEL
+
+    def summary(self) -> str:
+        """The limits in one line, as the server prints them at start-up."""
+        return (
+            f"at most {self.max_pending} requests in progress (more get 503), "
+            f"{self.max_decoded_pixels:,} decoded pixels held, {self.max_connections} "
+            f"connections; bodies up to {self.max_request_bytes:,} bytes, images up to "
+            f"{self.max_image_bytes:,} bytes and {self.max_image_pixels:,} pixels, "
+            f"{self.max_guard_images} per guard call, text up to {self.max_text_bytes:,} bytes, "
+            f"max_tokens up to {self.max_tokens}; a client has {self.header_timeout_s:g} s to "
+            f"send a request head and {self.body_timeout_s:g} s for its body; memory held for "
+            f"requests at most {self.memory_bound / 2**30:.1f} GiB beyond the model"
+        )
+
+
+class Capacity:
+    """What the server holds at run time: requests admitted and decoded pixels.
+
+    Counted on the event loop's thread only, so plain counters suffice.
+    """
+
+    def __init__(self, limits: ServeLimits):
+        self.limits = limits
+        self.pending = 0
+        self.decoded_pixels = 0
+        self.busy_refusals = 0
+        self._pixels_freed = asyncio.Condition()
+
+    @contextmanager
+    def admit(self) -> Iterator[None]:
+        """Hold one of the `max_pending` places for a request; 503 when all are taken."""
+        if self.pending >= self.limits.max_pending:
+            self.busy_refusals += 1
+            raise ApiError(
+                503,
+                f"the server is busy: {self.pending} requests are in progress, its limit; "
+                f"retry in {RETRY_AFTER_S} s",
+                "server_busy",
+                {"Retry-After": str(RETRY_AFTER_S)},
+            )
+        self.pending += 1
+        try:
+            yield
+        finally:
+            self.pending -= 1
+
+    @asynccontextmanager
+    async def hold_pixels(self, count: int):
+        """Hold `count` decoded pixels, waiting while other requests hold too many; 413 when
+        `count` alone is over the budget."""
+        budget = self.limits.max_decoded_pixels
+        if count > budget:
+            raise too_large(
+                f"the images of this request have {count:,} pixels, over the limit of "
+                f"{budget:,} held at once"
+            )
+        async with self._pixels_freed:
+            await self._pixels_freed.wait_for(lambda: self.decoded_pixels + count <= budget)
+            self.decoded_pixels += count
+        try:
+            yield
+        finally:
+            async with self._pixels_freed:
+                self.decoded_pixels -= count
+                self._pixels_freed.notify_all()
 
 
 def too_large(message: str) -> ApiError:
     return ApiError(413, message, "request_too_large")
 
 
-async def read_json(request: HttpRequest, max_bytes: int) -> object:
-    """The request's JSON body; 413 past `max_bytes` (declared or sent), 400 if not JSON."""
+async def read_json(request: HttpRequest, limits: ServeLimits) -> object:
+    """The request's JSON body: 413 past `max_request_bytes` (declared or sent), 408 when it
+    takes over `body_timeout_s`, 400 if it is not JSON."""
+    max_bytes = limits.max_request_bytes
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > max_bytes:
         raise too_large(
             f"request body of {int(declared):,} bytes is over the limit of {max_bytes:,}"
         )
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > max_bytes:
-            raise too_large(f"request body is over the limit of {max_bytes:,} bytes")
+    try:
+        with anyio.fail_after(limits.body_timeout_s):
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > max_bytes:
+                    raise too_large(f"request body is over the limit of {max_bytes:,} bytes")
+    except TimeoutError:
+        raise ApiError(
+            408,
+            f"the request body did not arrive within {limits.body_timeout_s:g} s",
+            "request_timeout",
+            {"Connection": "close"},
+        ) from None
     try:
         return json.loads(body)
     except (ValueError, RecursionError) as exc:  # bad UTF-8, bad JSON, absurd nesting
         raise ApiError(400, f"request body is not valid JSON: {exc}", "invalid_json") from None
 
 
-def decode_image_url(url: str, where: str, limits: ServeLimits) -> Image.Image:
-    """An image from a base64 data URL (or bare base64), checked against the limits, in RGB."""
+@dataclass(frozen=True)
+class EncodedImage:
+    """An image's file bytes and the pixels its header declares (0 when it has no readable
+    header: decoding then says what is wrong)."""
+
+    data: bytes
+    pixels: int
+    where: str
+
+
+def read_image_url(url: str, where: str, limits: ServeLimits) -> EncodedImage:
+    """The image file in a base64 data URL (or bare base64), checked against the limits."""
     match = DATA_URL.fullmatch(url)
     if match is None and url.startswith(("http://", "https://", "data:")):
         raise ApiError(
@@ -82,16 +206,19 @@ def decode_image_url(url: str, where: str, limits: ServeLimits) -> Image.Image:
         data = base64.b64decode(text.strip(), validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(400, f"image {where}: broken base64 data", "invalid_image") from None
-    _check_pixels(data, where, limits.max_image_pixels)
+    return EncodedImage(data, _declared_pixels(data, where, limits.max_image_pixels), where)
+
+
+def decode_encoded(image: EncodedImage, limits: ServeLimits) -> Image.Image:
+    """The image in RGB; 400 naming what is wrong with it."""
     try:
-        return decode_image(data, where, limits.max_image_pixels)
+        return decode_image(image.data, image.where, limits.max_image_pixels)
     except ImageError as exc:
         raise ApiError(400, str(exc), "invalid_image") from None
 
 
-def _check_pixels(data: bytes, where: str, max_pixels: int) -> None:
-    """413 when the image header declares more pixels than allowed; other faults are left to
-    decode_image, which names them."""
+def _declared_pixels(data: bytes, where: str, max_pixels: int) -> int:
+    """The pixel count in the image header; 413 over `max_pixels`."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
@@ -100,9 +227,10 @@ def _check_pixels(data: bytes, where: str, max_pixels: int) -> None:
             f"image {where} has over {max_pixels:,} pixels (decompression bomb)"
         ) from None
     except (Image.UnidentifiedImageError, OSError):
-        return
+        return 0
     if width * height > max_pixels:
         raise too_large(
             f"image {where} is {width}x{height} = {width * height:,} pixels, over the limit of "
             f"{max_pixels:,}"
         )
+    return width * height

@@ -131,13 +131,7 @@ def parse_chat(body: object, limits: ServeLimits) -> ChatCall:
         )
     system = "\n\n".join(m.text for m in chat.messages if m.role in SYSTEM_ROLES) or None
     query = users[-1].text
-    if len(query) + len(system or "") > limits.max_text_chars:
-        raise ApiError(
-            400,
-            f"the system prompt and question have {len(query) + len(system or ''):,} "
-            f"characters, over the limit of {limits.max_text_chars:,}",
-            "context_length_exceeded",
-        )
+    _check_text_size(query + (system or ""), limits.max_text_bytes)
     return ChatCall(
         model=chat.model,
         query=query,
@@ -146,6 +140,27 @@ def parse_chat(body: object, limits: ServeLimits) -> ChatCall:
         settings=_settings(chat, limits),
         stream=chat.stream,
     )
+
+
+def _check_text_size(text: str, max_bytes: int) -> None:
+    """Bytes, not characters, bound the prompt's tokens: a byte-level tokenizer makes at most
+    about one token of each UTF-8 byte, where one character may take four."""
+    try:
+        size = len(text.encode("utf-8"))
+    except UnicodeEncodeError as exc:
+        raise ApiError(
+            400,
+            f"the system prompt or question is not valid Unicode: {exc.reason} at character "
+            f"{exc.start}",
+            "invalid_text",
+        ) from None
+    if size > max_bytes:
+        raise ApiError(
+            400,
+            f"the system prompt and question are {size:,} bytes in UTF-8, over the limit of "
+            f"{max_bytes:,}",
+            "context_length_exceeded",
+        )
 
 
 def _settings(chat: ChatBody, limits: ServeLimits) -> GenerationSettings:
