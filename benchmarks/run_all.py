@@ -121,9 +121,10 @@ BENCHMARKS = (
         "Training throughput with and without the visual guard module",
         "bench_training.py",
         "The library's own training set-up (`holisafe.train`) on HoliSafe-Mini, the same "
-        "batches with the module (`meta_token` and `mean` pooling) and without (`--vgm none`): "
-        "samples/s of each, the median of several runs per setting with the settings taking turns, "
-        "after 3 untimed warm-up steps. CPU: the tiny LLaVA, full fine-tuning. GPU: a random "
+        "batches with the module (`meta_token` and `image_mean` head inputs) and without "
+        "(`--vgm none`): samples/s of each, the median of several runs per setting with the "
+        "settings taking turns, after 3 untimed warm-up steps. CPU: the tiny LLaVA, full "
+        "fine-tuning. GPU: a random "
         "LLaVA-1.5-7B-shaped model, LoRA on a bfloat16 base, with peak memory and the time of "
         "one epoch over HoliSafe's 10,951 training pairs.",
         cpu_args=("--repeats", "5"),

@@ -201,7 +201,7 @@ def test_full_tuning_writes_a_safe_vlm_that_loads_and_answers(tiny, data_dir, tm
     assert record.settings.base == f"hf/{tiny['llava']}" and record.global_step == 3
     trained = load_safe_vlm(str(out))
     untrained = AutoConfig.from_pretrained(tiny["llava"])
-    assert not is_safe_vlm(untrained) and trained.vgm.pooling == "meta_token"
+    assert not is_safe_vlm(untrained) and trained.vgm.head_input == "meta_token"
     with no_network():
         model = HFModel(f"hf/{out}", device="cpu")
     (response,) = model.generate(
@@ -286,7 +286,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny, data_dir, tmp_pa
     )
     assert step and int(step.group(1)) == saved
     assert read_record(out).global_step == 120
-    assert load_safe_vlm(str(out)).vgm.pooling == "meta_token"
+    assert load_safe_vlm(str(out)).vgm.head_input == "meta_token"
 
 
 def free_port() -> int:
