@@ -24,11 +24,13 @@ def bench(tmp_path_factory):
     return write_official(tmp_path_factory.mktemp("bench"))
 
 
-@pytest.fixture(scope="module")
-def safe_llava(tmp_path_factory):
+@pytest.fixture(scope="module", params=["llm", "vision"])
+def safe_llava(tmp_path_factory, request):
+    """A Safe-LLaVA with its meta token in either placement."""
     root = tmp_path_factory.mktemp("models")
     plain = tiny_model_dir(root, "llava")
-    convert_folder(str(plain), str(root / "safe"), VGMSettings(), seed=0)
+    settings = VGMSettings(meta_token_placement=request.param)
+    convert_folder(str(plain), str(root / "safe"), settings, seed=0)
     return root / "safe"
 
 

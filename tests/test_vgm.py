@@ -2,6 +2,8 @@
 placements of the meta token (the vision placement on LLaVA)."""
 
 import json
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -424,3 +426,24 @@ def test_settings_are_checked(safe_models, tmp_path):
     model.save_pretrained(tmp_path)
     with pytest.raises(VGMError, match="already has a visual guard module"):
         attach_visual_guard(str(tmp_path), VGMSettings(), processor)
+
+
+def test_model_tiny_writes_either_placement_and_refuses_a_family_without_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from holisafe.cli import app
+
+    command = ["model", "tiny", "--vgm", "meta_token", "--meta-token-placement", "vision"]
+    done = CliRunner().invoke(app, [*command, str(tmp_path / "llava"), "--family", "llava"])
+    assert done.exit_code == 0, done.output
+    assert "meta_token (vision placement)" in done.output
+    assert load_safe_vlm(str(tmp_path / "llava")).vgm.meta_token_placement == "vision"
+    refused = subprocess.run(
+        [sys.executable, "-m", "holisafe", *command, str(tmp_path / "gemma"), "--family", "gemma3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert refused.returncode == 2
+    assert "built for LLaVA with a CLIP vision tower" in refused.stderr
+    assert "Traceback" not in refused.stderr
