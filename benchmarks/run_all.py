@@ -103,6 +103,20 @@ BENCHMARKS = (
         gpu_args=("--gpu-7b", "--repeats", "10"),
     ),
     Benchmark(
+        "The meta token's vision placement against its llm placement",
+        "bench_meta_token_placement.py",
+        "The same LLaVA weights as two Safe-VLMs whose head reads the meta token: the `llm` "
+        "placement (a token of the language model's input only) and the `vision` placement, the "
+        "paper's (a token appended to the vision encoder's patches, carried through the "
+        "projector and placed right after the image's tokens). Both give the language model one "
+        "token more per image; the vision placement adds one token to the vision encoder's "
+        "sequence (17 + 1 on the CPU model, 577 + 1 on the 7B shape). Timed with the two "
+        "models taking turns: the forward pass, the vision encoder and projector alone, and "
+        "generate with 16 new tokens; the ratio is vision over llm.",
+        cpu_args=("--repeats", "40"),
+        gpu_args=("--gpu-7b", "--repeats", "10"),
+    ),
+    Benchmark(
         "Judging and evaluation throughput; a full HoliSafe-Bench run extrapolated",
         "bench_eval.py",
         "(1) The published string-matching judge over HoliSafe-Mini's reference responses "
