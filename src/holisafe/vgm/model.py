@@ -82,7 +82,7 @@ class SafeVLMMixin:
         )
         self.last_safety_probs: torch.Tensor | None = None
         self.vision_meta_token = None
-        if settings.uses_meta_token and settings.meta_token_placement == "vision":
+        if settings.meta_token_placement == "vision":
             require_vision_placement(config)
             embeddings = vision_embeddings(self)
             self.vision_meta_token = VisionMetaToken(embeddings.embed_dim)
@@ -311,7 +311,7 @@ def attach_visual_guard(source: str, settings: VGMSettings, processor, **load_kw
     family_of(config)
     if is_safe_vlm(config):
         raise VGMError(f"{source} already has a visual guard module")
-    if settings.uses_meta_token and settings.meta_token_placement == "vision":
+    if settings.meta_token_placement == "vision":
         require_vision_placement(config)
     tokenizer = processor.tokenizer
     if settings.uses_meta_token:
