@@ -539,11 +539,13 @@ def model_tiny(
 
     from holisafe.models.tiny import build_tiny_model
     from holisafe.models.vision_pretrain import pretrain_vision_tower
-    from holisafe.vgm import VGMSettings, convert_folder
+    from holisafe.vgm import VGMError, VGMSettings, convert_folder
 
     settings = None
     if vgm:
         settings = VGMSettings(head_input=vgm, meta_token_placement=meta_token_placement)
+    elif meta_token_placement != "llm":
+        raise VGMError("--meta-token-placement places the meta token of --vgm meta_token")
     with tempfile.TemporaryDirectory() as scratch:
         plain = Path(scratch) if vgm else out
         build_tiny_model(plain, family, seed=seed)
