@@ -78,10 +78,12 @@ def _existing_safe_vlm(settings: TrainSettings, source: str, dtype: torch.dtype)
     model = load_safe_vlm(source, dtype=dtype)
     has = model.vgm
     if settings.vgm == "none" or vgm_settings(settings).describe() != has.describe():
-        placement = f" --meta-token-placement {has.meta_token_placement}"
+        options = f"--vgm {has.head_input}"
+        if has.uses_meta_token:
+            options += f" --meta-token-placement {has.meta_token_placement}"
         raise TrainError(
-            f"{source} already has a visual guard module reading {has.describe()}; train it "
-            f"with --vgm {has.head_input}{placement if has.uses_meta_token else ''}"
+            f"{source} already has a visual guard module reading {has.describe()}; "
+            f"train it with {options}"
         )
     model.vgm = dataclasses.replace(model.vgm, loss_lambda=settings.safety_lambda)
     model.config.safety_loss_lambda = settings.safety_lambda
