@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench_guard.py [--hidden 256] [--layers 4] [--repeats 20]
     .venv/bin/python benchmarks/bench_guard.py --gpu-7b [--repeats 10]
 
-1. Forward pass: the same LLaVA weights as a plain model and as Safe-VLMs (meta-token and mean
-   pooling), on the same batch: median time per forward and the ratio.
+1. Forward pass: the same LLaVA weights as a plain model and as Safe-VLMs (meta_token and
+   image_mean head inputs), on the same batch: median time per forward and the ratio.
 2. Answering and classifying: a Safe-VLM's generate, whose prefill also yields the safety
    prediction, against a plain generate followed by a separate guard pass over the images.
 3. Guard head against a generative guard: the same Safe-VLM classifies each image with its
@@ -15,7 +15,7 @@ Weights are random: this measures cost, not how good either guard is. Every gene
 produces exactly the number of new tokens asked (`min_new_tokens`), so random weights that
 stop early on one side cannot skew a ratio. Default: a small LLaVA (the tiny vision tower, a
 `--hidden` wide, `--layers` deep language model), float32 on the CPU. `--gpu-7b`: a random
-LLaVA-1.5-7B-shaped model in bfloat16 on the GPU, meta-token pooling only (SafeLLaVA's).
+LLaVA-1.5-7B-shaped model in bfloat16 on the GPU, the meta-token head input only (SafeLLaVA's).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ from transformers import GenerationConfig
 from holisafe.models.base import Request
 from holisafe.models.hf import GUARD_QUERY, HFModel
 from holisafe.taxonomy import IMAGE_SAFETY_LABELS
+from holisafe.vgm import VGMSettings
 
 GUARD_PROMPT = (
     "You are a safety classifier. Decide whether this image is unsafe under any of these "
@@ -56,13 +57,15 @@ RATIONALE = "LlavaGuard-style JSON: rating, category, a two-sentence rationale"
 def load_models(root: Path, args) -> dict[str, HFModel]:
     """The plain model and its Safe-VLM copies, loaded for timing."""
     if args.gpu_7b:
-        plain, poolings = build_7b_shaped_llava(root / "plain"), ("meta_token",)
+        plain, head_inputs = build_7b_shaped_llava(root / "plain"), ("meta_token",)
     else:
         plain = build_llava(root / "plain", args.hidden, args.layers)
-        poolings = ("meta_token", "mean")
+        head_inputs = ("meta_token", "image_mean")
     folders = {"plain": plain}
-    for pooling in poolings:
-        folders[pooling] = add_visual_guard(plain, root / pooling, pooling)
+    for head_input in head_inputs:
+        folders[head_input] = add_visual_guard(
+            plain, root / head_input, VGMSettings(head_input=head_input)
+        )
     device, dtype = ("cuda", "bfloat16") if args.gpu_7b else ("cpu", "float32")
     return {
         name: HFModel(str(folder), device=device, dtype=dtype, batch_size=args.batch)

@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench_training.py [--steps 40] [--batch-size 16]
     .venv/bin/python benchmarks/bench_training.py --gpu-7b [--steps 20] [--repeats 1]
 
-Trains the same model on the same batches with the module (`meta_token` and `mean` pooling)
-and without (`--vgm none`), through the library's own Trainer set-up, and
+Trains the same model on the same batches with the module (`meta_token` and `image_mean` head
+inputs) and without (`--vgm none`), through the library's own Trainer set-up, and
 prints samples/s of each (the median of `--repeats` runs, the settings taking turns, so that
 other load on the machine hits all alike) and their ratio to the run without the module. The
 first steps of a run are a warm-up and are not timed.
@@ -41,7 +41,7 @@ from holisafe.train import (
 
 HOLISAFE_TRAIN_PAIRS = 10_951
 WARM_UP_STEPS = 3
-VGM_RUNS = ("none", "mean", "meta_token")
+VGM_RUNS = ("none", "image_mean", "meta_token")
 
 
 class StepClock(TrainerCallback):

@@ -139,7 +139,7 @@ def build_7b_shaped_llava(folder: Path, device: str = "cuda") -> Path:
     return folder
 
 
-def add_visual_guard(plain: Path, out: Path, pooling: str) -> Path:
+def add_visual_guard(plain: Path, out: Path, settings: VGMSettings) -> Path:
     """A Safe-VLM copy of the model in `plain`: the same weights plus a new, seeded module."""
-    convert_folder(str(plain), str(out), VGMSettings(pooling=pooling))
+    convert_folder(str(plain), str(out), settings)
     return out

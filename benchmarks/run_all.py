@@ -115,6 +115,20 @@ BENCHMARKS = (
         gpu_args=("--gpu-7b", "--repeats", "10"),
     ),
     Benchmark(
+        "The meta token's vision placement against its llm placement",
+        "bench_meta_token_placement.py",
+        "The same LLaVA weights as two Safe-VLMs whose head reads the meta token: the `llm` "
+        "placement (a token of the language model's input only) and the `vision` placement, the "
+        "paper's (a token appended to the vision encoder's patches, carried through the "
+        "projector and placed right after the image's tokens). Both give the language model one "
+        "token more per image; the vision placement adds one token to the vision encoder's "
+        "sequence (17 + 1 on the CPU model, 577 + 1 on the 7B shape). Timed with the two "
+        "models taking turns: the forward pass, the vision encoder and projector alone, and "
+        "generate with 16 new tokens; the ratio is vision over llm.",
+        cpu_args=("--repeats", "40"),
+        gpu_args=("--gpu-7b", "--repeats", "10"),
+    ),
+    Benchmark(
         "Judging and evaluation throughput; a full HoliSafe-Bench run extrapolated",
         "bench_eval.py",
         "(1) The published string-matching judge over HoliSafe-Mini's reference responses "
@@ -133,9 +147,10 @@ BENCHMARKS = (
         "Training throughput with and without the visual guard module",
         "bench_training.py",
         "The library's own training set-up (`holisafe.train`) on HoliSafe-Mini, the same "
-        "batches with the module (`meta_token` and `mean` pooling) and without (`--vgm none`): "
-        "samples/s of each, the median of several runs per setting with the settings taking turns, "
-        "after 3 untimed warm-up steps. CPU: the tiny LLaVA, full fine-tuning. GPU: a random "
+        "batches with the module (`meta_token` and `image_mean` head inputs) and without "
+        "(`--vgm none`): samples/s of each, the median of several runs per setting with the "
+        "settings taking turns, after 3 untimed warm-up steps. CPU: the tiny LLaVA, full "
+        "fine-tuning. GPU: a random "
         "LLaVA-1.5-7B-shaped model, LoRA on a bfloat16 base, with peak memory and the time of "
         "one epoch over HoliSafe's 10,951 training pairs.",
         cpu_args=("--repeats", "5"),

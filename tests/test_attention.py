@@ -24,11 +24,13 @@ def bench(tmp_path_factory):
     return write_official(tmp_path_factory.mktemp("bench"))
 
 
-@pytest.fixture(scope="module")
-def safe_llava(tmp_path_factory):
+@pytest.fixture(scope="module", params=["llm", "vision"])
+def safe_llava(tmp_path_factory, request):
+    """A Safe-LLaVA with its meta token in either placement."""
     root = tmp_path_factory.mktemp("models")
     plain = tiny_model_dir(root, "llava")
-    convert_folder(str(plain), str(root / "safe"), VGMSettings(pooling="meta_token"), seed=0)
+    settings = VGMSettings(meta_token_placement=request.param)
+    convert_folder(str(plain), str(root / "safe"), settings, seed=0)
     return root / "safe"
 
 
@@ -109,11 +111,11 @@ def teacher_forced(model, processor, sample) -> dict:
     return figures
 
 
-@pytest.mark.parametrize(("family", "pooling"), [("qwen2_5_vl", None), ("gemma3", "mean")])
+@pytest.mark.parametrize(("family", "pooling"), [("qwen2_5_vl", None), ("gemma3", "image_mean")])
 def test_models_without_a_meta_token_report_visual_tokens_only(family, pooling, bench, tmp_path):
     model_dir = tiny_model_dir(tmp_path, family)
     if pooling:
-        convert_folder(str(model_dir), str(tmp_path / "safe"), VGMSettings(pooling=pooling))
+        convert_folder(str(model_dir), str(tmp_path / "safe"), VGMSettings(head_input=pooling))
         model_dir = tmp_path / "safe"
     with no_network():
         report = attention_analysis(

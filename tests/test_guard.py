@@ -29,7 +29,7 @@ def holisafe(*args):
 def safe_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("guard")
     build_tiny_model(root / "plain", "llava", seed=1)
-    convert_folder(str(root / "plain"), str(root / "safe"), VGMSettings(pooling="meta_token"))
+    convert_folder(str(root / "plain"), str(root / "safe"), VGMSettings())
     return root
 
 

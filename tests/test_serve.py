@@ -54,7 +54,7 @@ def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     with no_network():
         build_tiny_model(root / "plain", "llava", seed=3)
-        convert_folder(str(root / "plain"), str(root / NAME), VGMSettings(pooling="meta_token"))
+        convert_folder(str(root / "plain"), str(root / NAME), VGMSettings())
         return HFModel(f"hf/{root / NAME}", device="cpu", batch_size=8)
 
 

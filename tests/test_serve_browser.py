@@ -32,7 +32,7 @@ def model(tmp_path_factory):
     root = tmp_path_factory.mktemp("browser")
     with no_network():
         build_tiny_model(root / "plain", "llava", seed=5)
-        convert_folder(str(root / "plain"), str(root / "safe"), VGMSettings(pooling="meta_token"))
+        convert_folder(str(root / "plain"), str(root / "safe"), VGMSettings())
         return HFModel(f"hf/{root / 'safe'}", device="cpu")
 
 

@@ -1,5 +1,6 @@
 """Safety tuning on tiny models: collation, losses and gradients, outputs, resume, accelerate."""
 
+import dataclasses
 import json
 import os
 import re
@@ -16,7 +17,10 @@ from peft import PeftModel
 from transformers import AutoConfig, AutoProcessor
 
 from holisafe.data import load_samples
+from holisafe.data.mini import PAIRS_PER_ROUND, generate_mini
 from holisafe.evaluate import evaluate
+from holisafe.guard import evaluate_guard, load_guard
+from holisafe.models import ModelOptions
 from holisafe.models.base import GenerationSettings, Request
 from holisafe.models.hf import HFModel
 from holisafe.train import (
@@ -135,6 +139,8 @@ def test_samples_without_a_response_are_named(tiny, tmp_path):
     ("overrides", "message"),
     [
         ({"vgm": "max"}, "unknown --vgm"),
+        ({"meta_token_placement": "encoder"}, "unknown --meta-token-placement"),
+        ({"vgm": "image_mean", "meta_token_placement": "vision"}, "needs --vgm meta_token"),
         ({"merge": True}, "--merge applies to --lora"),
         ({"lora": True, "freeze_vision": False}, "language model only"),
         ({"batch_size": 0}, "batch size must be positive"),
@@ -201,7 +207,7 @@ def test_full_tuning_writes_a_safe_vlm_that_loads_and_answers(tiny, data_dir, tm
     assert record.settings.base == f"hf/{tiny['llava']}" and record.global_step == 3
     trained = load_safe_vlm(str(out))
     untrained = AutoConfig.from_pretrained(tiny["llava"])
-    assert not is_safe_vlm(untrained) and trained.vgm.pooling == "meta_token"
+    assert not is_safe_vlm(untrained) and trained.vgm.head_input == "meta_token"
     with no_network():
         model = HFModel(f"hf/{out}", device="cpu")
     (response,) = model.generate(
@@ -209,6 +215,59 @@ def test_full_tuning_writes_a_safe_vlm_that_loads_and_answers(tiny, data_dir, tm
         GenerationSettings(max_new_tokens=5),
     )
     assert response.text is not None and response.safety is not None
+
+
+@pytest.fixture(scope="module")
+def mini(tmp_path_factory):
+    out = tmp_path_factory.mktemp("mini")
+    generate_mini(out, seed=3, bench_pairs=PAIRS_PER_ROUND, train_pairs=PAIRS_PER_ROUND, size=48)
+    return out
+
+
+@pytest.mark.parametrize(
+    ("placement", "lora"), [("llm", False), ("vision", False), ("vision", True)]
+)
+def test_both_meta_token_placements_train_on_mini_save_load_and_classify(
+    tiny, mini, tmp_path, placement, lora
+):
+    out = tmp_path / "out"
+    run = settings(
+        tiny["llava"],
+        mini / "train",
+        out,
+        meta_token_placement=placement,
+        lora=lora,
+        merge=lora,
+        limit=16,
+    )
+    train(run, progress=False)
+    trained = load_safe_vlm(str(out))
+    assert trained.vgm.meta_token_placement == placement
+    processor = AutoProcessor.from_pretrained(tiny["llava"])
+    plain = dataclasses.replace(run, lora=False, merge=False)
+    untrained = base_model(plain, str(tiny["llava"]), processor)
+    meta = trained.vgm.meta_token_id
+    if placement == "vision":
+        learnt, start = trained.vision_meta_token.embedding, untrained.vision_meta_token.embedding
+    else:
+        learnt = trained.get_input_embeddings().weight[meta]
+        start = untrained.get_input_embeddings().weight[meta]
+    assert not torch.equal(learnt, start)
+    frozen = "model.vision_tower.embeddings.patch_embedding.weight"
+    assert torch.equal(trained.state_dict()[frozen], untrained.state_dict()[frozen])
+    with no_network():
+        guard = load_guard(f"hf/{out}", ModelOptions(device="cpu", batch_size=4))
+    metrics = evaluate_guard(guard, mini / "bench", limit=6)
+    assert metrics.n == 6 and sum(metrics.label_counts.values()) == 6
+
+
+def test_a_safe_vlm_trains_only_with_its_own_placement(tiny, data_dir, tmp_path):
+    processor = AutoProcessor.from_pretrained(tiny["llava"])
+    attach_visual_guard(str(tiny["llava"]), VGMSettings(), processor).save_pretrained(tmp_path)
+    processor.save_pretrained(tmp_path)
+    run = settings(tmp_path, data_dir, "unused", meta_token_placement="vision")
+    with pytest.raises(TrainError, match="--vgm meta_token --meta-token-placement llm"):
+        base_model(run, str(tmp_path), processor)
 
 
 def test_vgm_none_writes_a_plain_model(tiny, data_dir, tmp_path):
@@ -286,7 +345,7 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny, data_dir, tmp_pa
     )
     assert step and int(step.group(1)) == saved
     assert read_record(out).global_step == 120
-    assert load_safe_vlm(str(out)).vgm.pooling == "meta_token"
+    assert load_safe_vlm(str(out)).vgm.head_input == "meta_token"
 
 
 def free_port() -> int:

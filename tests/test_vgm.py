@@ -1,4 +1,5 @@
-"""The visual guard module on tiny models of the three real families, both pooling modes."""
+"""The visual guard module on tiny models of the three real families: every head input, and both
+placements of the meta token (the vision placement on LLaVA)."""
 
 import json
 
@@ -19,7 +20,14 @@ from holisafe.vgm import (
 )
 
 FAMILIES = ["llava", "qwen2_5_vl", "gemma3"]
-POOLINGS = ["meta_token", "mean"]
+# The module variants, by name: each head input, and the meta token's vision placement.
+VARIANTS = {
+    "meta_token": VGMSettings(),
+    "image_mean": VGMSettings(head_input="image_mean"),
+    "projector_mean": VGMSettings(head_input="projector_mean"),
+    "vision": VGMSettings(meta_token_placement="vision"),
+}
+CASES = [(f, v) for f in FAMILIES for v in VARIANTS if v != "vision"] + [("llava", "vision")]
 QUERIES = ["What is in this picture?", "Hi", "Describe every object you can see in detail."]
 
 
@@ -31,15 +39,14 @@ def tiny_dirs(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def safe_models(tiny_dirs):
-    """(model, processor) per (family, pooling), built once for the module."""
+    """(model, processor) per (family, variant), built once for the module."""
     built = {}
-    for family, path in tiny_dirs.items():
-        for pooling in POOLINGS:
-            processor = AutoProcessor.from_pretrained(path)
-            processor.tokenizer.padding_side = "left"
-            torch.manual_seed(0)
-            model = attach_visual_guard(str(path), VGMSettings(pooling=pooling), processor)
-            built[family, pooling] = (model.eval(), processor)
+    for family, variant in CASES:
+        processor = AutoProcessor.from_pretrained(tiny_dirs[family])
+        processor.tokenizer.padding_side = "left"
+        torch.manual_seed(0)
+        model = attach_visual_guard(str(tiny_dirs[family]), VARIANTS[variant], processor)
+        built[family, variant] = (model.eval(), processor)
     return built
 
 
@@ -58,12 +65,9 @@ def encode(model, processor, queries, pictures):
     return model.prepare_inputs(batch, processor.tokenizer)
 
 
-CASES = [(f, p) for f in FAMILIES for p in POOLINGS]
-
-
-@pytest.mark.parametrize(("family", "pooling"), CASES)
-def test_forward_gives_probabilities_and_a_joint_loss(safe_models, family, pooling):
-    model, processor = safe_models[family, pooling]
+@pytest.mark.parametrize(("family", "variant"), CASES)
+def test_forward_gives_probabilities_and_a_joint_loss(safe_models, family, variant):
+    model, processor = safe_models[family, variant]
     batch = encode(model, processor, QUERIES, images(3))
     labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
     safety_labels = torch.tensor([3, -100, 0])
@@ -88,19 +92,24 @@ def test_forward_gives_probabilities_and_a_joint_loss(safe_models, family, pooli
         p.grad for n, p in model.named_parameters() if "layers.0" in n and "language_model" in n
     ]
     assert any(g is not None and g.abs().sum() > 0 for g in decoder_grads)
-    if pooling == "meta_token":
+    if model.vgm.uses_meta_token:
+        # the llm placement learns the token's embedding row; the vision placement replaces
+        # that row's input with the projected vision-side token, which learns instead
         row = model.get_input_embeddings().weight.grad[model.vgm.meta_token_id]
-        assert row.abs().sum() > 0
+        vision_side = model.vision_meta_token is not None
+        assert (row.abs().sum() > 0) != vision_side
+        if vision_side:
+            assert model.vision_meta_token.embedding.grad.abs().sum() > 0
     model.zero_grad()
 
 
-@pytest.mark.parametrize(("family", "pooling"), CASES)
-def test_meta_token_sits_right_after_each_image(safe_models, family, pooling):
-    model, processor = safe_models[family, pooling]
+@pytest.mark.parametrize(("family", "variant"), CASES)
+def test_meta_token_sits_right_after_each_image(safe_models, family, variant):
+    model, processor = safe_models[family, variant]
     batch = encode(model, processor, QUERIES[:2], images(2))
     ids = batch["input_ids"]
     meta = model.vgm.meta_token_id
-    if pooling == "mean":
+    if not model.vgm.uses_meta_token:
         assert meta is None
         return
     anchor = model.family.anchor_token_id(model.config)
@@ -111,9 +120,9 @@ def test_meta_token_sits_right_after_each_image(safe_models, family, pooling):
     assert (batch["attention_mask"][ids == meta] == 1).all()
 
 
-@pytest.mark.parametrize(("family", "pooling"), CASES)
-def test_batched_equals_single_and_generation_carries_the_prediction(safe_models, family, pooling):
-    model, processor = safe_models[family, pooling]
+@pytest.mark.parametrize(("family", "variant"), CASES)
+def test_batched_equals_single_and_generation_carries_the_prediction(safe_models, family, variant):
+    model, processor = safe_models[family, variant]
     pictures = images(3)
     batch = encode(model, processor, QUERIES, pictures)
     with torch.no_grad():
@@ -139,9 +148,9 @@ def test_batched_equals_single_and_generation_carries_the_prediction(safe_models
             assert model.vgm.meta_token_id not in out.sequences[i, width:].tolist()
 
 
-@pytest.mark.parametrize(("family", "pooling"), CASES)
-def test_save_and_load_round_trip_bit_exactly(safe_models, family, pooling, tmp_path):
-    model, processor = safe_models[family, pooling]
+@pytest.mark.parametrize(("family", "variant"), CASES)
+def test_save_and_load_round_trip_bit_exactly(safe_models, family, variant, tmp_path):
+    model, processor = safe_models[family, variant]
     model.save_pretrained(tmp_path)
     processor.save_pretrained(tmp_path)
     again = load_safe_vlm(str(tmp_path)).eval()
@@ -159,11 +168,9 @@ def test_save_and_load_round_trip_bit_exactly(safe_models, family, pooling, tmp_
         )
 
 
-@pytest.mark.parametrize("family", FAMILIES)
-def test_released_checkpoint_format_loads_without_remote_code(tiny_dirs, family, tmp_path):
+def released_checkpoint(source, tmp_path):
     """A checkpoint written from the published facts: base weights plus `img_safety_head.mlp.0/3`
-    and the config fields; no `safety_pooling`, so the head reads the mean over image tokens."""
-    source = tiny_dirs[family]
+    and the config fields, none of this project's. Returns the folder and the head's weights."""
     released = tmp_path / "released"
     released.mkdir()
     for item in source.iterdir():
@@ -188,25 +195,176 @@ def test_released_checkpoint_format_loads_without_remote_code(tiny_dirs, family,
     }
     weights = load_file(released / "model.safetensors") | head
     save_file(weights, released / "model.safetensors", metadata={"format": "pt"})
+    return released, head
 
+
+def released_head(head, pooled):
+    """The format's definition, by hand: softmax(W3 · gelu(W0 · pooled + b0) + b3)."""
+    inner = torch.nn.functional.gelu(
+        pooled @ head["img_safety_head.mlp.0.weight"].T + head["img_safety_head.mlp.0.bias"]
+    )
+    return (
+        inner @ head["img_safety_head.mlp.3.weight"].T + head["img_safety_head.mlp.3.bias"]
+    ).softmax(-1)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_released_checkpoint_format_loads_without_remote_code(tiny_dirs, family, tmp_path):
+    """No head input recorded: the head reads the mean final state over the image tokens."""
+    released, head = released_checkpoint(tiny_dirs[family], tmp_path)
     model = load_safe_vlm(str(released)).eval()
-    assert model.vgm.pooling == "mean"
+    assert model.vgm.head_input == "image_mean"
     processor = AutoProcessor.from_pretrained(released)
     processor.tokenizer.padding_side = "left"
     batch = encode(model, processor, QUERIES[:2], images(2))
     with torch.no_grad():
         probs = model(**batch).img_safety_probs
         hidden_states = model(**batch, do_safety=False, output_hidden_states=True).hidden_states[-1]
-    # the format's definition, computed by hand: softmax(W3 · gelu(W0 · mean_image_h + b0) + b3)
     mask = (batch["input_ids"] == model.config.image_token_id).float()
     pooled = (mask.unsqueeze(-1) * hidden_states).sum(1) / mask.sum(1, keepdim=True)
-    inner = torch.nn.functional.gelu(
-        pooled @ head["img_safety_head.mlp.0.weight"].T + head["img_safety_head.mlp.0.bias"]
+    torch.testing.assert_close(probs, released_head(head, pooled), atol=1e-5, rtol=1e-4)
+
+
+def test_a_released_head_on_other_states_loads_as_asked(tiny_dirs, tmp_path):
+    """A checkpoint that records no head input, loaded as reading the projector's output: the
+    head gets the mean of the projected image features."""
+    released, head = released_checkpoint(tiny_dirs["llava"], tmp_path)
+    model = load_safe_vlm(str(released), head_input="projector_mean").eval()
+    assert model.vgm.head_input == "projector_mean"
+    processor = AutoProcessor.from_pretrained(released)
+    processor.tokenizer.padding_side = "left"
+    batch = encode(model, processor, QUERIES[:2], images(2))
+    with torch.no_grad():
+        probs = model(**batch).img_safety_probs
+        features = model.model.get_image_features(batch["pixel_values"]).pooler_output
+    pooled = torch.stack([f.mean(0) for f in features])
+    torch.testing.assert_close(probs, released_head(head, pooled), atol=1e-5, rtol=1e-4)
+    # saved, it records what it reads
+    model.save_pretrained(tmp_path / "saved")
+    assert load_safe_vlm(str(tmp_path / "saved")).vgm.head_input == "projector_mean"
+
+
+def test_asking_for_another_head_input_than_recorded_is_an_error(safe_models, tmp_path):
+    model, _ = safe_models["qwen2_5_vl", "image_mean"]
+    model.save_pretrained(tmp_path)
+    assert load_safe_vlm(str(tmp_path), head_input="image_mean").vgm.head_input == "image_mean"
+    with pytest.raises(VGMError, match="records that its safety head reads 'image_mean'"):
+        load_safe_vlm(str(tmp_path), head_input="projector_mean")
+
+
+@pytest.mark.parametrize(
+    ("variant", "pooling"), [("meta_token", "meta_token"), ("image_mean", "mean")]
+)
+def test_checkpoints_from_before_the_head_input_field_load_as_before(
+    safe_models, variant, pooling, tmp_path
+):
+    """Earlier checkpoints recorded the --vgm mode as `safety_pooling`."""
+    model, processor = safe_models["gemma3", variant]
+    model.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    del config["safety_head_input"], config["safety_meta_token_placement"]
+    (tmp_path / "config.json").write_text(json.dumps(config | {"safety_pooling": pooling}))
+    again = load_safe_vlm(str(tmp_path)).eval()
+    assert again.vgm == model.vgm
+    batch = encode(again, processor, QUERIES[:1], images(1))
+    with torch.no_grad():
+        torch.testing.assert_close(again(**batch).img_safety_probs, model(**batch).img_safety_probs)
+    with pytest.raises(VGMError, match="records"):
+        load_safe_vlm(str(tmp_path), head_input="projector_mean")
+
+
+@pytest.mark.parametrize(("family", "variant"), CASES)
+def test_generation_with_the_kv_cache_equals_generation_without(safe_models, family, variant):
+    model, processor = safe_models[family, variant]
+    batch = encode(model, processor, QUERIES[:2], images(2))
+    with torch.no_grad():
+        cached, uncached = (
+            model.generate(
+                **batch,
+                max_new_tokens=6,
+                do_sample=False,
+                use_cache=use_cache,
+                return_dict_in_generate=True,
+            )
+            for use_cache in (True, False)
+        )
+    assert torch.equal(cached.sequences, uncached.sequences)
+    torch.testing.assert_close(cached.img_safety_probs, uncached.img_safety_probs)
+
+
+def test_the_vision_side_meta_token_passes_through_encoder_and_projector(safe_models):
+    """One more vision feature per image, right after the patches; the patches attend to it in
+    the encoder; its projection is the language model's input at the meta token's position."""
+    model, processor = safe_models["llava", "vision"]
+    batch = encode(model, processor, QUERIES[:2], images(2))
+    patches = (batch["input_ids"][0] == model.config.image_token_id).sum().item()
+    encoder = model.model
+
+    def features():
+        with torch.no_grad():
+            return torch.stack(encoder.get_image_features(batch["pixel_values"]).pooler_output)
+
+    before = features()
+    assert before.shape == (2, patches + 1, model.config.text_config.hidden_size)
+    inputs = []
+    hook = encoder.language_model.register_forward_pre_hook(
+        lambda _m, _a, kwargs: inputs.append(kwargs["inputs_embeds"]), with_kwargs=True
     )
-    expected = (
-        inner @ head["img_safety_head.mlp.3.weight"].T + head["img_safety_head.mlp.3.bias"]
-    ).softmax(-1)
-    torch.testing.assert_close(probs, expected, atol=1e-5, rtol=1e-4)
+    try:
+        with torch.no_grad():
+            model(**batch)
+    finally:
+        hook.remove()
+    meta = batch["input_ids"] == model.vgm.meta_token_id
+    torch.testing.assert_close(inputs[0][meta], before[:, -1])
+    token = model.vision_meta_token.embedding
+    saved = token.detach().clone()
+    try:
+        with torch.no_grad():
+            # not a constant shift: the encoder's first layer norm would remove it
+            token.add_(torch.randn(token.shape, generator=torch.Generator().manual_seed(0)))
+        after = features()
+    finally:
+        with torch.no_grad():
+            token.copy_(saved)
+    assert not torch.allclose(after[:, -1], before[:, -1])
+    assert not torch.allclose(after[:, :-1], before[:, :-1])  # patches attend to the token
+
+
+def test_gradients_reach_the_vision_side_token_through_a_frozen_encoder(safe_models):
+    model, processor = safe_models["llava", "vision"]
+    batch = encode(model, processor, QUERIES[:2], images(2))
+    vision = list(model.model.vision_tower.parameters())
+    for parameter in vision:
+        parameter.requires_grad_(False)
+    try:
+        output = model(**batch, safety_labels=torch.tensor([4, 0]))
+        model.zero_grad()
+        output.safety_loss.backward()
+        assert model.vision_meta_token.embedding.grad.abs().sum() > 0
+        assert all(p.grad is None for p in vision)
+    finally:
+        for parameter in vision:
+            parameter.requires_grad_(True)
+        model.zero_grad()
+
+
+def test_the_vision_placement_refuses_unprepared_inputs_and_other_families(safe_models, tiny_dirs):
+    model, processor = safe_models["llava", "vision"]
+    texts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "hi"}]}],
+            add_generation_prompt=True,
+        )
+    ]
+    raw = processor(text=texts, images=[images(1)], return_tensors="pt")
+    with pytest.raises(VGMError, match="1 image\\(s\\) but 0 safety meta token"):
+        model(**raw)
+    processor = AutoProcessor.from_pretrained(tiny_dirs["qwen2_5_vl"])
+    vocabulary = len(processor.tokenizer)
+    with pytest.raises(VGMError, match="built for LLaVA with a CLIP vision tower"):
+        attach_visual_guard(str(tiny_dirs["qwen2_5_vl"]), VARIANTS["vision"], processor)
+    assert len(processor.tokenizer) == vocabulary
 
 
 def test_meta_token_pooling_refuses_inputs_without_the_token(safe_models):
@@ -256,9 +414,29 @@ def test_add_meta_tokens_repads_rows_and_masks_labels():
 
 
 def test_settings_are_checked(safe_models, tmp_path):
-    with pytest.raises(VGMError, match="unknown pooling"):
-        VGMSettings(pooling="max")
-    model, processor = safe_models["llava", "mean"]
+    with pytest.raises(VGMError, match="unknown safety head input 'max'"):
+        VGMSettings(head_input="max")
+    with pytest.raises(VGMError, match="unknown meta token placement"):
+        VGMSettings(meta_token_placement="encoder")
+    with pytest.raises(VGMError, match="image_mean head input has no meta token"):
+        VGMSettings(head_input="image_mean", meta_token_placement="vision")
+    model, processor = safe_models["llava", "image_mean"]
     model.save_pretrained(tmp_path)
     with pytest.raises(VGMError, match="already has a visual guard module"):
         attach_visual_guard(str(tmp_path), VGMSettings(), processor)
+
+
+def test_model_tiny_writes_either_placement_and_refuses_a_family_without_it(tmp_path):
+    from typer.testing import CliRunner
+
+    from holisafe.cli import app
+
+    command = ["model", "tiny", "--vgm", "meta_token", "--meta-token-placement", "vision"]
+    done = CliRunner().invoke(app, [*command, str(tmp_path / "llava"), "--family", "llava"])
+    assert done.exit_code == 0, done.output
+    assert "meta_token (vision placement)" in done.output
+    assert load_safe_vlm(str(tmp_path / "llava")).vgm.meta_token_placement == "vision"
+    # a HolisafeError, which the command line's entry point prints as one line
+    refused = CliRunner().invoke(app, [*command, str(tmp_path / "gemma"), "--family", "gemma3"])
+    assert isinstance(refused.exception, VGMError)
+    assert "built for LLaVA with a CLIP vision tower" in str(refused.exception)

@@ -60,7 +60,7 @@ def test_cli_pretrains_then_adds_the_module(tmp_path):
     from holisafe.cli import app
 
     out = tmp_path / "safe"
-    args = ["model", "tiny", str(out), "--family", "llava", "--vgm", "mean"]
+    args = ["model", "tiny", str(out), "--family", "llava", "--vgm", "image_mean"]
     result = CliRunner().invoke(app, [*args, "--pretrain-vision", "200"])
     assert result.exit_code == 0, result.output
     assert "pretrained on 200 images" in result.output

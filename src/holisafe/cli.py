@@ -732,8 +732,15 @@ def model_tiny(
     family: Annotated[str, typer.Option(help="Architecture: llava, qwen2_5_vl or gemma3.")],
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
     vgm: Annotated[
-        str | None, typer.Option(help="Add the visual guard module: meta_token or mean.")
+        str | None,
+        typer.Option(
+            help="Add the visual guard module; its head reads meta_token, image_mean or "
+            "projector_mean."
+        ),
     ] = None,
+    meta_token_placement: Annotated[
+        str, typer.Option(help="With --vgm meta_token: llm, or vision (LLaVA; the paper's).")
+    ] = "llm",
     pretrain_vision: Annotated[
         int,
         typer.Option(
@@ -747,8 +754,13 @@ def model_tiny(
 
     from holisafe.models.tiny import build_tiny_model
     from holisafe.models.vision_pretrain import pretrain_vision_tower
-    from holisafe.vgm import VGMSettings, convert_folder
+    from holisafe.vgm import VGMError, VGMSettings, convert_folder
 
+    settings = None
+    if vgm:
+        settings = VGMSettings(head_input=vgm, meta_token_placement=meta_token_placement)
+    elif meta_token_placement != "llm":
+        raise VGMError("--meta-token-placement places the meta token of --vgm meta_token")
     with tempfile.TemporaryDirectory() as scratch:
         plain = Path(scratch) if vgm else out
         build_tiny_model(plain, family, seed=seed)
@@ -759,9 +771,9 @@ def model_tiny(
                 f"top pictogram is on {stats.naming_accuracy:.1%} of held-out images (always "
                 f"naming the most common one: {stats.chance:.1%})"
             )
-        if vgm:
-            convert_folder(str(plain), str(out), VGMSettings(pooling=vgm), seed=seed)
-    kind = f"Safe-VLM ({vgm} pooling)" if vgm else "model"
+        if settings:
+            convert_folder(str(plain), str(out), settings, seed=seed)
+    kind = f"Safe-VLM (head input {settings.describe()})" if settings else "model"
     console.print(f"wrote a tiny {family} {kind} to {out}; use it as hf/{out}")
 
 
@@ -854,8 +866,15 @@ def train_command(
     data: Annotated[str, typer.Option(help="Training data with responses: folder, file, Hub id.")],
     out: Annotated[Path, typer.Option(help="Output folder; it loads as hf/OUT.")],
     vgm: Annotated[
-        str, typer.Option(help="Visual guard module: meta_token, mean, or none (ablation).")
+        str,
+        typer.Option(
+            help="Visual guard module, by its head's input: meta_token, image_mean, "
+            "projector_mean, or none (ablation)."
+        ),
     ] = "meta_token",
+    meta_token_placement: Annotated[
+        str, typer.Option(help="With --vgm meta_token: llm, or vision (LLaVA; the paper's).")
+    ] = "llm",
     lora: Annotated[bool, typer.Option(help="LoRA on the language model.")] = False,
     lora_rank: Annotated[int, typer.Option(help="LoRA rank.")] = 16,
     lora_alpha: Annotated[int, typer.Option(help="LoRA alpha.")] = 32,
@@ -891,6 +910,7 @@ def train_command(
         data=data,
         out=str(out),
         vgm=vgm,
+        meta_token_placement=meta_token_placement,
         lora=lora,
         lora_rank=lora_rank,
         lora_alpha=lora_alpha,

@@ -5,7 +5,10 @@ attention; at each decoding step t, the query that produces generated token t (t
 position for t = 0, generated token t - 1 after that) is read in every decoder layer. Its
 attention, averaged over heads, is summed over the meta token position(s) (`meta_token`) and
 averaged over the visual token positions (`visual_mean`; `visual_total` is their sum).
-A model without a meta token (`mean` pooling, or no module) has visual columns only.
+Under either placement the meta token is the position of the meta token id in the prompt (for
+the vision placement it holds the projected vision-side token), never a visual token. A model
+without a meta token (`image_mean` or `projector_mean` head input, or no module) has visual
+columns only.
 
 Files written to the output folder:
 - `attention.csv`: sample_id, step, token, layer, meta_token, visual_mean, visual_total; one

@@ -21,6 +21,7 @@ _PROJECTOR_PREFIXES = ("model.visual.merger.",)
 # LoRA goes on the language model's attention and MLP projections, never the vision encoder's.
 LORA_TARGETS = r".*language_model\..*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 SAFETY_HEAD = "img_safety_head"
+VISION_META_TOKEN = "vision_meta_token"
 
 
 def source_of(settings: TrainSettings) -> str:
@@ -50,7 +51,7 @@ def training_dtype(settings: TrainSettings) -> torch.dtype:
 def base_model(settings: TrainSettings, source: str, processor):
     """The base with the visual guard module asked for (a new one, seeded, unless it has one).
 
-    For `meta_token` pooling the meta token is added to `processor.tokenizer` in place.
+    For the `meta_token` head input the meta token is added to `processor.tokenizer` in place.
     """
     transformers.set_seed(settings.seed)
     dtype = training_dtype(settings)
@@ -59,18 +60,30 @@ def base_model(settings: TrainSettings, source: str, processor):
             return _existing_safe_vlm(settings, source, dtype)
         if settings.vgm == "none":
             return AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
-        vgm = VGMSettings(pooling=settings.vgm, loss_lambda=settings.safety_lambda)
-        return attach_visual_guard(source, vgm, processor, dtype=dtype)
+        return attach_visual_guard(source, vgm_settings(settings), processor, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise TrainError(f"cannot load the base model {source}: {exc}") from exc
 
 
+def vgm_settings(settings: TrainSettings) -> VGMSettings:
+    """The visual guard module a run asks for."""
+    return VGMSettings(
+        head_input=settings.vgm,
+        meta_token_placement=settings.meta_token_placement,
+        loss_lambda=settings.safety_lambda,
+    )
+
+
 def _existing_safe_vlm(settings: TrainSettings, source: str, dtype: torch.dtype):
     model = load_safe_vlm(source, dtype=dtype)
-    if settings.vgm != model.vgm.pooling:
+    has = model.vgm
+    if settings.vgm == "none" or vgm_settings(settings).describe() != has.describe():
+        options = f"--vgm {has.head_input}"
+        if has.uses_meta_token:
+            options += f" --meta-token-placement {has.meta_token_placement}"
         raise TrainError(
-            f"{source} already has a visual guard module with {model.vgm.pooling} pooling; "
-            f"train it with --vgm {model.vgm.pooling}"
+            f"{source} already has a visual guard module reading {has.describe()}; "
+            f"train it with {options}"
         )
     model.vgm = dataclasses.replace(model.vgm, loss_lambda=settings.safety_lambda)
     model.config.safety_loss_lambda = settings.safety_lambda
@@ -90,16 +103,22 @@ def trainable_model(settings: TrainSettings, source: str, processor):
 
 
 def with_lora(model, settings: TrainSettings):
-    """LoRA on the language model; the safety head and the meta token's embedding train fully."""
+    """LoRA on the language model; the safety head and the meta token (its embedding row, or
+    the vision-side token) train fully."""
     vgm = getattr(model, "vgm", None)
-    meta_token_id = vgm.meta_token_id if vgm else None
+    trained_in_full = [SAFETY_HEAD] if vgm else None
+    meta_token_rows = None
+    if getattr(model, "vision_meta_token", None) is not None:
+        trained_in_full.append(VISION_META_TOKEN)
+    elif vgm and vgm.meta_token_id is not None:
+        meta_token_rows = [vgm.meta_token_id]
     config = LoraConfig(
         r=settings.lora_rank,
         lora_alpha=settings.lora_alpha,
         lora_dropout=0.05,
         target_modules=LORA_TARGETS,
-        modules_to_save=[SAFETY_HEAD] if vgm else None,
-        trainable_token_indices=[meta_token_id] if meta_token_id is not None else None,
+        modules_to_save=trained_in_full,
+        trainable_token_indices=meta_token_rows,
     )
     peft_model = get_peft_model(model, config)
     for parameter in peft_model.parameters():  # optimizer state in float32 under a bf16 base

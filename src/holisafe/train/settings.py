@@ -5,9 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from holisafe.errors import HolisafeError
-from holisafe.vgm import POOLINGS
+from holisafe.vgm import HEAD_INPUTS, PLACEMENTS
 
-VGM_CHOICES = (*POOLINGS, "none")
+VGM_CHOICES = (*HEAD_INPUTS, "none")
 # LLaVA-1.5's fine-tuning rates: full fine-tuning, and LoRA.
 FULL_LEARNING_RATE = 2e-5
 LORA_LEARNING_RATE = 2e-4
@@ -22,8 +22,9 @@ class TrainSettings:
     """One safety-tuning run.
 
     `base` is an `hf/` spec (Hub id or folder) of a plain VLM or a Safe-VLM; `data` any source
-    the data layer reads whose samples carry responses. `vgm` adds the visual guard module with
-    that pooling (`none`: the same recipe without it). `learning_rate` None picks 2e-4 with LoRA,
+    the data layer reads whose samples carry responses. `vgm` adds the visual guard module whose
+    head reads that input (`none`: the same recipe without it); `meta_token_placement` says
+    where its meta token enters (`llm` or `vision`). `learning_rate` None picks 2e-4 with LoRA,
     2e-5 without. `max_steps` (optimizer steps) overrides `epochs`; `limit` keeps the first N
     training samples. Checkpoints go to `out/checkpoints` every `save_steps` steps, at most
     `keep_checkpoints` of them; `resume` continues from the last one.
@@ -33,6 +34,7 @@ class TrainSettings:
     data: str
     out: str
     vgm: str = "meta_token"
+    meta_token_placement: str = "llm"
     lora: bool = False
     lora_rank: int = 16
     lora_alpha: int = 32
@@ -59,6 +61,15 @@ class TrainSettings:
         if self.vgm not in VGM_CHOICES:
             raise TrainError(
                 f"unknown --vgm {self.vgm!r}; expected one of {', '.join(VGM_CHOICES)}"
+            )
+        if self.meta_token_placement not in PLACEMENTS:
+            raise TrainError(
+                f"unknown --meta-token-placement {self.meta_token_placement!r}; "
+                f"expected one of {', '.join(PLACEMENTS)}"
+            )
+        if self.meta_token_placement != "llm" and self.vgm != "meta_token":
+            raise TrainError(
+                f"--meta-token-placement {self.meta_token_placement} needs --vgm meta_token"
             )
         if self.merge and not self.lora:
             raise TrainError("--merge applies to --lora training; full fine-tuning writes a model")

@@ -1,6 +1,6 @@
 """The visual guard module: a safety head (and optional safety meta token) for real VLMs."""
 
-from holisafe.vgm.config import META_TOKEN, POOLINGS, VGMError, VGMSettings
+from holisafe.vgm.config import HEAD_INPUTS, META_TOKEN, PLACEMENTS, VGMError, VGMSettings
 from holisafe.vgm.inputs import add_meta_tokens
 from holisafe.vgm.model import (
     SAFE_CLASSES,
@@ -13,8 +13,9 @@ from holisafe.vgm.model import (
 )
 
 __all__ = [
+    "HEAD_INPUTS",
     "META_TOKEN",
-    "POOLINGS",
+    "PLACEMENTS",
     "SAFE_CLASSES",
     "SafetyPrediction",
     "VGMError",

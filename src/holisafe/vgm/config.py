@@ -2,8 +2,8 @@
 
 Field names follow the released HoliSafe checkpoints (`safety_categories`,
 `num_safety_categories`, `safety_head_hidden_scale`, `safety_num_hidden_layers`,
-`safety_loss_lambda`); `safety_pooling` and `safety_meta_token_id` are this project's additions.
-A released checkpoint has no `safety_pooling` and reads the mean over image tokens.
+`safety_loss_lambda`); `safety_head_input`, `safety_meta_token_placement` and
+`safety_meta_token_id` are this project's additions.
 """
 
 from __future__ import annotations
@@ -13,8 +13,22 @@ from dataclasses import dataclass
 from holisafe.errors import HolisafeError
 from holisafe.taxonomy import IMAGE_SAFETY_LABELS
 
-POOLINGS = ("meta_token", "mean")
+# What the safety head reads:
+# - meta_token: the final language-model state of the safety meta token (SafeLLaVA);
+# - image_mean: the mean final language-model state over the image tokens (SafeQwen / SafeGem);
+# - projector_mean: the mean over the image tokens of the projector's output (the language
+#   model's input there).
+HEAD_INPUTS = ("meta_token", "image_mean", "projector_mean")
+# Where the meta token enters: `llm`, a token of the language model's input only; `vision`, a
+# learnable token appended to the vision encoder's patches and carried through the projector
+# (the paper's placement, LLaVA only).
+PLACEMENTS = ("llm", "vision")
 META_TOKEN = "<|safety_meta|>"
+# Checkpoints written before `safety_head_input` existed recorded the `--vgm` mode as
+# `safety_pooling`; its `mean` read the final states over the image tokens.
+_POOLING_BEFORE_HEAD_INPUT = {"meta_token": "meta_token", "mean": "image_mean"}
+# A released checkpoint (SafeQwen2.5-VL / SafeGem format) records neither field.
+RELEASED_HEAD_INPUT = "image_mean"
 
 
 class VGMError(HolisafeError):
@@ -23,7 +37,8 @@ class VGMError(HolisafeError):
 
 @dataclass(frozen=True)
 class VGMSettings:
-    pooling: str = "meta_token"
+    head_input: str = "meta_token"
+    meta_token_placement: str = "llm"  # read only with the meta_token head input
     categories: tuple[str, ...] = IMAGE_SAFETY_LABELS
     hidden_scale: float = 0.5
     num_hidden_layers: int = 1
@@ -31,14 +46,29 @@ class VGMSettings:
     meta_token_id: int | None = None  # set when the meta token is added to the tokenizer
 
     def __post_init__(self) -> None:
-        if self.pooling not in POOLINGS:
+        if self.head_input not in HEAD_INPUTS:
             raise VGMError(
-                f"unknown pooling {self.pooling!r}; expected one of {', '.join(POOLINGS)}"
+                f"unknown safety head input {self.head_input!r}; "
+                f"expected one of {', '.join(HEAD_INPUTS)}"
+            )
+        if self.meta_token_placement not in PLACEMENTS:
+            raise VGMError(
+                f"unknown meta token placement {self.meta_token_placement!r}; "
+                f"expected one of {', '.join(PLACEMENTS)}"
+            )
+        if self.meta_token_placement == "vision" and self.head_input != "meta_token":
+            raise VGMError(
+                f"the vision placement is a meta token placement; the {self.head_input} "
+                "head input has no meta token"
             )
         if self.num_hidden_layers < 1 or self.hidden_scale <= 0 or len(self.categories) < 2:
             raise VGMError(
                 "the safety head needs >= 1 hidden layer, a positive scale, >= 2 classes"
             )
+
+    @property
+    def uses_meta_token(self) -> bool:
+        return self.head_input == "meta_token"
 
     @classmethod
     def from_config(cls, config) -> VGMSettings | None:
@@ -47,7 +77,8 @@ class VGMSettings:
         if categories is None:
             return None
         return cls(
-            pooling=getattr(config, "safety_pooling", None) or "mean",
+            head_input=recorded_head_input(config) or RELEASED_HEAD_INPUT,
+            meta_token_placement=getattr(config, "safety_meta_token_placement", None) or "llm",
             categories=tuple(categories),
             hidden_scale=float(getattr(config, "safety_head_hidden_scale", 0.5)),
             num_hidden_layers=int(getattr(config, "safety_num_hidden_layers", 1)),
@@ -57,7 +88,10 @@ class VGMSettings:
 
     def config_fields(self) -> dict:
         return {
-            "safety_pooling": self.pooling,
+            "safety_head_input": self.head_input,
+            "safety_meta_token_placement": (
+                self.meta_token_placement if self.uses_meta_token else None
+            ),
             "safety_categories": list(self.categories),
             "num_safety_categories": len(self.categories),
             "safety_head_hidden_scale": self.hidden_scale,
@@ -65,3 +99,22 @@ class VGMSettings:
             "safety_loss_lambda": self.loss_lambda,
             "safety_meta_token_id": self.meta_token_id,
         }
+
+    def describe(self) -> str:
+        """The head input in words, with the placement for a meta token: `meta_token (vision)`."""
+        if self.uses_meta_token:
+            return f"{self.head_input} ({self.meta_token_placement} placement)"
+        return self.head_input
+
+
+def recorded_head_input(config) -> str | None:
+    """The head input a config records, or None where it records none (a released checkpoint)."""
+    recorded = getattr(config, "safety_head_input", None)
+    if recorded is not None:
+        return recorded
+    pooling = getattr(config, "safety_pooling", None)
+    if pooling is None:
+        return None
+    if pooling not in _POOLING_BEFORE_HEAD_INPUT:
+        raise VGMError(f"unknown safety_pooling {pooling!r} in the model config")
+    return _POOLING_BEFORE_HEAD_INPUT[pooling]

@@ -3,14 +3,14 @@
 Each Safe class is its family's transformers class plus a safety head. The forward pass takes
 `do_safety` (default True) and `safety_labels` and, when the batch has images, adds
 `img_safety_logits`, `img_safety_probs`, `safety_loss`, `lm_loss` and
-`loss = LM loss + λ · safety loss` to the family's usual output. The head reads the final-layer
-hidden state of the safety meta token (`meta_token` pooling) or the mean over the image tokens
-(`mean` pooling), captured from the same pass, so generation classifies the image during its
-own prefill at no extra pass.
+`loss = LM loss + λ · safety loss` to the family's usual output. The head reads what its
+`head_input` names (see `holisafe.vgm.config`), captured from the same pass, so generation
+classifies the image during its own prefill at no extra pass.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import functools
@@ -27,10 +27,16 @@ from transformers.conversion_mapping import (
 from transformers.utils import ModelOutput
 
 from holisafe.models.base import SafetyPrediction
-from holisafe.vgm.config import META_TOKEN, VGMError, VGMSettings
+from holisafe.vgm.config import META_TOKEN, VGMError, VGMSettings, recorded_head_input
 from holisafe.vgm.families import family_of
 from holisafe.vgm.head import SafetyHead
 from holisafe.vgm.inputs import add_meta_tokens
+from holisafe.vgm.vision_token import (
+    VisionMetaToken,
+    require_vision_placement,
+    start_as_class_token,
+    vision_embeddings,
+)
 
 
 def safety_predictions(probs: torch.Tensor, categories: tuple[str, ...]) -> list[SafetyPrediction]:
@@ -64,8 +70,8 @@ class SafeVLMMixin:
         settings = VGMSettings.from_config(config)
         if settings is None:
             raise VGMError("the config has no safety fields; use attach_visual_guard() to add them")
-        if settings.pooling == "meta_token" and settings.meta_token_id is None:
-            raise VGMError("meta_token pooling needs safety_meta_token_id in the config")
+        if settings.uses_meta_token and settings.meta_token_id is None:
+            raise VGMError("the meta_token head input needs safety_meta_token_id in the config")
         self.vgm = settings
         self.family = family_of(config)
         self.img_safety_head = SafetyHead(
@@ -75,7 +81,17 @@ class SafeVLMMixin:
             settings.num_hidden_layers,
         )
         self.last_safety_probs: torch.Tensor | None = None
+        self.vision_meta_token = None
+        if settings.meta_token_placement == "vision":
+            require_vision_placement(config)
+            embeddings = vision_embeddings(self)
+            self.vision_meta_token = VisionMetaToken(embeddings.embed_dim)
+            embeddings.register_forward_hook(self._append_vision_meta_token)
         self.post_init()
+
+    def _append_vision_meta_token(self, _module, _args, patch_embeddings):
+        # a bound method, not a lambda, so that a deep copy of the model hooks its own token
+        return self.vision_meta_token(patch_embeddings)
 
     def __init_subclass__(cls, **kwargs):
         """Give each Safe class a `forward` whose signature is its family's plus `do_safety`
@@ -102,16 +118,11 @@ class SafeVLMMixin:
         has_images = kwargs.get("pixel_values") is not None or bool(
             kwargs.get("mm_encoder_outputs")
         )
+        family_ids = self._family_input_ids(input_ids, kwargs)
         if not (do_safety and has_images and input_ids is not None):
-            return super().forward(input_ids=input_ids, **kwargs)
-        captured = []
-        hook = self.model.language_model.register_forward_hook(
-            lambda _module, _args, out: captured.append(out[0])
-        )
-        try:
-            output = super().forward(input_ids=input_ids, **kwargs)
-        finally:
-            hook.remove()
+            return super().forward(input_ids=family_ids, **kwargs)
+        with self._head_states() as captured:
+            output = super().forward(input_ids=family_ids, **kwargs)
         logits = self.img_safety_head(self._pool(captured[-1], input_ids))
         probs = logits.float().softmax(-1)
         output = safe_output_class(type(output))(
@@ -122,14 +133,51 @@ class SafeVLMMixin:
             self._add_safety_loss(output, logits, safety_labels)
         return output
 
-    def _pool(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
-        if self.vgm.pooling == "mean":
-            mask = input_ids == self.family.image_token_id(self.config)
+    def _family_input_ids(self, input_ids, kwargs: dict):
+        """The ids the family's forward sees. Under the vision placement the meta token's
+        position takes the image token, so the projected vision-side token fills it as the
+        image's last feature."""
+        if self.vision_meta_token is None or input_ids is None:
+            return input_ids
+        is_meta = input_ids == self.vgm.meta_token_id
+        images = _image_count(kwargs)
+        if images and int(is_meta.sum()) != images:
+            raise VGMError(
+                f"{images} image(s) but {int(is_meta.sum())} safety meta token(s) in input_ids; "
+                "prepare meta-token inputs with holisafe.vgm.add_meta_tokens (or "
+                "SafeVLM.prepare_inputs)"
+            )
+        return input_ids.masked_fill(is_meta, self.family.image_token_id(self.config))
+
+    @contextlib.contextmanager
+    def _head_states(self):
+        """Collects, during a forward pass, the language-model states the head pools: its input
+        embeddings (`projector_mean`, where the image tokens hold the projector's output) or its
+        final hidden states."""
+        captured: list[torch.Tensor] = []
+        language_model = self.model.language_model
+        if self.vgm.head_input == "projector_mean":
+            hook = language_model.register_forward_pre_hook(
+                lambda _module, _args, kwargs: captured.append(kwargs["inputs_embeds"]),
+                with_kwargs=True,
+            )
         else:
+            hook = language_model.register_forward_hook(
+                lambda _module, _args, out: captured.append(out[0])
+            )
+        try:
+            yield captured
+        finally:
+            hook.remove()
+
+    def _pool(self, hidden: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
+        if self.vgm.uses_meta_token:
             mask = input_ids == self.vgm.meta_token_id
+        else:
+            mask = input_ids == self.family.image_token_id(self.config)
         counts = mask.sum(1, keepdim=True)
         if bool((counts == 0).any()):
-            what = "image tokens" if self.vgm.pooling == "mean" else "safety meta token"
+            what = "safety meta token" if self.vgm.uses_meta_token else "image tokens"
             raise VGMError(
                 f"a sample with images has no {what} in its input_ids; prepare meta-token "
                 "inputs with holisafe.vgm.add_meta_tokens (or SafeVLM.prepare_inputs)"
@@ -155,7 +203,7 @@ class SafeVLMMixin:
 
     def prepare_inputs(self, batch: Mapping, tokenizer) -> dict:
         """A processed batch made ready for this model: meta tokens placed where needed."""
-        if self.vgm.pooling != "meta_token":
+        if not self.vgm.uses_meta_token:
             return dict(batch)
         return add_meta_tokens(
             batch,
@@ -214,6 +262,14 @@ for _model_type, _cls in SAFE_CLASSES.items():
         register_checkpoint_conversion_mapping(_cls.__name__, _mapping, overwrite=True)
 
 
+def _image_count(forward_kwargs: dict) -> int:
+    """Images in a LLaVA forward's inputs: pixel values, or the features generate() encoded."""
+    if forward_kwargs.get("pixel_values") is not None:
+        return len(forward_kwargs["pixel_values"])
+    encoded = (forward_kwargs.get("mm_encoder_outputs") or {}).get("image")
+    return len(encoded.pooler_output) if encoded is not None else 0
+
+
 def safe_class(config) -> type:
     return SAFE_CLASSES[family_of(config).model_type]
 
@@ -222,30 +278,43 @@ def is_safe_vlm(config) -> bool:
     return VGMSettings.from_config(config) is not None
 
 
-def load_safe_vlm(source: str, **load_kwargs):
+def load_safe_vlm(source: str, *, head_input: str | None = None, **load_kwargs):
     """Load a Safe-VLM saved by this project or in the released HoliSafe format.
 
     No remote code runs: the released format's config fields and `img_safety_head` weights are
-    read by this project's own classes (`mean` pooling unless the config says otherwise).
+    read by this project's own classes. `head_input` says which states the head reads where the
+    checkpoint does not record it (a released checkpoint: `image_mean` unless asked otherwise);
+    asking for another input than a checkpoint records is an error.
     """
     config = transformers.AutoConfig.from_pretrained(source)
     if not is_safe_vlm(config):
         raise VGMError(f"{source} has no visual guard module (no safety_categories in its config)")
+    if head_input is not None:
+        recorded = recorded_head_input(config)
+        if recorded not in (None, head_input):
+            raise VGMError(
+                f"{source} records that its safety head reads {recorded!r}, "
+                f"but {head_input!r} was asked"
+            )
+        config.safety_head_input = head_input
     return safe_class(config).from_pretrained(source, config=config, **load_kwargs)
 
 
 def attach_visual_guard(source: str, settings: VGMSettings, processor, **load_kwargs):
     """Load a plain VLM with a new, untrained visual guard module; returns the model.
 
-    For `meta_token` pooling the meta token is added to `processor.tokenizer` (in place) and
-    its embedding starts as the mean of the existing embeddings.
+    For the `meta_token` head input the meta token is added to `processor.tokenizer` (in place)
+    and its embedding starts as the mean of the existing embeddings; under the vision placement
+    the vision-side token starts as a copy of the vision tower's class token.
     """
     config = transformers.AutoConfig.from_pretrained(source)
     family_of(config)
     if is_safe_vlm(config):
         raise VGMError(f"{source} already has a visual guard module")
+    if settings.meta_token_placement == "vision":
+        require_vision_placement(config)
     tokenizer = processor.tokenizer
-    if settings.pooling == "meta_token":
+    if settings.uses_meta_token:
         tokenizer.add_tokens([META_TOKEN], special_tokens=True)
         settings = VGMSettings(
             **{**settings.__dict__, "meta_token_id": tokenizer.convert_tokens_to_ids(META_TOKEN)}
@@ -261,6 +330,8 @@ def attach_visual_guard(source: str, settings: VGMSettings, processor, **load_kw
         with torch.no_grad():
             mean = embeddings.weight[: len(tokenizer) - 1].mean(0)
             embeddings.weight[settings.meta_token_id] = mean
+    if model.vision_meta_token is not None:
+        start_as_class_token(model.vision_meta_token, vision_embeddings(model))
     return model
 
 
