@@ -6,12 +6,16 @@ a GPU; checkpoints every N steps and resume; evaluation on a held-out set after 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from holisafe.data import Sample, load_samples
 from holisafe.train.collate import IGNORE, collator_for, require_responses
@@ -22,6 +26,12 @@ from holisafe.train.settings import TrainError, TrainSettings
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# What the checkpoints in `out/checkpoints` were made with, written before the first step.
+CHECKPOINT_SETTINGS = "holisafe_run.json"
+# Settings a resumed run may change: where and how often it writes and logs, nothing it learns.
+RESUMABLE_CHANGES = frozenset(
+    {"out", "resume", "save_steps", "keep_checkpoints", "log_steps", "report_to", "merge"}
+)
 
 
 class SafetyTrainer(Trainer):
@@ -36,6 +46,22 @@ class SafetyTrainer(Trainer):
         # Both losses are batch means, so Trainer scales them for gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
         self._figures = {"train": None, "eval": None}
+
+    def _save_checkpoint(self, model, trial) -> None:
+        with _parameter_names_kept(self.accelerator.unwrap_model(self.model)):
+            super()._save_checkpoint(model, trial)
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """A resumed run must get back every weight it saved: a partial load is an error."""
+        missing = set(load_result.missing_keys) - set(self.model._keys_to_ignore_on_save or ())
+        if missing or load_result.unexpected_keys:
+            raise TrainError(
+                f"the checkpoint's weights do not match the model (missing: "
+                f"{', '.join(sorted(missing)[:5]) or 'none'}; unexpected: "
+                f"{', '.join(sorted(load_result.unexpected_keys)[:5]) or 'none'}); it was not "
+                "written by this run's model and cannot be resumed"
+            )
+        super()._issue_warnings_after_load(load_result)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
@@ -76,6 +102,21 @@ class SafetyTrainer(Trainer):
         super().log(logs, start_time)
 
 
+@contextlib.contextmanager
+def _parameter_names_kept(model):
+    """Checkpoints keep the parameters' own names. save_pretrained writes some families'
+    weights under their original checkpoint names (LLaVA's `language_model.model.*`), which
+    Trainer's resume loads by name and silently skips, leaving the language model at its base."""
+    if not isinstance(model, PreTrainedModel):  # PEFT saves its adapter under its own names
+        yield
+        return
+    model.save_pretrained = functools.partial(model.save_pretrained, save_original_format=False)
+    try:
+        yield
+    finally:
+        del model.save_pretrained
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What a run wrote: `out` loads as `hf/<out>` unless it holds an unmerged LoRA adapter.
@@ -105,6 +146,7 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     settings = dataclasses.replace(settings, base=f"hf/{source}")
     samples = _samples(settings.data, settings, split="train", limit=settings.limit)
     eval_samples = _samples(settings.eval_data, settings) if settings.eval_data else None
+    _check_or_record_run(checkpoints, settings, samples)
     processor = load_processor(source)
     model = trainable_model(settings, source, processor)
     trainer = SafetyTrainer(
@@ -192,6 +234,48 @@ def _checkpoint_to_resume(checkpoints: Path, resume: bool) -> str | None:
             "or choose another --out"
         )
     return str(last) if last else None
+
+
+def data_fingerprint(samples: list[Sample]) -> str:
+    """A hash of the training data in its order: every field the model learns from."""
+    digest = hashlib.sha256()
+    for s in samples:
+        fields = [s.id, s.query, s.response, s.follow_up, s.image.key, s.image_safety_label]
+        digest.update(json.dumps(fields, default=str).encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def _check_or_record_run(checkpoints: Path, settings: TrainSettings, samples: list[Sample]) -> None:
+    """A fresh run records its settings and data beside its checkpoints; a resumed run must
+    match them, since its optimizer, scheduler and data order continue the saved ones."""
+    path = checkpoints / CHECKPOINT_SETTINGS
+    effective = dataclasses.replace(settings, learning_rate=settings.lr)
+    current = dataclasses.asdict(effective) | {"data content": data_fingerprint(samples)}
+    if not settings.resume:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(current, indent=1))
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise TrainError(
+            f"cannot resume: {path} (the settings the checkpoints were made with) is missing or "
+            "unreadable; start again with another --out"
+        ) from None
+    changed = [
+        f"{name} {saved.get(name)!r} (now {value!r})"
+        for name, value in current.items()
+        if name not in RESUMABLE_CHANGES and saved.get(name) != _jsonable(value)
+    ]
+    if changed:
+        raise TrainError(
+            f"cannot resume: the checkpoints in {checkpoints} were made with other settings: "
+            f"{'; '.join(changed)}. Rerun with the same settings, or choose another --out"
+        )
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
 
 
 def _samples(
