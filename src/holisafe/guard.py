@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from holisafe import taxonomy
-from holisafe.data import load_samples
+from holisafe.data import first, load_samples
 from holisafe.data.sample import ImageError, decode_image
 from holisafe.errors import HolisafeError
 from holisafe.models import ModelOptions, load_model
@@ -170,7 +170,7 @@ def evaluate_guard(
     for sample in samples:
         if sample.image_safety_label is not None:
             labelled.setdefault(sample.image.key, (sample.image, sample.image_safety_label))
-    chosen = list(labelled.values())[:limit]
+    chosen = first(list(labelled.values()), limit)
     if not chosen:
         raise GuardError(f"{bench}: no images with an image_safety_label to score")
     predicted: list[SafetyPrediction] = []

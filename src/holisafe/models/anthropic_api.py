@@ -45,7 +45,7 @@ class AnthropicModel(ApiModel):
         if content is None:
             raise malformed(message, "content")
         text = "".join(block.text for block in content if block.type == "text")
-        return Reply(text, message.stop_reason)
+        return Reply(text)
 
 
 def _content(request: Request) -> str | list[dict]:

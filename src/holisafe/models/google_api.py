@@ -56,7 +56,7 @@ class GoogleModel(ApiModel):
             response = self._client.models.generate_content(
                 model=self.name, contents=_contents(request), config=config
             )
-        return Reply(response.text, _stop_reason(response))
+        return Reply(response.text)
 
     @contextmanager
     def _sorted_errors(self) -> Iterator[None]:
@@ -81,13 +81,3 @@ def _contents(request: Request) -> str | list:
         return request.query
     image = encode_image(request.image)
     return [types.Part.from_bytes(data=image.data, mime_type=image.media_type), request.query]
-
-
-def _stop_reason(response: types.GenerateContentResponse) -> str | None:
-    """Why Gemini gave no text, when it says: a blocked prompt or a finish reason."""
-    feedback = response.prompt_feedback
-    if feedback is not None and feedback.block_reason is not None:
-        return f"prompt blocked, {feedback.block_reason.value}"
-    if response.candidates and response.candidates[0].finish_reason is not None:
-        return response.candidates[0].finish_reason.value
-    return None

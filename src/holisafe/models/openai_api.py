@@ -45,11 +45,19 @@ class OpenAIModel(ApiModel):
                 temperature=settings.temperature,
                 **{limit: settings.max_new_tokens},
             )
-        choices = getattr(completion, "choices", None)
-        if not choices:
-            raise malformed(completion, "choices")
-        choice = choices[0]
-        return Reply(choice.message.content, choice.finish_reason)
+        return _reply_of(completion)
+
+
+def _reply_of(completion: object) -> Reply:
+    """The first choice's text. The SDK builds replies without validating them, so any JSON
+    may arrive here: each field is looked up, never assumed."""
+    choices = getattr(completion, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        raise malformed(completion, "choices")
+    message = getattr(choices[0], "message", None)
+    if message is None:
+        raise malformed(completion, "message in its first choice")
+    return Reply(getattr(message, "content", None))
 
 
 def _messages(request: Request) -> list[dict]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
-from holisafe.data import Sample, load_samples
+from holisafe.data import Sample, first, load_samples
 from holisafe.train.collate import IGNORE, collator_for, require_responses
 from holisafe.train.model import load_processor, merge_lora, source_of, trainable_model
 from holisafe.train.record import TrainRecord, write_record
@@ -130,6 +130,7 @@ class TrainResult:
     metrics: dict[str, float]
     log_history: list[dict] = field(default_factory=list)
     is_main_process: bool = True
+    skipped: list[str] = field(default_factory=list)  # invalid records left out, described
 
 
 def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
@@ -144,8 +145,11 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     resume_from = _checkpoint_to_resume(checkpoints, settings.resume)
     source = source_of(settings)
     settings = dataclasses.replace(settings, base=f"hf/{source}")
-    samples = _samples(settings.data, settings, split="train", limit=settings.limit)
-    eval_samples = _samples(settings.eval_data, settings) if settings.eval_data else None
+    samples, skipped = _samples(settings.data, settings, split="train", limit=settings.limit)
+    eval_samples = None
+    if settings.eval_data:
+        eval_samples, skipped_eval = _samples(settings.eval_data, settings)
+        skipped += [f"{settings.eval_data}: {problem}" for problem in skipped_eval]
     _check_or_record_run(checkpoints, settings, samples)
     processor = load_processor(source)
     model = trainable_model(settings, source, processor)
@@ -178,6 +182,7 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
         metrics=output.metrics,
         log_history=trainer.state.log_history,
         is_main_process=trainer.is_world_process_zero(),
+        skipped=skipped,
     )
 
 
@@ -280,10 +285,11 @@ def _jsonable(value):
 
 def _samples(
     source: str, settings: TrainSettings, split: str = "test", limit: int | None = None
-) -> list[Sample]:
+) -> tuple[list[Sample], list[str]]:
+    """The samples to use, and the invalid records `skip_invalid` left out, described."""
     dataset = load_samples(source, skip_invalid=settings.skip_invalid, split=split)
-    samples = dataset.samples[:limit] if limit else dataset.samples
+    samples = first(dataset.samples, limit)
     if not samples:
         raise TrainError(f"{source}: no samples to train on")
     require_responses(samples, source)
-    return samples
+    return samples, [str(problem) for problem in dataset.problems]
