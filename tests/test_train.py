@@ -394,3 +394,13 @@ def test_accelerate_launch_trains_on_two_processes(tiny, data_dir, tmp_path, vis
             settings=GenerationSettings(max_new_tokens=4),
         )
     assert outcome.generated == len(records_with_responses()) and not outcome.response_errors
+
+
+def test_skipped_training_records_are_reported(tiny, tmp_path):
+    records = records_with_responses()
+    records[2]["type"] = "bad"
+    data = write_official(tmp_path / "data", records)
+    run = settings(tiny["llava"], data, tmp_path / "out", max_steps=1, skip_invalid=True)
+    result = train(run, progress=False)
+    assert len(result.skipped) == 1
+    assert result.skipped[0].startswith("id 3: unknown safeness type 'bad'")
