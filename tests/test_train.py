@@ -321,19 +321,23 @@ def interrupted_copy(uninterrupted: Path, step: int, out: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("options", "weights"),
+    ("family", "options", "weights"),
     [
-        ({}, "model.safetensors"),
-        ({"freeze_vision": False}, "model.safetensors"),
-        ({"lora": True}, "adapter_model.safetensors"),
+        ("llava", {}, "model.safetensors"),
+        ("llava", {"freeze_vision": False}, "model.safetensors"),
+        ("llava", {"lora": True}, "adapter_model.safetensors"),
+        ("gemma3", {}, "model.safetensors"),  # its output layer is tied to the embeddings
+        ("qwen2_5_vl", {"vgm": "mean"}, "model.safetensors"),
     ],
-    ids=["full", "vision-trained", "lora"],
+    ids=["full", "vision-trained", "lora", "gemma3", "qwen2_5_vl"],
 )
-def test_a_resumed_run_ends_as_the_uninterrupted_one(tiny, data_dir, tmp_path, options, weights):
+def test_a_resumed_run_ends_as_the_uninterrupted_one(
+    tiny, data_dir, tmp_path, family, options, weights
+):
     """Every trained weight (language model, vision tower, LoRA, meta-token row, head), the
     optimizer, scheduler, RNG (dropout) and data order come back from the checkpoint."""
     run = functools.partial(
-        settings, tiny["llava"], data_dir, batch_size=2, max_steps=6, save_steps=3, **options
+        settings, tiny[family], data_dir, batch_size=2, max_steps=6, save_steps=3, **options
     )
     whole = train(run(tmp_path / "whole"), progress=False)
     interrupted_copy(tmp_path / "whole", 3, tmp_path / "resumed")

@@ -52,8 +52,11 @@ class SafetyTrainer(Trainer):
             super()._save_checkpoint(model, trial)
 
     def _issue_warnings_after_load(self, load_result) -> None:
-        """A resumed run must get back every weight it saved: a partial load is an error."""
-        missing = set(load_result.missing_keys) - set(self.model._keys_to_ignore_on_save or ())
+        """A resumed run must get back every weight it saved: a partial load is an error.
+        Tied weights (an output layer that is the input embedding) are saved once."""
+        tied = getattr(self.model, "all_tied_weights_keys", None) or {}
+        ignored = set(self.model._keys_to_ignore_on_save or ()) | set(tied)
+        missing = set(load_result.missing_keys) - ignored
         if missing or load_result.unexpected_keys:
             raise TrainError(
                 f"the checkpoint's weights do not match the model (missing: "
@@ -241,7 +244,7 @@ def _checkpoint_to_resume(checkpoints: Path, resume: bool) -> str | None:
     return str(last) if last else None
 
 
-def data_fingerprint(samples: list[Sample]) -> str:
+def _data_fingerprint(samples: list[Sample]) -> str:
     """A hash of the training data in its order: every field the model learns from."""
     digest = hashlib.sha256()
     for s in samples:
@@ -255,7 +258,7 @@ def _check_or_record_run(checkpoints: Path, settings: TrainSettings, samples: li
     match them, since its optimizer, scheduler and data order continue the saved ones."""
     path = checkpoints / CHECKPOINT_SETTINGS
     effective = dataclasses.replace(settings, learning_rate=settings.lr)
-    current = dataclasses.asdict(effective) | {"data content": data_fingerprint(samples)}
+    current = dataclasses.asdict(effective) | {"data content": _data_fingerprint(samples)}
     if not settings.resume:
         checkpoints.mkdir(parents=True, exist_ok=True)
         path.write_text(json.dumps(current, indent=1))
