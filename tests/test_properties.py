@@ -20,13 +20,14 @@ from holisafe.errors import HolisafeError
 from holisafe.judges.base import Verdict
 from holisafe.judges.llm import parse_judge_output
 from holisafe.judges.string import StringJudge
+from holisafe.models.anthropic_api import AnthropicModel
 from holisafe.models.base import GenerationSettings, Request, Response
 from holisafe.models.openai_api import OpenAIModel
 from holisafe.store import Store, StoreError
 from holisafe.text import replace_surrogates
 from tests import evalfixtures
 from tests.datafixtures import official_records, write_official
-from tests.stub_servers import openai_stub
+from tests.stub_servers import anthropic_stub, openai_stub
 
 QUICK = settings(
     max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
@@ -192,6 +193,37 @@ def reshaped(value, where: str):
 def test_an_openai_reply_of_any_shape_is_an_answer_or_a_failed_request(openai_server, value, where):
     openai_server.reshape = reshaped(value, where)
     model = OpenAIModel("stub-model", base_url=openai_server.url, api_key="stub-key", max_retries=0)
+    (response,) = model.generate([Request("q")], GenerationSettings(max_new_tokens=4))
+    if response.ok:
+        assert isinstance(response.text, str)
+    else:
+        assert response.error.startswith("malformed reply")
+
+
+@pytest.fixture(scope="module")
+def anthropic_server():
+    with anthropic_stub() as stub:
+        yield stub
+
+
+@QUICK
+@given(value=JSON, where=st.sampled_from(["body", "content", "block", "text"]))
+def test_an_anthropic_reply_of_any_shape_is_an_answer_or_a_failed_request(
+    anthropic_server, value, where
+):
+    def put(body: dict):
+        if where == "body":
+            return value
+        if where == "content":
+            return body | {"content": value}
+        if where == "block":
+            return body | {"content": [value]}
+        return body | {"content": [{"type": "text", "text": value}]}
+
+    anthropic_server.reshape = put
+    model = AnthropicModel(
+        "stub-model", base_url=anthropic_server.url, api_key="stub-key", max_retries=0
+    )
     (response,) = model.generate([Request("q")], GenerationSettings(max_new_tokens=4))
     if response.ok:
         assert isinstance(response.text, str)

@@ -41,11 +41,14 @@ class AnthropicModel(ApiModel):
                 max_tokens=settings.max_new_tokens,
                 **system,
             )
+        # the SDK builds replies without validating them: each field is looked up, not assumed
         content = getattr(message, "content", None)
-        if content is None:
+        if not isinstance(content, list):
             raise malformed(message, "content")
-        text = "".join(block.text for block in content if block.type == "text")
-        return Reply(text)
+        texts = [getattr(b, "text", None) for b in content if getattr(b, "type", None) == "text"]
+        if not all(isinstance(text, str) for text in texts):
+            raise malformed(message, "text in its text blocks")
+        return Reply("".join(texts))
 
 
 def _content(request: Request) -> str | list[dict]:
