@@ -30,8 +30,9 @@ from tests.datafixtures import official_records, write_official
 from tests.stub_servers import anthropic_stub, openai_stub
 
 QUICK = settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
+OVER_HTTP = settings(QUICK, max_examples=25)  # each example is a request to a loopback server
 # Any code point, lone surrogates and control characters included.
 ANY_TEXT = st.text(st.characters(exclude_categories=()), max_size=40)
 JSON = st.recursive(
@@ -188,7 +189,7 @@ def reshaped(value, where: str):
     return put
 
 
-@QUICK
+@OVER_HTTP
 @given(value=JSON, where=st.sampled_from(["body", "choices", "choice", "message", "content"]))
 def test_an_openai_reply_of_any_shape_is_an_answer_or_a_failed_request(openai_server, value, where):
     openai_server.reshape = reshaped(value, where)
@@ -206,7 +207,7 @@ def anthropic_server():
         yield stub
 
 
-@QUICK
+@OVER_HTTP
 @given(value=JSON, where=st.sampled_from(["body", "content", "block", "text"]))
 def test_an_anthropic_reply_of_any_shape_is_an_answer_or_a_failed_request(
     anthropic_server, value, where

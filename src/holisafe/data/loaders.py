@@ -89,7 +89,7 @@ class ImageFolder:
             if not candidate.resolve().is_relative_to(self.root):
                 raise ValueError(
                     f"image path {name!r} escapes the image root {self.root}"
-                    + (self._through_link(candidate))
+                    + self._through_link(candidate)
                 )
         chosen = next((c for c in candidates if c.exists()), official)
         return ImageRef(name=relative.as_posix(), path=chosen)
