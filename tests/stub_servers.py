@@ -2,9 +2,10 @@
 
 Each stub is a real HTTP server on 127.0.0.1 (a free port), so the official SDKs talk to it
 exactly as they would to the real service. A stub answers with `reply` (a text, or a function
-of the request's JSON body), checks the API key and the model name as the real service does,
-can add a fixed latency, and can be told to misbehave for the next requests or for all of them
-(`fail`). It records every request it received and the most requests it served at once.
+of the request's JSON body; `reshape` may then change the whole reply body), checks the API key
+and the model name as the real service does, can add a fixed latency, and can be told to
+misbehave for the next requests or for all of them (`fail`). It records every request it
+received and the most requests it served at once.
 
     with openai_stub(reply="hello") as stub:
         client = OpenAI(base_url=stub.url, api_key=stub.api_key)
@@ -29,7 +30,29 @@ Reply = str | Callable[[dict], str]
 # What a stub can be told to do instead of answering.
 # `empty`: a well-formed reply without text; `malformed`: a body declared JSON that is not;
 # `html`: a web page, as a proxy in the way sends; `wrong_shape`: JSON without a reply's fields.
-FAULTS = ("server_error", "rate_limit", "stall", "empty", "malformed", "html", "wrong_shape")
+# The OpenAI dialect's success body with one part out of shape, as broken compatible servers send.
+OPENAI_WRONG_SHAPES: dict[str, Callable[[dict], dict]] = {
+    "no_choices": lambda body: body | {"choices": []},
+    "choices_not_a_list": lambda body: body | {"choices": {"0": body["choices"][0]}},
+    "choice_not_an_object": lambda body: body | {"choices": ["hello"]},
+    "null_message": lambda body: body | {"choices": [body["choices"][0] | {"message": None}]},
+    "content_not_text": lambda body: (
+        body | {"choices": [{"index": 0, "message": {"role": "assistant", "content": 42}}]}
+    ),
+    "content_parts": lambda body: (
+        body | {"choices": [{"message": {"content": [{"type": "text", "text": "hi"}]}}]}
+    ),
+}
+FAULTS = (
+    "server_error",
+    "rate_limit",
+    "stall",
+    "empty",
+    "malformed",
+    "html",
+    "wrong_shape",
+    *OPENAI_WRONG_SHAPES,
+)
 # The error type (or status) each service names for an HTTP status.
 OPENAI_ERROR_TYPES = {401: "invalid_request_error", 404: "invalid_request_error", 429: "requests"}
 ANTHROPIC_ERROR_TYPES = {
@@ -52,7 +75,7 @@ class RecordedRequest:
 @dataclass(frozen=True)
 class Answer:
     status: int
-    body: dict | str
+    body: Any  # a str is sent as it is, anything else as JSON
     content_type: str = "application/json"
     headers: tuple[tuple[str, str], ...] = ()
 
@@ -203,6 +226,7 @@ class StubServer:
         latency_s: float = 0.0,
         retry_after_s: float = 0.01,
         stall_s: float = 30.0,
+        reshape: Callable[[dict], Any] | None = None,
     ):
         self.dialect = dialect
         self.reply = reply
@@ -211,6 +235,7 @@ class StubServer:
         self.latency_s = latency_s
         self.retry_after_s = retry_after_s
         self.stall_s = stall_s
+        self.reshape = reshape
         self.requests: list[RecordedRequest] = []
         self.max_in_flight = 0
         self._in_flight = 0
@@ -282,7 +307,8 @@ class StubServer:
         elif fault is not None:
             return self._misbehave(fault, model)
         text = self.reply(body) if callable(self.reply) else self.reply
-        return Answer(200, self.dialect.success(model, text))
+        success = self.dialect.success(model, text)
+        return Answer(200, self.reshape(success) if self.reshape else success)
 
     def _misbehave(self, fault: str, model: str) -> Answer:
         if fault in ("server_error", "rate_limit"):
@@ -300,6 +326,8 @@ class StubServer:
             return Answer(200, '{"choices": [')
         if fault == "html":
             return Answer(200, "<html>sign in to the proxy</html>", "text/html")
+        if fault in OPENAI_WRONG_SHAPES:
+            return Answer(200, OPENAI_WRONG_SHAPES[fault](self.dialect.success(model, "x")))
         return Answer(200, {"status": "ok"})  # wrong_shape
 
     def _next_fault(self) -> str | None:

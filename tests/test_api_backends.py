@@ -18,6 +18,7 @@ from holisafe.models.base import GenerationSettings, ModelError, Request
 from holisafe.models.google_api import GoogleModel
 from holisafe.models.openai_api import OpenAIModel
 from tests.stub_servers import (
+    OPENAI_WRONG_SHAPES,
     StubServer,
     anthropic_stub,
     closed_port_url,
@@ -229,22 +230,35 @@ def test_a_server_that_keeps_stalling_ends_in_a_timeout_error(backend):
     assert response.error == f"timed out after {SHORT_TIMEOUT_S:g} s (1 retry)"
 
 
-@pytest.mark.parametrize("fault", ["empty", "malformed", "html", "wrong_shape"])
-def test_a_reply_without_text_fails_only_its_request(backend, fault):
+@pytest.mark.parametrize("fault", ["malformed", "html", "wrong_shape"])
+def test_a_malformed_reply_fails_only_its_request(backend, fault):
     with backend.stub() as stub:
         stub.fail(fault, times=1)
         first, second = ask(backend.build(stub.url, concurrency=1), "q1", "q2")
-    # A Gemini reply without candidates is a well-formed reply without text.
-    empty = fault == "empty" or (fault == "wrong_shape" and backend.name == "google")
-    assert first.text is None
-    assert first.error.startswith("empty reply" if empty else "malformed reply")
+    if fault == "wrong_shape" and backend.name == "google":
+        # a Gemini reply without candidates is well formed: a reply without text, the empty answer
+        assert first.ok and first.text == ""
+    else:
+        assert first.text is None and first.error.startswith("malformed reply")
     assert second.ok
 
 
-def test_a_blank_reply_counts_as_empty(backend):
-    with backend.stub(reply="  \n") as stub:
+@pytest.mark.parametrize("shape", list(OPENAI_WRONG_SHAPES))
+def test_an_openai_reply_of_the_wrong_shape_fails_only_its_request(shape):
+    """Valid JSON, wrong shape: the SDK does not validate it, so each field is checked."""
+    with openai_stub() as stub:
+        stub.fail(shape, times=1)
+        first, second = ask(BACKENDS[0].build(stub.url, concurrency=1), "q1", "q2")
+    assert first.text is None and first.error.startswith("malformed reply"), first
+    assert second.ok
+
+
+@pytest.mark.parametrize("reply", [None, "", "  \n"], ids=["none", "empty", "blank"])
+def test_a_reply_without_text_is_the_empty_answer_not_a_failure(backend, reply):
+    """Asked again, the model would answer the same: retrying would never end the run."""
+    with backend.stub(reply=reply) as stub:
         (response,) = ask(backend.build(stub.url), "q")
-    assert response.text is None and response.error.startswith("empty reply")
+    assert response.ok and response.text == ""
 
 
 def test_a_rejected_key_stops_the_run(backend):

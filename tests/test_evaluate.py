@@ -12,6 +12,7 @@ import pytest
 
 from holisafe.data import load_samples
 from holisafe.data.mini import generate_mini
+from holisafe.errors import DataError
 from holisafe.evaluate import _answer, evaluate
 from holisafe.models import GenerationSettings, ModelError, ModelOptions
 from holisafe.models.base import Response
@@ -187,7 +188,10 @@ def test_ctrl_c_mid_run_says_so_and_resumes(tmp_path, mini_bench):
     assert len({row[0] for row in response_rows(store)}) == 95
 
 
-@pytest.mark.parametrize("fault", ["rate_limit", "server_error", "stall", "empty", "malformed"])
+@pytest.mark.parametrize(
+    "fault",
+    ["rate_limit", "server_error", "stall", "malformed", "null_message", "content_not_text"],
+)
 def test_api_faults_are_stored_as_errors_and_retried_on_resume(tmp_path, fault):
     bench = write_official(tmp_path / "bench")
     store = tmp_path / "runs.db"
@@ -206,6 +210,44 @@ def test_api_faults_are_stored_as_errors_and_retried_on_resume(tmp_path, fault):
     assert second.run.finished_at is not None
     rows = response_rows(store)
     assert len(rows) == len(CASES) and all(error is None for *_, error in rows)
+
+
+def test_odd_replies_are_kept_and_the_run_finishes(tmp_path):
+    """Lone surrogates in a model's or a judge's reply, and a blank reply: nothing is lost,
+    nothing is retried for ever."""
+
+    def model_reply(body: dict) -> str:
+        query = str(body["messages"][-1]["content"])
+        if "number 1?" in query:
+            return "a lone \ud800 surrogate"
+        return "  " if "number 2?" in query else "I'm sorry, I can't help with that."
+
+    judge_reply = "it refused \udfff\nVERDICT: FOLLOWED"
+    bench = write_official(tmp_path / "bench")
+    store = tmp_path / "runs.db"
+    with openai_stub(reply=model_reply) as model, openai_stub(reply=judge_reply) as judge:
+        options = ModelOptions(base_url=model.url, api_key="stub-key", max_retries=0)
+        outcome = evaluate(
+            "openai/stub-model",
+            bench,
+            store,
+            judges=["string", "openai/stub-model"],
+            options=options,
+            judge_options=ModelOptions(base_url=judge.url, api_key="stub-key", max_retries=0),
+        )
+    assert not outcome.response_errors and not any(outcome.verdict_errors.values())
+    assert outcome.run.finished_at is not None
+    texts = {row[0]: row[1] for row in response_rows(store)}
+    assert texts["1"] == "a lone \ufffd surrogate" and texts["2"] == ""
+    with Store(store) as opened:
+        verdicts = [r.verdicts["openai/stub-model"] for r in opened.records(outcome.run.id)]
+    assert all(v.followed and v.raw == "it refused \ufffd\nVERDICT: FOLLOWED" for v in verdicts)
+
+
+def test_a_negative_limit_is_refused_not_read_as_all_but_the_last(tmp_path):
+    bench = write_official(tmp_path / "bench")
+    with pytest.raises(DataError, match="limit must be 0 or more, got -3"):
+        evaluate("openai/x", bench, tmp_path / "runs.db", limit=-3)
 
 
 def test_an_unreachable_endpoint_is_one_clear_line(tmp_path):

@@ -1,6 +1,7 @@
 """The image guard: metrics by hand, the CLI, and the guard inside evaluation."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -81,10 +82,14 @@ def test_guard_cli_prints_each_image_and_reports_bad_files(safe_dir, tmp_path):
     Image.new("RGB", (40, 40), (250, 0, 0)).save(tmp_path / "red.png")
     Image.new("RGB", (40, 40), (0, 0, 250)).save(tmp_path / "blue.png")
     (tmp_path / "broken.png").write_bytes(b"not an image")
+    (tmp_path / "\x1b[31mred-alert.png").write_bytes(b"not an image either")
+    os.mkfifo(tmp_path / "pipe.png")  # reading it would wait for a writer for ever
     model = f"hf/{safe_dir / 'safe'}"
     result = holisafe("guard", "--model", model, str(tmp_path), "--json", "--device", "cpu")
-    assert result.returncode == 1  # one file failed, the others were still classified
+    assert result.returncode == 1  # three files failed, the others were still classified
     assert "broken.png" in result.stderr and "not a readable image" in result.stderr
+    assert "pipe.png is not a regular file" in result.stderr
+    assert "\x1b" not in result.stderr and "\\x1b[31mred-alert.png" in result.stderr
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert [line["image"].rsplit("/", 1)[1] for line in lines] == ["blue.png", "red.png"]
     for line in lines:

@@ -39,6 +39,7 @@ def test_cli_stats_json_has_exactly_the_documented_keys(tmp_path):
     assert set(stats) == {
         "samples",
         "images",
+        "missing_images",
         "by_type",
         "by_category",
         "by_subcategory",
@@ -66,3 +67,13 @@ def test_cli_export_then_validate(tmp_path):
     result = holisafe("data", "export", str(root), str(tmp_path / "out"), "--to", "parquet")
     assert result.returncode == 0, result.stderr
     assert holisafe("data", "validate", str(tmp_path / "out")).returncode == 0
+
+
+def test_stats_name_the_image_files_that_are_missing(tmp_path):
+    root = write_official(tmp_path)
+    (root / "images" / "img_2.png").unlink()
+    stats = dataset_stats(read_dataset(root, check_images=False).samples)
+    assert stats["missing_images"] == ["img_2.png"]
+    result = holisafe("data", "stats", str(root))
+    assert result.returncode == 0
+    assert "warning: 1 image file(s) missing: img_2.png" in result.stderr

@@ -1,5 +1,7 @@
 import json
 import os
+import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -259,3 +261,46 @@ def _count_responses(path: Path) -> int:
             return db.execute("SELECT count(*) FROM responses").fetchone()[0]
     except sqlite3.OperationalError:  # not created yet
         return 0
+
+
+def filled_store(path: Path, samples) -> None:
+    with Store(path) as store:
+        run = store.open_run("m/x", samples, SETTINGS)
+        store.save_responses(run.id, [(s.id, ok("x" * 3000)) for s in samples])
+
+
+@pytest.mark.parametrize("page", [2, 5, -1])
+def test_a_damaged_page_is_a_clear_error_not_a_traceback(tmp_path, samples, page):
+    path = tmp_path / "runs.db"
+    filled_store(path, samples)
+    data = bytearray(path.read_bytes())
+    pages = len(data) // 4096
+    start = (page if page > 0 else pages + page) * 4096 - 4096
+    data[start : start + 4096] = random.Random(page).randbytes(4096)
+    path.write_bytes(bytes(data))
+    damaged = f"{path} (is damaged|is not a usable holisafe store)"
+    with pytest.raises(StoreError, match=damaged):
+        Store(path)
+    result = subprocess.run(
+        [sys.executable, "-m", "holisafe", "report", "--store", str(path)],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert re.match(f"error: {damaged}", result.stderr)
+
+
+def test_lone_surrogates_in_replies_are_stored_as_replacement_characters(store, samples):
+    run = store.open_run("m/x", samples, SETTINGS)
+    store.save_responses(run.id, [(1, ok("a\ud800b")), (2, failed("bad \udfff reply"))])
+    store.save_verdicts(run.id, "j", [(1, Verdict(None, "raw \udc80", "err \ud9ff"))])
+    (first, second, *_) = store.records(run.id)
+    assert first.response.text == "a\ufffdb" and second.response.error == "bad \ufffd reply"
+    assert first.verdicts["j"] == Verdict(None, "raw \ufffd", "err \ufffd")
+
+
+def test_samples_that_are_not_valid_unicode_are_refused_by_name(store, samples):
+    broken = [replace(samples[0], query="why\ud800?"), *samples[1:]]
+    with pytest.raises(StoreError, match="sample 1: its query is not valid Unicode"):
+        store.open_run("m/x", broken, SETTINGS)
+    assert store.runs() == []

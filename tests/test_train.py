@@ -1,9 +1,11 @@
 """Safety tuning on tiny models: collation, losses and gradients, outputs, resume, accelerate."""
 
 import dataclasses
+import functools
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -14,6 +16,7 @@ from pathlib import Path
 import pytest
 import torch
 from peft import PeftModel
+from safetensors.torch import load_file
 from transformers import AutoConfig, AutoProcessor
 
 from holisafe.data import load_samples
@@ -344,8 +347,78 @@ def test_killed_training_resumes_from_its_last_checkpoint(tiny, data_dir, tmp_pa
         resumed.stdout + resumed.stderr,
     )
     assert step and int(step.group(1)) == saved
-    assert read_record(out).global_step == 120
+    record = read_record(out)
+    assert record.global_step == 120
     assert load_safe_vlm(str(out)).vgm.head_input == "meta_token"
+    # the same run without the kill ends with the same weights and the same loss curve
+    whole = tmp_path / "whole"
+    train(dataclasses.replace(record.settings, out=str(whole), resume=False), progress=False)
+    assert_same_weights(whole / "model.safetensors", out / "model.safetensors")
+    assert losses(read_record(whole).log_history) == pytest.approx(
+        losses(record.log_history), rel=1e-5
+    )
+
+
+def assert_same_weights(expected: Path, got: Path) -> None:
+    expected, got = load_file(expected), load_file(got)
+    assert expected.keys() == got.keys()
+    for name, tensor in expected.items():
+        torch.testing.assert_close(got[name], tensor, atol=1e-6, rtol=1e-5, msg=name)
+
+
+def losses(log_history: list[dict]) -> list[float]:
+    return [entry["loss"] for entry in log_history if "loss" in entry]
+
+
+def interrupted_copy(uninterrupted: Path, step: int, out: Path) -> None:
+    """`out` as a run killed right after saving checkpoint `step` of `uninterrupted` left it."""
+    (out / "checkpoints").mkdir(parents=True)
+    checkpoint = f"checkpoints/checkpoint-{step}"
+    shutil.copytree(uninterrupted / checkpoint, out / checkpoint)
+    shutil.copy(uninterrupted / "checkpoints" / "holisafe_run.json", out / "checkpoints")
+
+
+@pytest.mark.parametrize(
+    ("family", "options", "weights"),
+    [
+        ("llava", {}, "model.safetensors"),
+        ("llava", {"freeze_vision": False}, "model.safetensors"),
+        ("llava", {"lora": True}, "adapter_model.safetensors"),
+        ("gemma3", {}, "model.safetensors"),  # its output layer is tied to the embeddings
+        ("qwen2_5_vl", {"vgm": "image_mean"}, "model.safetensors"),
+    ],
+    ids=["full", "vision-trained", "lora", "gemma3", "qwen2_5_vl"],
+)
+def test_a_resumed_run_ends_as_the_uninterrupted_one(
+    tiny, data_dir, tmp_path, family, options, weights
+):
+    """Every trained weight (language model, vision tower, LoRA, meta-token row, head), the
+    optimizer, scheduler, RNG (dropout) and data order come back from the checkpoint."""
+    run = functools.partial(
+        settings, tiny[family], data_dir, batch_size=2, max_steps=6, save_steps=3, **options
+    )
+    whole = train(run(tmp_path / "whole"), progress=False)
+    interrupted_copy(tmp_path / "whole", 3, tmp_path / "resumed")
+    resumed = train(run(tmp_path / "resumed", resume=True), progress=False)
+    assert_same_weights(tmp_path / "whole" / weights, tmp_path / "resumed" / weights)
+    assert losses(resumed.log_history) == pytest.approx(losses(whole.log_history), rel=1e-6)
+    assert len(losses(resumed.log_history)) == 6
+
+
+def test_resuming_with_other_settings_is_refused_with_the_list(tiny, data_dir, tmp_path):
+    run = functools.partial(settings, tiny["llava"], max_steps=1, save_steps=1)
+    train(run(data_dir, tmp_path / "out"), progress=False)
+    other_data = write_official(tmp_path / "other", records_with_responses()[::-1])
+    changed = run(
+        other_data, tmp_path / "out", resume=True, learning_rate=5e-4, batch_size=2,
+        safety_lambda=0.5, log_steps=5,
+    )  # fmt: skip
+    with pytest.raises(TrainError) as refused:
+        train(changed, progress=False)
+    message = str(refused.value)
+    for name in ("data ", "data content", "learning_rate", "batch_size", "safety_lambda"):
+        assert name in message
+    assert "log_steps" not in message  # how often it logs is not what it learns
 
 
 def free_port() -> int:
@@ -383,3 +456,13 @@ def test_accelerate_launch_trains_on_two_processes(tiny, data_dir, tmp_path, vis
             settings=GenerationSettings(max_new_tokens=4),
         )
     assert outcome.generated == len(records_with_responses()) and not outcome.response_errors
+
+
+def test_skipped_training_records_are_reported(tiny, tmp_path):
+    records = records_with_responses()
+    records[2]["type"] = "bad"
+    data = write_official(tmp_path / "data", records)
+    run = settings(tiny["llava"], data, tmp_path / "out", max_steps=1, skip_invalid=True)
+    result = train(run, progress=False)
+    assert len(result.skipped) == 1
+    assert result.skipped[0].startswith("id 3: unknown safeness type 'bad'")

@@ -44,8 +44,16 @@ RECORD_RULES = [
     ({"image_safe": True}, "id 2: image_safe=true contradicts type USU"),
     ({"image_safe": "no"}, "id 2: image_safe must be true or false"),
     ({"query": ""}, "id 2: query must be a non-empty string"),
-    ({"id": True}, "record at index 1: id must be an integer or a non-empty string"),
-    ({"id": 1}, "id 1: duplicate id (first seen at record at index 0)"),
+    ({"id": True}, "record at index 1: id must be an integer or a non-blank string"),
+    ({"id": " \t"}, "record at index 1: id must be an integer or a non-blank string"),
+    ({"id": 1}, "id 1: duplicate id (first seen at record at index 0"),
+    # the store keeps ids as text, so 1 and "1" are one id
+    ({"id": "1"}, "id '1': duplicate id (first seen at record at index 0; ids are compared"),
+    ({"image_safety_label": None}, "id 2: image_safety_label must be an integer, got None"),
+    # lone surrogates (a JSON "\ud800" escape) cannot be stored as UTF-8 anywhere
+    ({"query": "why\ud800?"}, "id 2: query is not valid Unicode: lone surrogate U+D800 at"),
+    ({"id": "a\udfff"}, "id 'a\\udfff': id is not valid Unicode: lone surrogate U+DFFF"),
+    ({"extra": {"note": ["\udc00"]}}, "id 2: extra.note[0] is not valid Unicode"),
     ({"image": "../outside.png"}, "id 2: image path '../outside.png' escapes the image root"),
     ({"image": "/etc/passwd"}, "id 2: image path '/etc/passwd' is absolute"),
     ({"image": "missing.png"}, "id 2: image file not found"),
@@ -68,6 +76,27 @@ def test_a_record_that_is_not_an_object(tmp_path):
     dataset = read_dataset(write_official(tmp_path, records))
     assert [str(p) for p in dataset.problems] == [
         "record at index 1: record must be a JSON object, got list"
+    ]
+
+
+def test_an_images_folder_that_is_a_symlink_is_named_in_the_message(tmp_path):
+    root = write_official(tmp_path / "bench")
+    (root / "images").rename(tmp_path / "elsewhere")
+    os.symlink(tmp_path / "elsewhere", root / "images")
+    problems = read_dataset(root).problems
+    assert len(problems) == len(CASES)
+    assert f"through the symbolic link {root / 'images'}" in problems[0].reason
+    assert "--image-root" in problems[0].reason
+    assert not read_dataset(root, image_root=tmp_path / "elsewhere").problems
+
+
+def test_an_image_that_is_a_named_pipe_is_refused_without_waiting(tmp_path):
+    root = write_official(tmp_path)
+    (root / "images" / "img_1.png").unlink()
+    os.mkfifo(root / "images" / "img_1.png")  # opening it to read would block for ever
+    problems = read_dataset(root).problems
+    assert [str(p) for p in problems] == [
+        f"id 2: image {root / 'images/img_1.png'} is not a regular file"
     ]
 
 
@@ -136,3 +165,11 @@ def test_cli_user_errors_are_one_line_not_a_traceback(tmp_path):
     result = holisafe("data", "validate", str(tmp_path / "nothing"))
     assert result.returncode == 2
     assert result.stderr.strip() == f"error: {tmp_path / 'nothing'}: no such file or directory"
+
+
+def test_control_characters_in_file_names_never_reach_the_terminal_raw(tmp_path):
+    root = write_official(tmp_path, break_record(1, image="\x1b]0;pwned\x07\x1b[31mred.png"))
+    result = holisafe("data", "validate", str(root))
+    assert result.returncode == 1
+    assert "\x1b" not in result.stdout and "\x07" not in result.stdout
+    assert "\\x1b]0;pwned\\x07\\x1b[31mred.png" in result.stdout

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from holisafe.errors import HolisafeError
+from holisafe.text import printable
 
 app = typer.Typer(
     help="HoliSafe: holistic safety benchmarking and modelling for vision-language models.",
@@ -86,7 +87,7 @@ def data_validate(
         print(json.dumps(report, indent=1))
     else:
         for problem in dataset.problems:
-            print(problem)
+            print(printable(str(problem)))
         verdict = "OK" if not dataset.problems else f"{len(dataset.problems)} problem(s)"
         print(
             f"{dataset.source} ({dataset.format}): {dataset.records} records, "
@@ -112,6 +113,10 @@ def data_stats(
     )
     _report_skipped(dataset)
     stats = dataset_stats(dataset.samples)
+    if stats["missing_images"]:
+        shown = ", ".join(stats["missing_images"][:5])
+        warning = f"warning: {len(stats['missing_images'])} image file(s) missing: {shown}"
+        err_console.print(printable(warning), markup=False, highlight=False)
     if plot:
         plot_type_category(stats, plot)
     if as_json:
@@ -218,8 +223,7 @@ def eval_command(
         judge_template=judge_template,
         judge_protocol=judge_protocol,
     )
-    for line in outcome.skipped:
-        err_console.print(f"skipped {line}", markup=False, highlight=False)
+    _report_skipped_lines(outcome.skipped)
     _print_notes(outcome.notes)
     console.print(
         f"run {outcome.run.id}: {outcome.generated} new responses, "
@@ -254,7 +258,8 @@ def _report_failures(outcome) -> None:
         for sid, err in errors
     ]
     for kind, sample_id, error in failures[:20]:
-        err_console.print(f"failed {kind} for id {sample_id}: {error}", markup=False)
+        line = printable(f"failed {kind} for id {sample_id}: {error}")
+        err_console.print(line, markup=False, highlight=False)
     if failures:
         err_console.print(
             f"{len(failures)} failure(s) kept in the store; rerun the same command to retry them"
@@ -489,7 +494,8 @@ def guard_command(
     results = guard_files(guard, files)
     for result in results:
         if result.error is not None:
-            err_console.print(f"{result.image}: {result.error}", markup=False, highlight=False)
+            line = printable(f"{result.image}: {result.error}")
+            err_console.print(line, markup=False, highlight=False)
             continue
         p = result.prediction
         if as_json:
@@ -497,7 +503,8 @@ def guard_command(
             print(json.dumps(record | {"unsafe": p.unsafe, "probs": p.probs}))
         else:
             top = ", ".join(f"{name} {prob:.3f}" for name, prob in p.top(top_k))
-            print(f"{result.image}: {p.label} ({p.prob:.3f}), unsafe {p.unsafe:.3f}; top: {top}")
+            image = printable(str(result.image))
+            print(f"{image}: {p.label} ({p.prob:.3f}), unsafe {p.unsafe:.3f}; top: {top}")
     if any(r.error for r in results):
         raise typer.Exit(1)
 
@@ -556,10 +563,14 @@ def _print_guard_metrics(metrics) -> None:
 
 
 def _report_skipped(dataset) -> None:
-    for problem in dataset.problems:
-        err_console.print(f"skipped {problem}", markup=False, highlight=False)
-    if dataset.problems:
-        err_console.print(f"skipped {len(dataset.problems)} invalid record(s)")
+    _report_skipped_lines([str(problem) for problem in dataset.problems])
+
+
+def _report_skipped_lines(lines: list[str]) -> None:
+    for line in lines:
+        err_console.print(f"skipped {printable(line)}", markup=False, highlight=False)
+    if lines:
+        err_console.print(f"skipped {len(lines)} invalid record(s)")
 
 
 @data_app.command("mini")
@@ -934,6 +945,7 @@ def train_command(
     )
     result = train(settings)
     if result.is_main_process:
+        _report_skipped_lines(result.skipped)
         what = "a LoRA adapter; holisafe.train.merge_lora(OUT, MERGED) makes a full model"
         if not lora or merge:
             what = "the model; use it as hf/" + str(out)
@@ -1017,7 +1029,7 @@ def main() -> None:
     try:
         app()
     except HolisafeError as exc:
-        err_console.print(f"error: {exc}", markup=False, highlight=False)
+        err_console.print(f"error: {printable(str(exc))}", markup=False, highlight=False)
         sys.exit(2)
     except SystemExit as exc:
         if exc.code == 130:  # typer's exit after Ctrl-C

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-from holisafe.data import Sample, load_samples
+from holisafe.data import Sample, first, load_samples
 from holisafe.data.sample import ImageError
 from holisafe.errors import DataError
 from holisafe.judges import Judge, load_judge
@@ -62,7 +62,7 @@ def evaluate(
     `load_judge`) with the template file `judge_template` if given.
     """
     dataset = load_samples(bench, skip_invalid=skip_invalid, progress=progress)
-    samples = dataset.samples[:limit] if limit is not None else dataset.samples
+    samples = first(dataset.samples, limit)
     judge_options = judge_options or replace(options, base_url=None, api_key=None)
     judge_objects = [load_judge(j, judge_options, judge_template, judge_protocol) for j in judges]
     with Store(store_path) as store, progress_bar(progress) as bar:

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from holisafe import taxonomy
-from holisafe.data import load_samples
-from holisafe.data.sample import ImageError, decode_image
+from holisafe.data import first, load_samples
+from holisafe.data.sample import ImageError, ImageRef
 from holisafe.errors import HolisafeError
 from holisafe.models import ModelOptions, load_model
 from holisafe.models.base import SafetyPrediction
@@ -99,8 +99,8 @@ def guard_files(model, files: Sequence[Path]) -> list[GuardResult]:
     readable = {}
     for path in files:
         try:
-            readable[path] = decode_image(path.read_bytes(), str(path))
-        except (ImageError, OSError) as exc:
+            readable[path] = ImageRef(name=str(path), path=path).load()  # a named pipe too
+        except ImageError as exc:
             results[path] = GuardResult(path, None, str(exc))
     predictions = model.classify(list(readable.values())) if readable else []
     for path, prediction in zip(readable, predictions, strict=True):
@@ -170,7 +170,7 @@ def evaluate_guard(
     for sample in samples:
         if sample.image_safety_label is not None:
             labelled.setdefault(sample.image.key, (sample.image, sample.image_safety_label))
-    chosen = list(labelled.values())[:limit]
+    chosen = first(list(labelled.values()), limit)
     if not chosen:
         raise GuardError(f"{bench}: no images with an image_safety_label to score")
     predicted: list[SafetyPrediction] = []

@@ -41,6 +41,7 @@ from holisafe.data.sample import Sample
 from holisafe.errors import HolisafeError
 from holisafe.judges.base import Verdict
 from holisafe.models.base import Response
+from holisafe.text import lone_surrogate, replace_surrogates
 
 SCHEMA_VERSION = 1
 EXPORT_FORMATS = ("jsonl", "parquet")
@@ -173,6 +174,23 @@ def _fingerprint_fields(sample: Sample) -> list:
     ]
 
 
+def _storable(text: str | None) -> str | None:
+    """Model and judge output as UTF-8 can keep it: lone surrogates (which a JSON reply can
+    carry) become U+FFFD, so one odd reply never costs the batch."""
+    return None if text is None else replace_surrogates(text)
+
+
+def _check_unicode(samples: Iterable[Sample]) -> None:
+    for s in samples:
+        fields = {"id": s.id, "query": s.query, "image": s.image.name}
+        for name, value in fields.items():
+            if isinstance(value, str) and lone_surrogate(value) is not None:
+                raise StoreError(
+                    f"sample {s.id!r}: its {name} is not valid Unicode (a lone surrogate); "
+                    "holisafe data validate reports such records"
+                )
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -202,6 +220,7 @@ class Store:
         try:
             self._db.execute("PRAGMA foreign_keys = ON")
             self._db.execute("PRAGMA journal_mode = WAL")
+            self._check_integrity()
             self._ensure_schema()
         except sqlite3.DatabaseError as exc:
             self._db.close()
@@ -228,6 +247,15 @@ class Store:
             self._db.execute("ROLLBACK")
             raise
         self._db.execute("COMMIT")
+
+    def _check_integrity(self) -> None:
+        """A damaged file is found here, with its path, not as a traceback mid-run."""
+        problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
+        if problems != ["ok"]:
+            raise StoreError(
+                f"{self.path} is damaged ({'; '.join(problems[:3])}); restore it from a copy, "
+                "or recover what is readable with sqlite3's .recover"
+            )
 
     def _ensure_schema(self) -> None:
         with self._transaction() as db:
@@ -262,6 +290,7 @@ class Store:
         the benchmark was read from, so that later steps (judges that look at the images,
         reports that show them) can find its images again.
         """
+        _check_unicode(samples)
         bench = bench_fingerprint(samples)
         settings_key = _settings_key(settings)
         if run_id is not None:
@@ -397,9 +426,9 @@ class Store:
             (
                 run_id,
                 sample_id,
-                response.text,
+                _storable(response.text),
                 response.latency_s,
-                response.error,
+                _storable(response.error),
                 json.dumps(extras[sample_id]) if sample_id in extras else None,
                 now,
             )
@@ -468,7 +497,15 @@ class Store:
         """Record a batch of one judge's verdicts in one transaction, replacing earlier ones."""
         now = _now()
         rows = [
-            (run_id, judge_id, str(sample_id), verdict.followed, verdict.raw, verdict.error, now)
+            (
+                run_id,
+                judge_id,
+                str(sample_id),
+                verdict.followed,
+                _storable(verdict.raw),
+                _storable(verdict.error),
+                now,
+            )
             for sample_id, verdict in items
         ]
         try:

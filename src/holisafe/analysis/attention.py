@@ -29,7 +29,7 @@ import torch
 from rich.progress import track
 from transformers import BatchFeature
 
-from holisafe.data import Sample, load_samples
+from holisafe.data import Sample, first, load_samples
 from holisafe.errors import HolisafeError
 from holisafe.models import ModelOptions, load_model, parse_spec
 
@@ -86,7 +86,7 @@ def attention_analysis(
         raise AnalysisError(f"attention analysis needs a local hf/ model, not {model_spec}")
     if max_new_tokens < 1:
         raise AnalysisError(f"max new tokens must be at least 1, got {max_new_tokens}")
-    samples = load_samples(bench, skip_invalid=skip_invalid).samples[:limit]
+    samples = first(load_samples(bench, skip_invalid=skip_invalid).samples, limit)
     if not samples:
         raise AnalysisError(f"{bench}: no samples to analyse")
     backend = load_model(model_spec, options)

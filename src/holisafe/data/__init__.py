@@ -1,7 +1,7 @@
 """The data layer: Sample records, loaders for every source, validation, statistics, exports."""
 
 from holisafe.data.export import EXPORT_FORMATS, export_samples
-from holisafe.data.loaders import FORMATS, Dataset, Problem, load_samples, read_dataset
+from holisafe.data.loaders import FORMATS, Dataset, Problem, first, load_samples, read_dataset
 from holisafe.data.sample import ImageError, ImageRef, Sample
 from holisafe.data.stats import dataset_stats, plot_type_category
 
@@ -15,6 +15,7 @@ __all__ = [
     "Sample",
     "dataset_stats",
     "export_samples",
+    "first",
     "load_samples",
     "plot_type_category",
     "read_dataset",

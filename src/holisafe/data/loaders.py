@@ -16,13 +16,14 @@ import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, TypeVar
 
 from rich.progress import track
 
 from holisafe import taxonomy
 from holisafe.data.sample import ImageError, ImageRef, Sample
 from holisafe.errors import DataError, RecordError
+from holisafe.text import lone_surrogate
 
 FORMATS = ("holisafe", "jsonl", "parquet", "llava", "vlguard", "hub")
 OFFICIAL_JSON_NAMES = ("holisafe_bench.json", "holisafe_train.json")
@@ -37,6 +38,7 @@ HOLISAFE_FIELDS = (
     "image_safety_label",
 )
 _HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -85,9 +87,22 @@ class ImageFolder:
         candidates = [official, self.root / relative]
         for candidate in candidates:
             if not candidate.resolve().is_relative_to(self.root):
-                raise ValueError(f"image path {name!r} escapes the image root {self.root}")
+                raise ValueError(
+                    f"image path {name!r} escapes the image root {self.root}"
+                    + self._through_link(candidate)
+                )
         chosen = next((c for c in candidates if c.exists()), official)
         return ImageRef(name=relative.as_posix(), path=chosen)
+
+    def _through_link(self, path: Path) -> str:
+        """Which folder on the way is a symbolic link, said so: `images/` often is one."""
+        for parent in reversed(path.relative_to(self.root).parents[:-1]):
+            if (self.root / parent).is_symlink():
+                return (
+                    f" through the symbolic link {self.root / parent} (to "
+                    f"{(self.root / parent).resolve()}); pass --image-root with the real folder"
+                )
+        return ""
 
 
 # ---------------------------------------------------------------- record conversion
@@ -113,9 +128,29 @@ def _require(record: Any, names: Iterable[str]) -> dict:
 
 
 def _checked_id(value: Any) -> int | str:
-    if isinstance(value, bool) or not isinstance(value, int | str) or value == "":
-        raise ValueError(f"id must be an integer or a non-empty string, got {value!r}")
+    blank = isinstance(value, str) and not value.strip()
+    if isinstance(value, bool) or not isinstance(value, int | str) or blank:
+        raise ValueError(f"id must be an integer or a non-blank string, got {value!r}")
     return value
+
+
+def _check_unicode(value: Any, name: str = "") -> None:
+    """Raise ValueError naming the first text in a record that holds a lone surrogate (a JSON
+    `\\ud800` escape with no partner): no file or store can keep it as UTF-8."""
+    if isinstance(value, str):
+        position = lone_surrogate(value)
+        if position is not None:
+            raise ValueError(
+                f"{name or 'record'} is not valid Unicode: lone surrogate "
+                f"U+{ord(value[position]):04X} at character {position}"
+            )
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            _check_unicode(key, "a field name")
+            _check_unicode(item, f"{name}.{key}" if name else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _check_unicode(item, f"{name}[{index}]")
 
 
 def _text(record: dict, name: str, optional: bool = False) -> str | None:
@@ -127,8 +162,8 @@ def _text(record: dict, name: str, optional: bool = False) -> str | None:
     return value
 
 
-def _label(value: Any) -> int | None:
-    if value is None:
+def _label(value: Any, required: bool = False) -> int | None:
+    if value is None and not required:
         return None
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"image_safety_label must be an integer, got {value!r}")
@@ -167,7 +202,7 @@ def holisafe_sample(record: Any, images: ImageFolder | None) -> Sample:
         type=safeness.code,
         category=_text(record, "category"),
         subcategory=_text(record, "subcategory"),
-        image_safety_label=_label(record["image_safety_label"]),
+        image_safety_label=_label(record["image_safety_label"], required=True),
         response=_text(record, "response", optional=True),
     )
 
@@ -410,17 +445,21 @@ def read_dataset(
             records = ((f"record at index {i}", r) for i, r in enumerate(raw))
     convert = _converter(fmt, images)
     dataset = Dataset(source=str(source), format=fmt)
-    seen: dict[int | str, str] = {}
+    seen: dict[str, str] = {}  # ids as text, as the store keeps them: 1 and "1" are one id
     for fallback, record in records:
         dataset.records += 1
         where = _where(record, fallback)
         try:
             if isinstance(record, Exception):
                 raise record
+            _check_unicode(record)
             for sample in convert(record):
-                if sample.id in seen:
-                    raise ValueError(f"duplicate id (first seen at {seen[sample.id]})")
-                seen[sample.id] = fallback
+                if str(sample.id) in seen:
+                    raise ValueError(
+                        f"duplicate id (first seen at {seen[str(sample.id)]}; ids are compared "
+                        "as text)"
+                    )
+                seen[str(sample.id)] = fallback
                 dataset.samples.append(sample)
         except (ValueError, TypeError) as exc:
             dataset.problems.append(Problem(where, str(exc)))
@@ -459,6 +498,16 @@ def _check_images(dataset: Dataset, progress: bool) -> None:
         else:
             dataset.problems.append(Problem(f"id {sample.id!r}", verdicts[key]))
     dataset.samples = kept
+
+
+def first(items: list[T], limit: int | None) -> list[T]:
+    """The first `limit` items (all of them for None). A negative limit is refused: a slice
+    would quietly read it as "all but the last N"."""
+    if limit is None:
+        return items
+    if limit < 0:
+        raise DataError(f"limit must be 0 or more, got {limit}")
+    return items[:limit]
 
 
 def load_samples(source: str | Path, *, skip_invalid: bool = False, **options: Any) -> Dataset:

@@ -43,6 +43,8 @@ class ImageRef:
     def read_bytes(self) -> bytes:
         if self.data is not None:
             return self.data
+        if self.path.exists() and not self.path.is_file():  # a named pipe would block forever
+            raise ImageError(f"image {self.path} is not a regular file")
         try:
             return self.path.read_bytes()
         except FileNotFoundError:

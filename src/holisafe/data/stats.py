@@ -26,6 +26,7 @@ def dataset_stats(samples: Sequence[Sample]) -> dict:
     """Sample and image counts, per type, category, subcategory and type x category.
 
     Missing values (training data without HoliSafe fields) count under `unknown`.
+    `missing_images` names the image files that do not exist (looked up, never decoded).
     """
     by_type = Counter(s.type or UNKNOWN for s in samples)
     by_category = Counter(s.category or UNKNOWN for s in samples)
@@ -36,6 +37,9 @@ def dataset_stats(samples: Sequence[Sample]) -> dict:
     return {
         "samples": len(samples),
         "images": len({s.image.key for s in samples}),
+        "missing_images": sorted(
+            {s.image.name for s in samples if s.image.path and not s.image.path.is_file()}
+        ),
         "by_type": _ordered(by_type, taxonomy.TYPE_CODES),
         "by_category": _ordered(by_category, tuple(taxonomy.CATEGORIES)),
         "by_subcategory": _ordered(by_subcategory, taxonomy.SUBCATEGORIES),

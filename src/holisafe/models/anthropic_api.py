@@ -41,12 +41,16 @@ class AnthropicModel(ApiModel):
                 max_tokens=settings.max_new_tokens,
                 **system,
             )
+        # the SDK builds replies without validating them: each field is looked up, not assumed
         content = getattr(message, "content", None)
-        if content is None:
+        if not isinstance(content, list):
             raise malformed(message, "content")
-        text = "".join(block.text for block in content if block.type == "text")
-        usage = message.usage
-        return Reply(text, message.stop_reason, usage and usage.input_tokens + usage.output_tokens)
+        texts = [getattr(b, "text", None) for b in content if getattr(b, "type", None) == "text"]
+        if not all(isinstance(text, str) for text in texts):
+            raise malformed(message, "text in its text blocks")
+        usage = getattr(message, "usage", None)
+        tokens = usage and usage.input_tokens + usage.output_tokens
+        return Reply("".join(texts), tokens)
 
 
 def _content(request: Request) -> str | list[dict]:

@@ -4,8 +4,10 @@ Each backend sends one HTTP request per Request through its provider's official 
 `concurrency` at once on a thread pool, and leaves retries with backoff (rate limits, 5xx,
 timeouts, refused connections) to the SDK. What is left after the retries is sorted here:
 
-- a fault of one request (rate limited, server error, timeout, a rejected or empty reply)
+- a fault of one request (rate limited, server error, timeout, a rejected or malformed reply)
   becomes that Response's `error`, and a rerun asks again;
+- a reply without text (none, empty or blank) is the model's answer, the empty string: asking
+  again would get the same, so retrying it would keep the run from ever finishing;
 - a fault that dooms every request (a rejected key, an unknown model, an endpoint that cannot
   be reached) raises ModelError from `generate`.
 """
@@ -34,11 +36,10 @@ class RequestFailed(Exception):
 
 @dataclass(frozen=True)
 class Reply:
-    """What a provider answered: its text (None when it gave none), why it stopped, and the
-    tokens (prompt + completion) it reports having used."""
+    """What a provider answered: its text (None when it gave none) and the tokens (prompt +
+    completion) it reports having used."""
 
     text: str | None
-    stop_reason: str | None = None
     tokens: int | None = None
 
 
@@ -187,11 +188,11 @@ class ApiModel:
         except RequestFailed as failure:
             return Response(None, error=str(failure), latency_s=time.perf_counter() - start)
         latency_s = time.perf_counter() - start
+        if reply.text is not None and not isinstance(reply.text, str):
+            error = f"malformed reply: its text is {type(reply.text).__name__}, not a string"
+            return Response(None, error=error, latency_s=latency_s)
         if reply.text is None or not reply.text.strip():
-            stopped = f" (stop reason: {reply.stop_reason})" if reply.stop_reason else ""
-            return Response(
-                None, error=f"empty reply{stopped}", latency_s=latency_s, tokens=reply.tokens
-            )
+            return Response("", latency_s=latency_s, tokens=reply.tokens)
         return Response(reply.text, latency_s=latency_s, tokens=reply.tokens)
 
     def missing_key(self) -> ModelError:

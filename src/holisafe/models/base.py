@@ -72,8 +72,10 @@ class Response:
 class Model(Protocol):
     """A backend. `generate` returns one Response per Request, in order.
 
-    A fault of one request (a timeout, a refused image, an empty reply) is that Response's
-    `error`; a fault that dooms every request raises ModelError.
+    A fault of one request (a timeout, a refused image, a malformed reply) is that Response's
+    `error`; a fault that dooms every request raises ModelError. A reply without text is the
+    empty answer `""`, not an error: asked again it would be empty again, and a run that
+    retried it would never finish.
     """
 
     spec: str

@@ -57,7 +57,7 @@ class GoogleModel(ApiModel):
                 model=self.name, contents=_contents(request), config=config
             )
         usage = response.usage_metadata
-        return Reply(response.text, _stop_reason(response), usage and usage.total_token_count)
+        return Reply(response.text, usage and usage.total_token_count)
 
     @contextmanager
     def _sorted_errors(self) -> Iterator[None]:
@@ -82,13 +82,3 @@ def _contents(request: Request) -> str | list:
         return request.query
     image = encode_image(request.image)
     return [types.Part.from_bytes(data=image.data, mime_type=image.media_type), request.query]
-
-
-def _stop_reason(response: types.GenerateContentResponse) -> str | None:
-    """Why Gemini gave no text, when it says: a blocked prompt or a finish reason."""
-    feedback = response.prompt_feedback
-    if feedback is not None and feedback.block_reason is not None:
-        return f"prompt blocked, {feedback.block_reason.value}"
-    if response.candidates and response.candidates[0].finish_reason is not None:
-        return response.candidates[0].finish_reason.value
-    return None

@@ -295,9 +295,8 @@ def _batches(requests: list[Request], size: int) -> list[list[int]]:
 
 
 def _response(text: str, latency_s: float, safety: SafetyPrediction | None) -> Response:
-    text = text.strip()
-    error = None if text else "empty reply"
-    return Response(text=text, error=error, latency_s=latency_s, safety=safety)
+    # an empty answer is still the answer (see the Model protocol)
+    return Response(text=text.strip(), latency_s=latency_s, safety=safety)
 
 
 def _first_line(exc: BaseException) -> str:

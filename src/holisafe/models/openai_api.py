@@ -45,12 +45,20 @@ class OpenAIModel(ApiModel):
                 temperature=settings.temperature,
                 **{limit: settings.max_new_tokens},
             )
-        choices = getattr(completion, "choices", None)
-        if not choices:
-            raise malformed(completion, "choices")
-        choice = choices[0]
-        usage = getattr(completion, "usage", None)
-        return Reply(choice.message.content, choice.finish_reason, usage and usage.total_tokens)
+        return _reply_of(completion)
+
+
+def _reply_of(completion: object) -> Reply:
+    """The first choice's text. The SDK builds replies without validating them, so any JSON
+    may arrive here: each field is looked up, never assumed."""
+    choices = getattr(completion, "choices", None)
+    if not isinstance(choices, list) or not choices:
+        raise malformed(completion, "choices")
+    message = getattr(choices[0], "message", None)
+    if message is None:
+        raise malformed(completion, "message in its first choice")
+    usage = getattr(completion, "usage", None)
+    return Reply(getattr(message, "content", None), getattr(usage, "total_tokens", None))
 
 
 def _messages(request: Request) -> list[dict]:

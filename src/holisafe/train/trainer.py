@@ -6,14 +6,18 @@ a GPU; checkpoints every N steps and resume; evaluation on a held-out set after 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
+import hashlib
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import Trainer, TrainingArguments
+from transformers import PreTrainedModel, Trainer, TrainingArguments
 
-from holisafe.data import Sample, load_samples
+from holisafe.data import Sample, first, load_samples
 from holisafe.train.collate import IGNORE, collator_for, require_responses
 from holisafe.train.model import load_processor, merge_lora, source_of, trainable_model
 from holisafe.train.record import TrainRecord, write_record
@@ -22,6 +26,12 @@ from holisafe.train.settings import TrainError, TrainSettings
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# What the checkpoints in `out/checkpoints` were made with, written before the first step.
+CHECKPOINT_SETTINGS = "holisafe_run.json"
+# Settings a resumed run may change: where and how often it writes and logs, nothing it learns.
+RESUMABLE_CHANGES = frozenset(
+    {"out", "resume", "save_steps", "keep_checkpoints", "log_steps", "report_to", "merge"}
+)
 
 
 class SafetyTrainer(Trainer):
@@ -36,6 +46,25 @@ class SafetyTrainer(Trainer):
         # Both losses are batch means, so Trainer scales them for gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
         self._figures = {"train": None, "eval": None}
+
+    def _save_checkpoint(self, model, trial) -> None:
+        with _parameter_names_kept(self.accelerator.unwrap_model(self.model)):
+            super()._save_checkpoint(model, trial)
+
+    def _issue_warnings_after_load(self, load_result) -> None:
+        """A resumed run must get back every weight it saved: a partial load is an error.
+        Tied weights (an output layer that is the input embedding) are saved once."""
+        tied = getattr(self.model, "all_tied_weights_keys", None) or {}
+        ignored = set(self.model._keys_to_ignore_on_save or ()) | set(tied)
+        missing = set(load_result.missing_keys) - ignored
+        if missing or load_result.unexpected_keys:
+            raise TrainError(
+                f"the checkpoint's weights do not match the model (missing: "
+                f"{', '.join(sorted(missing)[:5]) or 'none'}; unexpected: "
+                f"{', '.join(sorted(load_result.unexpected_keys)[:5]) or 'none'}); it was not "
+                "written by this run's model and cannot be resumed"
+            )
+        super()._issue_warnings_after_load(load_result)
 
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
@@ -76,6 +105,21 @@ class SafetyTrainer(Trainer):
         super().log(logs, start_time)
 
 
+@contextlib.contextmanager
+def _parameter_names_kept(model):
+    """Checkpoints keep the parameters' own names. save_pretrained writes some families'
+    weights under their original checkpoint names (LLaVA's `language_model.model.*`), which
+    Trainer's resume loads by name and silently skips, leaving the language model at its base."""
+    if not isinstance(model, PreTrainedModel):  # PEFT saves its adapter under its own names
+        yield
+        return
+    model.save_pretrained = functools.partial(model.save_pretrained, save_original_format=False)
+    try:
+        yield
+    finally:
+        del model.save_pretrained
+
+
 @dataclass(frozen=True)
 class TrainResult:
     """What a run wrote: `out` loads as `hf/<out>` unless it holds an unmerged LoRA adapter.
@@ -89,6 +133,7 @@ class TrainResult:
     metrics: dict[str, float]
     log_history: list[dict] = field(default_factory=list)
     is_main_process: bool = True
+    skipped: list[str] = field(default_factory=list)  # invalid records left out, described
 
 
 def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
@@ -103,8 +148,12 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     resume_from = _checkpoint_to_resume(checkpoints, settings.resume)
     source = source_of(settings)
     settings = dataclasses.replace(settings, base=f"hf/{source}")
-    samples = _samples(settings.data, settings, split="train", limit=settings.limit)
-    eval_samples = _samples(settings.eval_data, settings) if settings.eval_data else None
+    samples, skipped = _samples(settings.data, settings, split="train", limit=settings.limit)
+    eval_samples = None
+    if settings.eval_data:
+        eval_samples, skipped_eval = _samples(settings.eval_data, settings)
+        skipped += [f"{settings.eval_data}: {problem}" for problem in skipped_eval]
+    _check_or_record_run(checkpoints, settings, samples)
     processor = load_processor(source)
     model = trainable_model(settings, source, processor)
     trainer = SafetyTrainer(
@@ -136,6 +185,7 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
         metrics=output.metrics,
         log_history=trainer.state.log_history,
         is_main_process=trainer.is_world_process_zero(),
+        skipped=skipped,
     )
 
 
@@ -194,12 +244,55 @@ def _checkpoint_to_resume(checkpoints: Path, resume: bool) -> str | None:
     return str(last) if last else None
 
 
+def _data_fingerprint(samples: list[Sample]) -> str:
+    """A hash of the training data in its order: every field the model learns from."""
+    digest = hashlib.sha256()
+    for s in samples:
+        fields = [s.id, s.query, s.response, s.follow_up, s.image.key, s.image_safety_label]
+        digest.update(json.dumps(fields, default=str).encode() + b"\n")
+    return digest.hexdigest()[:16]
+
+
+def _check_or_record_run(checkpoints: Path, settings: TrainSettings, samples: list[Sample]) -> None:
+    """A fresh run records its settings and data beside its checkpoints; a resumed run must
+    match them, since its optimizer, scheduler and data order continue the saved ones."""
+    path = checkpoints / CHECKPOINT_SETTINGS
+    effective = dataclasses.replace(settings, learning_rate=settings.lr)
+    current = dataclasses.asdict(effective) | {"data content": _data_fingerprint(samples)}
+    if not settings.resume:
+        checkpoints.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(current, indent=1))
+        return
+    try:
+        saved = json.loads(path.read_text())
+    except (OSError, ValueError):
+        raise TrainError(
+            f"cannot resume: {path} (the settings the checkpoints were made with) is missing or "
+            "unreadable; start again with another --out"
+        ) from None
+    changed = [
+        f"{name} {saved.get(name)!r} (now {value!r})"
+        for name, value in current.items()
+        if name not in RESUMABLE_CHANGES and saved.get(name) != _jsonable(value)
+    ]
+    if changed:
+        raise TrainError(
+            f"cannot resume: the checkpoints in {checkpoints} were made with other settings: "
+            f"{'; '.join(changed)}. Rerun with the same settings, or choose another --out"
+        )
+
+
+def _jsonable(value):
+    return json.loads(json.dumps(value))
+
+
 def _samples(
     source: str, settings: TrainSettings, split: str = "test", limit: int | None = None
-) -> list[Sample]:
+) -> tuple[list[Sample], list[str]]:
+    """The samples to use, and the invalid records `skip_invalid` left out, described."""
     dataset = load_samples(source, skip_invalid=settings.skip_invalid, split=split)
-    samples = dataset.samples[:limit] if limit else dataset.samples
+    samples = first(dataset.samples, limit)
     if not samples:
         raise TrainError(f"{source}: no samples to train on")
     require_responses(samples, source)
-    return samples
+    return samples, [str(problem) for problem in dataset.problems]
