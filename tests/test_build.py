@@ -453,7 +453,7 @@ def test_unlabelled_images_are_labelled_by_an_llm_and_the_source_recorded(tmp_pa
 def test_a_safe_vlm_head_labels_images(tmp_path, mini_images):
     build_tiny_model(tmp_path / "plain", "llava", seed=1)
     convert_folder(
-        str(tmp_path / "plain"), str(tmp_path / "safe"), VGMSettings(pooling="meta_token")
+        str(tmp_path / "plain"), str(tmp_path / "safe"), VGMSettings(head_input="meta_token")
     )
     folder = tmp_path / "photos"
     folder.mkdir()
