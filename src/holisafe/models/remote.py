@@ -177,8 +177,8 @@ class LlavaCodebaseModel:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         folder = local_folder(name)
-        self.tokenizer = load_from(str(folder), trusted(AutoTokenizer.from_pretrained))
         with llava_codebase(folder) as self.code:
+            self.tokenizer = load_from(str(folder), trusted(AutoTokenizer.from_pretrained))
             model_class = load_remote_class(str(folder), remote_code_of(name).class_ref)
             self.model = load_from(str(folder), model_class.from_pretrained)
             tower = self.model.get_vision_tower()
