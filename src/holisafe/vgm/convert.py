@@ -27,7 +27,13 @@ import transformers
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
 
-from holisafe.models.remote import LLAVA_TEMPLATE, llava_codebase, local_folder
+from holisafe.models.remote import (
+    LLAVA_PACKAGE,
+    LLAVA_TEMPLATE,
+    llava_codebase,
+    local_folder,
+    remote_code_of,
+)
 from holisafe.vgm.config import META_TOKEN, VGMError, VGMSettings
 from holisafe.vgm.families import FAMILIES
 from holisafe.vgm.model import SAFE_CLASSES, SafeLlavaForConditionalGeneration
@@ -55,10 +61,14 @@ IMAGE_PROCESSOR_KEYS = (
 SENTINEL = "\x00query\x00"
 
 
-def convert_released(source: str, out: str | Path) -> str:
+def convert_released(source: str, out: str | Path, *, trust_remote_code: bool = False) -> str:
     """Convert the released checkpoint `source` (folder or Hub id) into the folder `out`;
-    returns the family it now loads as. Runs the checkpoint's own code (LLaVA layout only) to
-    read its prompt template and check that the converted tokenizer reproduces its prompts."""
+    returns the family it now loads as.
+
+    The LLaVA layout's conversion runs the checkpoint's own code (to read its prompt template
+    and check that the converted processor tokenizes prompts as that code does), and so needs
+    `trust_remote_code`.
+    """
     folder = local_folder(source)
     out = Path(out)
     if out.exists() and any(out.iterdir()):
@@ -67,6 +77,11 @@ def convert_released(source: str, out: str | Path) -> str:
     if "safety_categories" not in config:
         raise VGMError(f"{source} is no released Safe-VLM: its config has no safety_categories")
     if "mm_vision_tower" in config:
+        if not trust_remote_code:
+            raise VGMError(
+                f"{source} is in the LLaVA code base's layout: converting it runs the "
+                f"{LLAVA_PACKAGE} package shipped with it; pass --trust-remote-code"
+            )
         _convert_llava(folder, out, config)
         return "llava"
     if config.get("model_type") not in FAMILIES:
@@ -76,6 +91,22 @@ def convert_released(source: str, out: str | Path) -> str:
         )
     _convert_stock(folder, out)
     return config["model_type"]
+
+
+def native_base(source: str, scratch: Path, *, trust_remote_code: bool) -> str:
+    """`source` itself, or, for a released checkpoint that runs remote code, its conversion
+    in `scratch` (kept, so that a resumed run reuses it)."""
+    code = remote_code_of(source)
+    if code is None:
+        return source
+    if not trust_remote_code:
+        raise VGMError(
+            f"{source} is a released checkpoint that runs its own code ({code.class_ref}); pass "
+            "--trust-remote-code to convert it to the toolkit's classes first"
+        )
+    if not (scratch / "config.json").exists():
+        convert_released(source, scratch, trust_remote_code=True)
+    return str(scratch)
 
 
 def _convert_stock(folder: Path, out: Path) -> None:
