@@ -1,0 +1,175 @@
+"""Released Safe-VLMs through their own code, and their conversion to the toolkit's classes.
+
+The folders (tests/remotefixtures.py) follow the three published calling conventions: SafeLLaVA
+(the original LLaVA code base), SafeQwen2.5-VL and SafeGem (stock processors, remote classes).
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from holisafe.data import load_samples
+from holisafe.models import GenerationSettings, ModelOptions, Request, load_model
+from holisafe.models.hf import HFModel
+from holisafe.models.remote import LlavaCodebaseModel, RemoteSafeVLM
+from holisafe.store import Store
+from holisafe.vgm import VGMError, load_safe_vlm
+from holisafe.vgm.convert import convert_released, native_base
+from tests.datafixtures import write_official
+from tests.modelfixtures import no_network, picture
+from tests.remotefixtures import CONVENTIONS, released_dir
+
+TRUSTED = ModelOptions(device="cpu", dtype="float32", batch_size=2, trust_remote_code=True)
+
+
+def holisafe(*args):
+    return subprocess.run(
+        [sys.executable, "-m", "holisafe", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=os.environ | {"HF_HUB_OFFLINE": "1"},
+    )
+
+
+@pytest.fixture(scope="module")
+def released(tmp_path_factory):
+    root = tmp_path_factory.mktemp("released")
+    return {convention: released_dir(root, convention) for convention in CONVENTIONS}
+
+
+@pytest.fixture(scope="module")
+def converted(released, tmp_path_factory):
+    root = tmp_path_factory.mktemp("converted")
+    with no_network():
+        return {
+            convention: _convert(source, root / convention)
+            for convention, source in released.items()
+        }
+
+
+def _convert(source, out):
+    convert_released(str(source), out, trust_remote_code=True)
+    return out
+
+
+def requests():
+    return [
+        Request("What is in this picture?", picture(32, 48, (200, 30, 30))),
+        Request("Describe it.", picture(48, 32, (30, 200, 30)), system="Answer briefly."),
+        Request("Say hello."),
+    ]
+
+
+def test_remote_code_runs_only_when_trusted(released, tmp_path):
+    picture(32, 32, (9, 9, 9)).save(tmp_path / "x.png")
+    result = holisafe("guard", "--model", f"hf/{released['safeqwen']}", str(tmp_path / "x.png"))
+    assert result.returncode == 2
+    assert "--trust-remote-code" in result.stderr and "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_guard_and_eval_run_each_convention_from_the_cli(released, convention, tmp_path):
+    spec = f"hf/{released[convention]}"
+    for i, colour in enumerate([(250, 0, 0), (0, 0, 250)]):
+        picture(32, 40, colour).save(tmp_path / f"{i}.png")
+    guard = holisafe(
+        "guard", "--model", spec, "--trust-remote-code", "--json", "--device", "cpu",
+        str(tmp_path / "0.png"), str(tmp_path / "1.png"),
+    )  # fmt: skip
+    assert guard.returncode == 0, guard.stderr
+    lines = [json.loads(line) for line in guard.stdout.splitlines()]
+    assert len(lines) == 2 and all(sum(r["probs"].values()) == pytest.approx(1) for r in lines)
+
+    bench = write_official(tmp_path / "bench")
+    store = tmp_path / "runs.db"
+    evaluated = holisafe(
+        "eval", "--model", spec, "--bench", str(bench), "--store", str(store),
+        "--trust-remote-code", "--max-new-tokens", "3", "--device", "cpu", "--batch-size", "4",
+    )  # fmt: skip
+    assert "Traceback" not in evaluated.stderr and evaluated.returncode in (0, 1)
+    with Store(store) as opened:
+        records = opened.records(opened.runs()[0].id)
+    assert len(records) == 7
+    # each stored prediction is the released head's own verdict on that image
+    samples = {str(s.id): s for s in load_samples(bench).samples}
+    with no_network():
+        model = load_model(spec, TRUSTED)
+    expected = model.classify([samples[r.sample.id].image.load() for r in records])
+    for record, prediction in zip(records, expected, strict=True):
+        stored = record.extra["safety"]
+        assert stored["label"] == prediction.label
+        assert stored["probs"] == pytest.approx(prediction.probs, abs=1e-5)
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_converted_model_matches_the_released_code(released, converted, convention):
+    with no_network():
+        remote = load_model(f"hf/{released[convention]}", TRUSTED)
+        native = load_model(f"hf/{converted[convention]}", ModelOptions(device="cpu"))
+    expected_class = LlavaCodebaseModel if convention == "safellava" else RemoteSafeVLM
+    assert isinstance(remote, expected_class) and type(native) is HFModel
+    assert "auto_map" not in json.loads((converted[convention] / "config.json").read_text())
+    assert type(load_safe_vlm(str(converted[convention]))).__name__.startswith("Safe")
+
+    settings = GenerationSettings(max_new_tokens=8)
+    for ours, theirs in zip(
+        native.generate(requests(), settings), remote.generate(requests(), settings), strict=True
+    ):
+        assert ours.text == theirs.text
+        assert (ours.safety is None) == (theirs.safety is None)
+        if ours.safety is not None:
+            assert ours.safety.probs == pytest.approx(theirs.safety.probs, abs=1e-4)
+    for request in requests()[:2]:
+        theirs, ours = _logits(remote, request), _logits(native, request)
+        # the conversion may add tokens (the meta token) after the released vocabulary
+        assert ours.shape[0] == theirs.shape[0] and ours.shape[1] >= theirs.shape[1]
+        assert (ours[:, : theirs.shape[1]] - theirs).abs().max() <= 1e-4
+
+
+def _logits(model, request) -> torch.Tensor:
+    """The logits at every position of the request's prompt."""
+    with torch.inference_mode():
+        if isinstance(model, LlavaCodebaseModel):
+            ids, images = model.prompt(request)
+            return model.model(input_ids=ids, **images).logits[0]
+        return model.model(**model._inputs([request])).logits[0]
+
+
+def test_safellava_conversion_from_the_cli_needs_trust(released, tmp_path):
+    refused = holisafe("model", "convert", str(released["safellava"]), str(tmp_path / "a"))
+    assert refused.returncode == 2 and "--trust-remote-code" in refused.stderr
+    args = ("model", "convert", "--trust-remote-code", str(released["safellava"]))
+    done = holisafe(*args, str(tmp_path / "b"))
+    assert done.returncode == 0, done.stderr
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert config["model_type"] == "llava" and config["safety_pooling"] == "meta_token"
+
+
+@pytest.mark.parametrize("convention", ["safellava", "safeqwen"])
+def test_a_weight_the_mapping_does_not_know_is_named(released, convention, tmp_path):
+    source = tmp_path / convention
+    shutil.copytree(released[convention], source)
+    weights = load_file(source / "model.safetensors")
+    weights["model.extra_adapter.weight"] = torch.zeros(2, 2)
+    save_file(weights, source / "model.safetensors", metadata={"format": "pt"})
+    with no_network(), pytest.raises(VGMError, match=r"model\.extra_adapter\.weight"):
+        convert_released(str(source), tmp_path / "out", trust_remote_code=True)
+
+
+def test_training_converts_a_released_base_when_trusted(released, converted, tmp_path):
+    source = str(released["safeqwen"])
+    with pytest.raises(VGMError, match="--trust-remote-code"):
+        native_base(source, tmp_path / "base", trust_remote_code=False)
+    with no_network():
+        base = native_base(source, tmp_path / "base", trust_remote_code=True)
+    config = json.loads((tmp_path / "base" / "config.json").read_text())
+    assert base == str(tmp_path / "base") and config["safety_pooling"] == "mean"
+    ours = str(converted["safegem"])
+    assert native_base(ours, tmp_path / "unused", trust_remote_code=False) == ours
