@@ -5,17 +5,16 @@ The folders (tests/remotefixtures.py) follow the three published calling convent
 """
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
+from typer.testing import CliRunner
 
+from holisafe.cli import app
 from holisafe.data import load_samples
-from holisafe.models import GenerationSettings, ModelOptions, Request, load_model
+from holisafe.models import GenerationSettings, ModelError, ModelOptions, Request, load_model
 from holisafe.models.hf import HFModel
 from holisafe.models.remote import LlavaCodebaseModel, RemoteSafeVLM
 from holisafe.store import Store
@@ -28,14 +27,10 @@ from tests.remotefixtures import CONVENTIONS, released_dir
 TRUSTED = ModelOptions(device="cpu", dtype="float32", batch_size=2, trust_remote_code=True)
 
 
-def holisafe(*args):
-    return subprocess.run(
-        [sys.executable, "-m", "holisafe", *args],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env=os.environ | {"HF_HUB_OFFLINE": "1"},
-    )
+def holisafe(*args: str):
+    """The CLI run in this process (offline), to spare the tests an interpreter start each."""
+    with no_network():
+        return CliRunner().invoke(app, list(args))
 
 
 @pytest.fixture(scope="module")
@@ -70,8 +65,8 @@ def requests():
 def test_remote_code_runs_only_when_trusted(released, tmp_path):
     picture(32, 32, (9, 9, 9)).save(tmp_path / "x.png")
     result = holisafe("guard", "--model", f"hf/{released['safeqwen']}", str(tmp_path / "x.png"))
-    assert result.returncode == 2
-    assert "--trust-remote-code" in result.stderr and "Traceback" not in result.stderr
+    assert isinstance(result.exception, ModelError)
+    assert "--trust-remote-code" in str(result.exception)
 
 
 @pytest.mark.parametrize("convention", CONVENTIONS)
@@ -83,8 +78,8 @@ def test_guard_and_eval_run_each_convention_from_the_cli(released, convention, t
         "guard", "--model", spec, "--trust-remote-code", "--json", "--device", "cpu",
         str(tmp_path / "0.png"), str(tmp_path / "1.png"),
     )  # fmt: skip
-    assert guard.returncode == 0, guard.stderr
-    lines = [json.loads(line) for line in guard.stdout.splitlines()]
+    assert guard.exit_code == 0, guard.output
+    lines = [json.loads(line) for line in guard.stdout.splitlines() if line.startswith("{")]
     assert len(lines) == 2 and all(sum(r["probs"].values()) == pytest.approx(1) for r in lines)
 
     bench = write_official(tmp_path / "bench")
@@ -93,7 +88,7 @@ def test_guard_and_eval_run_each_convention_from_the_cli(released, convention, t
         "eval", "--model", spec, "--bench", str(bench), "--store", str(store),
         "--trust-remote-code", "--max-new-tokens", "3", "--device", "cpu", "--batch-size", "4",
     )  # fmt: skip
-    assert "Traceback" not in evaluated.stderr and evaluated.returncode in (0, 1)
+    assert evaluated.exit_code in (0, 1) and evaluated.exception is None, evaluated.output
     with Store(store) as opened:
         records = opened.records(opened.runs()[0].id)
     assert len(records) == 7
@@ -144,10 +139,11 @@ def _logits(model, request) -> torch.Tensor:
 
 def test_safellava_conversion_from_the_cli_needs_trust(released, tmp_path):
     refused = holisafe("model", "convert", str(released["safellava"]), str(tmp_path / "a"))
-    assert refused.returncode == 2 and "--trust-remote-code" in refused.stderr
+    assert isinstance(refused.exception, VGMError)
+    assert "--trust-remote-code" in str(refused.exception)
     args = ("model", "convert", "--trust-remote-code", str(released["safellava"]))
     done = holisafe(*args, str(tmp_path / "b"))
-    assert done.returncode == 0, done.stderr
+    assert done.exit_code == 0, done.output
     config = json.loads((tmp_path / "b" / "config.json").read_text())
     assert config["model_type"] == "llava" and config["safety_pooling"] == "meta_token"
 
