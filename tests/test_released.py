@@ -4,9 +4,12 @@ The folders (tests/remotefixtures.py) follow the three published calling convent
 (the original LLaVA code base), SafeQwen2.5-VL and SafeGem (stock processors, remote classes).
 """
 
+import base64
+import io
 import json
 import shutil
 
+import httpx
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
@@ -17,6 +20,7 @@ from holisafe.data import load_samples
 from holisafe.models import GenerationSettings, ModelError, ModelOptions, Request, load_model
 from holisafe.models.hf import HFModel
 from holisafe.models.remote import LlavaCodebaseModel, RemoteSafeVLM
+from holisafe.serve import create_app, running_server
 from holisafe.store import Store
 from holisafe.vgm import VGMError, load_safe_vlm
 from holisafe.vgm.convert import convert_released, native_base
@@ -135,6 +139,30 @@ def _logits(model, request) -> torch.Tensor:
             ids, images = model.prompt(request)
             return model.model(input_ids=ids, **images).logits[0]
         return model.model(**model._inputs([request])).logits[0]
+
+
+def test_serve_answers_and_guards_through_the_llava_code_base(released):
+    """The server batches requests; the LLaVA code base's model takes them one at a time."""
+    with no_network():
+        model = load_model(f"hf/{released['safellava']}", TRUSTED)
+    image = picture(40, 32, (220, 20, 20))
+    url = "data:image/png;base64," + base64.b64encode(_png(image)).decode()
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": "Hi"}]
+    body = {"model": "safellava", "messages": [{"role": "user", "content": content}]}
+    body |= {"max_tokens": 5, "temperature": 0}
+    expected = model.generate([Request("Hi", image)], GenerationSettings(max_new_tokens=5))[0]
+    with running_server(create_app(model)) as root:
+        chat = httpx.post(f"{root}/v1/chat/completions", json=body, timeout=60).json()
+        guard = httpx.post(f"{root}/v1/guard", json={"images": [url, url]}, timeout=60).json()
+    assert chat["choices"][0]["message"]["content"] == expected.text
+    assert chat["safety"]["probs"] == pytest.approx(expected.safety.probs, abs=1e-5)
+    assert [r["label"] for r in guard["results"]] == [expected.safety.label] * 2
+
+
+def _png(image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def test_safellava_conversion_from_the_cli_needs_trust(released, tmp_path):

@@ -190,13 +190,14 @@ class LlavaCodebaseModel:
         log.warning("%s runs through the LLaVA code base: one request at a time", self.spec)
 
     is_safe_vlm = True
+    batch_size = 1
 
     @property
     def details(self) -> dict[str, object]:
         return {
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": str(self.device),
-            "batch_size": 1,
+            "batch_size": self.batch_size,
             "model_class": type(self.model).__name__,
             "remote_code": True,
         }
