@@ -187,6 +187,11 @@ def test_a_weight_the_mapping_does_not_know_is_named(released, convention, tmp_p
         convert_released(str(source), tmp_path / "out", trust_remote_code=True)
 
 
+def test_only_released_checkpoints_convert(converted, tmp_path):
+    with pytest.raises(VGMError, match="auto_map"):
+        convert_released(str(converted["safellava"]), tmp_path / "again")
+
+
 def test_training_converts_a_released_base_when_trusted(released, converted, tmp_path):
     source = str(released["safeqwen"])
     with pytest.raises(VGMError, match="--trust-remote-code"):

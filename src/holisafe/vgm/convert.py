@@ -74,8 +74,12 @@ def convert_released(source: str, out: str | Path, *, trust_remote_code: bool = 
     if out.exists() and any(out.iterdir()):
         raise VGMError(f"{out} exists and is not empty; give a new folder")
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    if "safety_categories" not in config:
-        raise VGMError(f"{source} is no released Safe-VLM: its config has no safety_categories")
+    if "safety_categories" not in config or not config.get("auto_map"):
+        raise VGMError(
+            f"{source} is no released Safe-VLM (its config needs safety_categories and an "
+            "auto_map to the checkpoint's own code); a folder without auto_map already loads "
+            "without remote code"
+        )
     if "mm_vision_tower" in config:
         if not trust_remote_code:
             raise VGMError(
