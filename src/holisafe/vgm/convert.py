@@ -18,14 +18,19 @@ Every weight of the checkpoint must be placed: one the mapping does not know is 
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from transformers import AutoConfig, AutoImageProcessor, AutoProcessor, AutoTokenizer
+from transformers import (
+    AutoConfig,
+    AutoImageProcessor,
+    AutoProcessor,
+    AutoTokenizer,
+    GenerationConfig,
+)
 
 from holisafe.models.remote import (
     LLAVA_PACKAGE,
@@ -153,7 +158,8 @@ def _convert_llava(folder: Path, out: Path, layout: dict) -> None:
     tower = layout["mm_vision_tower"]
     with llava_codebase(folder):  # the tokenizer reads the config, and so the config's code
         tokenizer = AutoTokenizer.from_pretrained(folder, trust_remote_code=True)
-    if "<image>" not in tokenizer.get_vocab():
+    added_image_token = "<image>" not in tokenizer.get_vocab()
+    if added_image_token:
         tokenizer.add_tokens(["<image>"], special_tokens=True)
     meta_token = weights.pop(META_TOKEN_WEIGHT, None)
     if meta_token is not None:
@@ -171,10 +177,19 @@ def _convert_llava(folder: Path, out: Path, layout: dict) -> None:
     config.save_pretrained(out)
     save_file({k: v.contiguous() for k, v in mapped.items()}, out / "model.safetensors",
               metadata={"format": "pt"})  # fmt: skip
-    if (folder / "generation_config.json").exists():
-        shutil.copy(folder / "generation_config.json", out)
+    generation = _generation_config(folder)
+    if added_image_token:  # its output row is zeros: never to be generated
+        suppressed = generation.suppress_tokens or []
+        generation.suppress_tokens = [*suppressed, config.image_token_id]
+    generation.save_pretrained(out)
     processor = _llava_processor(folder, tower, tokenizer, config)
     processor.save_pretrained(out)
+
+
+def _generation_config(folder: Path) -> GenerationConfig:
+    if (folder / "generation_config.json").exists():
+        return GenerationConfig.from_pretrained(folder)
+    return GenerationConfig()
 
 
 def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
