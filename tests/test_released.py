@@ -187,6 +187,14 @@ def test_a_weight_the_mapping_does_not_know_is_named(released, convention, tmp_p
         convert_released(str(source), tmp_path / "out", trust_remote_code=True)
 
 
+def test_a_llava_checkpoint_without_its_helpers_is_named(released, tmp_path):
+    source = tmp_path / "safellava"
+    shutil.copytree(released["safellava"], source)
+    (source / "safellava" / "mm_utils.py").unlink()
+    with no_network(), pytest.raises(ModelError, match=r"safellava\.mm_utils\.tokenizer_image"):
+        load_model(f"hf/{source}", TRUSTED)
+
+
 def test_only_released_checkpoints_convert(converted, tmp_path):
     with pytest.raises(VGMError, match="auto_map"):
         convert_released(str(converted["safellava"]), tmp_path / "again")
