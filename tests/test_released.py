@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from typer.testing import CliRunner
 
+from holisafe.analysis import AnalysisError, attention_analysis
 from holisafe.cli import app
 from holisafe.data import load_samples
 from holisafe.models import GenerationSettings, ModelError, ModelOptions, Request, load_model
@@ -87,6 +88,11 @@ def test_guard_and_eval_run_each_convention_from_the_cli(released, convention, t
     assert len(lines) == 2 and all(sum(r["probs"].values()) == pytest.approx(1) for r in lines)
 
     bench = write_official(tmp_path / "bench")
+    scored = holisafe("guard-eval", "--model", spec, "--bench", str(bench), "--json",
+                      "--trust-remote-code", "--device", "cpu")  # fmt: skip
+    assert scored.exit_code == 0, scored.output
+    assert json.loads(scored.stdout)["n"] == 6  # distinct images
+
     store = tmp_path / "runs.db"
     evaluated = holisafe(
         "eval", "--model", spec, "--bench", str(bench), "--store", str(store),
@@ -193,6 +199,22 @@ def test_a_llava_checkpoint_without_its_helpers_is_named(released, tmp_path):
     (source / "safellava" / "mm_utils.py").unlink()
     with no_network(), pytest.raises(ModelError, match=r"safellava\.mm_utils\.tokenizer_image"):
         load_model(f"hf/{source}", TRUSTED)
+
+
+def test_attention_analysis_of_released_code(released, tmp_path):
+    """The stock convention's model is analysed as any hf model; the LLaVA code base's one,
+    whose prompt is no processor's, is referred to conversion."""
+    bench = write_official(tmp_path / "bench")
+    options = ModelOptions(device="cpu", batch_size=1, trust_remote_code=True)
+    with no_network():
+        report = attention_analysis(
+            f"hf/{released['safegem']}", bench, tmp_path / "gem", limit=1, max_new_tokens=2,
+            options=options,
+        )  # fmt: skip
+        assert len(report.layers) == 2 and not report.has_meta_token
+        with pytest.raises(AnalysisError, match="holisafe model convert"):
+            attention_analysis(f"hf/{released['safellava']}", bench, tmp_path / "llava",
+                               limit=1, options=options)  # fmt: skip
 
 
 def test_only_released_checkpoints_convert(converted, tmp_path):
