@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 import transformers
+from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import (
     AutoConfig,
@@ -182,7 +183,7 @@ def _convert_llava(folder: Path, out: Path, layout: dict) -> None:
         suppressed = generation.suppress_tokens or []
         generation.suppress_tokens = [*suppressed, config.image_token_id]
     generation.save_pretrained(out)
-    processor = _llava_processor(folder, tower, tokenizer, config)
+    processor = _llava_processor(folder, layout, tokenizer, config)
     processor.save_pretrained(out)
 
 
@@ -292,14 +293,14 @@ def _llava_config(layout: dict, tower: str, tokenizer, with_meta_token: bool):
     return config
 
 
-def _llava_processor(folder: Path, tower: str, tokenizer, config):
+def _llava_processor(folder: Path, layout: dict, tokenizer, config):
     """LLaVA's processor: the tower's image settings (padded to a square when the checkpoint
     pads), and a chat template rendering the checkpoint's own prompt."""
-    tower_processor = AutoImageProcessor.from_pretrained(tower)
+    tower_processor = AutoImageProcessor.from_pretrained(layout["mm_vision_tower"])
     settings = {k: v for k, v in tower_processor.to_dict().items() if k in IMAGE_PROCESSOR_KEYS}
     pil = type(tower_processor).__name__.endswith("Pil")
     image_class = transformers.LlavaImageProcessorPil if pil else transformers.LlavaImageProcessor
-    pad = json.loads((folder / "config.json").read_text())["image_aspect_ratio"] == "pad"
+    pad = layout.get("image_aspect_ratio") == "pad"
     image_processor = image_class(**settings, do_pad=pad)
     with llava_codebase(folder) as code:
         before, between, after = _prompt_parts(code)
@@ -357,8 +358,6 @@ def _chat_template(before: str, image: str, after: str) -> str:
 
 def _same_prompt_tokens(processor, code, config) -> bool:
     """Whether the processor tokenizes a probe request as the checkpoint's code does."""
-    from PIL import Image
-
     query = "Is this picture safe to share?"
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": query}]}]
     text = processor.apply_chat_template(messages, add_generation_prompt=True)
