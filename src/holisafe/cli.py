@@ -45,6 +45,13 @@ MaxRetriesOpt = Annotated[
     int, typer.Option(help="Retries of an API request (rate limits, 5xx, timeouts).")
 ]
 SkipInvalidOpt = Annotated[bool, typer.Option(help="Skip invalid benchmark records.")]
+TrustRemoteCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        help="Run the code a released checkpoint ships with it (hf models whose config maps to "
+        "remote code: SafeLLaVA, SafeQwen2.5-VL, SafeGem)."
+    ),
+]
 JudgeBaseUrlOpt = Annotated[
     str | None, typer.Option(help="Server of the LLM judges' API (default: the provider's).")
 ]
@@ -192,6 +199,7 @@ def eval_command(
     judge_base_url: JudgeBaseUrlOpt = None,
     judge_template: JudgeTemplateOpt = None,
     judge_protocol: JudgeProtocolOpt = "toolkit",
+    trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Answer a benchmark with a model, judge the answers and print the leaderboard row."""
     from dataclasses import replace
@@ -207,6 +215,7 @@ def eval_command(
         concurrency=concurrency,
         timeout_s=timeout,
         max_retries=max_retries,
+        trust_remote_code=trust_remote_code,
     )
     outcome = evaluate(
         model,
@@ -484,13 +493,17 @@ def guard_command(
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
+    trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Classify images with a Safe-VLM's safety head: label, probability, unsafe = 1 - p(safe)."""
     from holisafe.guard import guard_files, image_files, load_guard
     from holisafe.models import ModelOptions
 
     files = image_files(images)
-    guard = load_guard(model, ModelOptions(dtype=dtype, device=device, batch_size=batch_size))
+    options = ModelOptions(
+        dtype=dtype, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code
+    )
+    guard = load_guard(model, options)
     results = guard_files(guard, files)
     for result in results:
         if result.error is not None:
@@ -519,12 +532,16 @@ def guard_eval_command(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     skip_invalid: SkipInvalidOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Score the safety head on a benchmark's images, as the paper's guard table does."""
     from holisafe.guard import evaluate_guard, load_guard
     from holisafe.models import ModelOptions
 
-    guard = load_guard(model, ModelOptions(dtype=dtype, device=device, batch_size=batch_size))
+    options = ModelOptions(
+        dtype=dtype, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code
+    )
+    guard = load_guard(model, options)
     metrics = evaluate_guard(guard, bench, limit=limit, skip_invalid=skip_invalid)
     if as_json:
         print(json.dumps(metrics.as_dict(), indent=1))
@@ -788,6 +805,22 @@ def model_tiny(
     console.print(f"wrote a tiny {family} {kind} to {out}; use it as hf/{out}")
 
 
+@model_app.command("convert")
+def model_convert(
+    source: Annotated[str, typer.Argument(help="Released Safe-VLM: folder or Hub id.")],
+    out: Annotated[Path, typer.Argument(help="New folder for the converted model.")],
+    trust_remote_code: Annotated[
+        bool, typer.Option(help="Needed for SafeLLaVA: its conversion runs its own code.")
+    ] = False,
+) -> None:
+    """Convert a released Safe-VLM (SafeLLaVA, SafeQwen2.5-VL, SafeGem) to the toolkit's own
+    classes, so that it loads as hf/OUT without remote code."""
+    from holisafe.vgm.convert import convert_released
+
+    family = convert_released(source.removeprefix("hf/"), out, trust_remote_code=trust_remote_code)
+    console.print(f"wrote a {family} Safe-VLM to {out}; use it as hf/{out}")
+
+
 @app.command("serve")
 def serve_command(
     model: Annotated[str, typer.Option(help="Model spec: hf/<id or dir>, openai/<name>, ...")],
@@ -842,6 +875,7 @@ def serve_command(
         str | None, typer.Option(help="Server of the served API model (openai/...).")
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Serve a model over an OpenAI-compatible API, with a guard API and a web page at /."""
     from holisafe.models import ModelOptions
@@ -867,7 +901,13 @@ def serve_command(
         allowed_hosts=(*LOOPBACK_HOSTS, *(allowed_host or ())),
         api_key=api_key,
     )
-    options = ModelOptions(dtype=dtype, device=device, batch_size=batch_size, base_url=base_url)
+    options = ModelOptions(
+        dtype=dtype,
+        device=device,
+        batch_size=batch_size,
+        base_url=base_url,
+        trust_remote_code=trust_remote_code,
+    )
     serve(model, host=host, port=port, settings=settings, options=options, log_level=log_level)
 
 
@@ -912,6 +952,13 @@ def train_command(
     report_to: Annotated[
         str, typer.Option(help="Where transformers reports: none, tensorboard, wandb, ...")
     ] = "none",
+    trust_remote_code: Annotated[
+        bool,
+        typer.Option(
+            help="A released checkpoint as the base: convert it to the toolkit's classes first "
+            "(into OUT/released-base), running its own code where its layout needs it."
+        ),
+    ] = False,
 ) -> None:
     """Safety-tune a VLM (one process, or many under `accelerate launch -m holisafe train`)."""
     from holisafe.train import TrainSettings, train
@@ -942,6 +989,7 @@ def train_command(
         resume=resume,
         skip_invalid=skip_invalid,
         report_to=report_to,
+        trust_remote_code=trust_remote_code,
     )
     result = train(settings)
     if result.is_main_process:
@@ -966,6 +1014,7 @@ def analyze_attention(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     skip_invalid: SkipInvalidOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
 ) -> None:
     """Attention of generated tokens to the safety meta token and the visual tokens, per layer."""
     from holisafe.analysis import attention_analysis
@@ -977,7 +1026,9 @@ def analyze_attention(
         out,
         limit=limit,
         max_new_tokens=max_new_tokens,
-        options=ModelOptions(dtype=dtype, device=device, batch_size=1),
+        options=ModelOptions(
+            dtype=dtype, device=device, batch_size=1, trust_remote_code=trust_remote_code
+        ),
         skip_invalid=skip_invalid,
         progress=True,
     )

@@ -90,6 +90,11 @@ def attention_analysis(
     if not samples:
         raise AnalysisError(f"{bench}: no samples to analyse")
     backend = load_model(model_spec, options)
+    if not hasattr(backend, "processor"):
+        raise AnalysisError(
+            f"{model_spec} runs through the LLaVA code base; convert it with `holisafe model "
+            "convert` to analyse its attention"
+        )
     backend.model.set_attn_implementation("eager")
     meta_token_id = getattr(getattr(backend.model, "vgm", None), "meta_token_id", None)
     rows: list[TokenAttention] = []

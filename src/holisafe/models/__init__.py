@@ -34,6 +34,7 @@ class ModelOptions:
     concurrency: int = 8
     timeout_s: float = 60.0
     max_retries: int = 5
+    trust_remote_code: bool = False  # run code shipped with a released checkpoint (hf)
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -52,10 +53,14 @@ def load_model(spec: str, options: ModelOptions = ModelOptions()) -> Model:
     if provider == "hf":
         if options.base_url or options.api_key:
             raise ModelError("--base-url and --api-key apply to API models, not hf/ models")
-        from holisafe.models.hf import HFModel
+        from holisafe.models.remote import load_hf_model
 
-        return HFModel(
-            name, dtype=options.dtype, device=options.device, batch_size=options.batch_size
+        return load_hf_model(
+            name,
+            dtype=options.dtype,
+            device=options.device,
+            batch_size=options.batch_size,
+            trust_remote_code=options.trust_remote_code,
         )
     if provider == "openai":
         from holisafe.models.openai_api import OpenAIModel as backend

@@ -67,7 +67,7 @@ class HFModel:
         self.dtype = resolve_dtype(dtype, self.device)
         self.batch_size = batch_size
         self.processor = _load_processor(name)
-        self.model = _load_model(name, self.dtype).to(self.device)
+        self.model = self._load_model(name).to(self.device)
         self._system_role = _supports_system_role(self.processor, name)
 
     @property
@@ -100,6 +100,13 @@ class HFModel:
         """Whether the model carries the visual guard module (a safety head)."""
         return hasattr(self.model, "vgm")
 
+    @property
+    def safety_categories(self) -> tuple[str, ...]:
+        return self.model.vgm.categories
+
+    def _load_model(self, name: str) -> PreTrainedModel:
+        return _load_model(name, self.dtype)
+
     def _answer(self, batch: list[Request], settings: GenerationSettings) -> list[Response]:
         start = time.perf_counter()
         try:
@@ -107,7 +114,7 @@ class HFModel:
         except Exception as exc:  # a fault of one request: retry its batch-mates on their own
             if len(batch) > 1:
                 return [response for r in batch for response in self._answer([r], settings)]
-            return [Response(text=None, error=_why(exc))]
+            return [Response(text=None, error=why(exc))]
         latency = (time.perf_counter() - start) / len(batch)
         return [_response(t, latency, p) for t, p in zip(texts, safety, strict=True)]
 
@@ -116,13 +123,23 @@ class HFModel:
     ) -> tuple[list[str], list[SafetyPrediction | None]]:
         """The answers and, for a Safe-VLM, the safety predictions of the same prefill."""
         inputs = self._inputs(batch)
+        tokenizer = self.processor.tokenizer
         with torch.inference_mode():
             output = self.model.generate(
-                **inputs, generation_config=_generation_config(settings, self.processor)
+                **inputs, generation_config=generation_config(settings, tokenizer.pad_token_id)
             )
+            probs = self._answer_probs(inputs, output)
         new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :]
-        texts = self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return texts, self._predictions(output.get("img_safety_probs"), len(batch))
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return texts, self._predictions(probs, len(batch))
+
+    def _answer_probs(self, inputs, output) -> torch.Tensor | None:
+        """The safety head's probabilities for a generated batch: from its own prefill."""
+        return output.get("img_safety_probs")
+
+    def _safety_probs(self, inputs) -> torch.Tensor:
+        """The safety head's probabilities from one forward pass over `inputs`."""
+        return self.model(**inputs, logits_to_keep=1).img_safety_probs
 
     def classify(self, images: list[Image.Image]) -> list[SafetyPrediction]:
         """The safety head's verdict on each image, from one forward pass per batch.
@@ -137,7 +154,7 @@ class HFModel:
             chunk = images[start : start + self.batch_size]
             inputs = self._inputs([Request(query=GUARD_QUERY, image=i) for i in chunk])
             with torch.inference_mode():
-                probs = self.model(**inputs, logits_to_keep=1).img_safety_probs
+                probs = self._safety_probs(inputs)
             predictions += self._predictions(probs, len(chunk))
         return predictions
 
@@ -150,14 +167,14 @@ class HFModel:
             return_tensors="pt",
             processor_kwargs={"padding": True},
         )
-        if self.is_safe_vlm:
+        if hasattr(self.model, "vgm"):
             inputs = self.model.prepare_inputs(inputs, self.processor.tokenizer)
         return BatchFeature(inputs).to(self.device, dtype=self.dtype)
 
     def _predictions(self, probs, count: int) -> list[SafetyPrediction | None]:
         if probs is None:
             return [None] * count
-        return safety_predictions(probs, self.model.vgm.categories)
+        return safety_predictions(probs, self.safety_categories)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -188,7 +205,7 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         ) from None
 
 
-def _source(name: str) -> str:
+def source_of(name: str) -> str:
     """The local folder `name` names, or `name` itself as a Hub id."""
     path = Path(name).expanduser()
     if path.is_dir():
@@ -200,17 +217,18 @@ def _source(name: str) -> str:
     return name
 
 
-def _load(name: str, loader: Callable[[str], T]) -> T:
-    source = _source(name)
+def load_from(name: str, loader: Callable[[str], T]) -> T:
+    """`loader` applied to the folder or Hub id `name` names; its failure as a ModelError."""
+    source = source_of(name)
     try:
         return loader(source)
     except Exception as exc:
         where = "" if Path(source).is_dir() else " (no such local folder; looked up on the Hub)"
-        raise ModelError(f"cannot load hf model {name!r}{where}: {_why(exc)}") from exc
+        raise ModelError(f"cannot load hf model {name!r}{where}: {why(exc)}") from exc
 
 
 def _load_processor(name: str) -> ProcessorMixin:
-    processor = _load(name, AutoProcessor.from_pretrained)
+    processor = load_from(name, AutoProcessor.from_pretrained)
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None:
         raise ModelError(f"hf model {name!r} has no tokenizer in its processor")
@@ -230,7 +248,7 @@ def _load_model(name: str, dtype: torch.dtype) -> PreTrainedModel:
             source, dtype=dtype, attn_implementation="sdpa"
         )
 
-    return _load(name, load)
+    return load_from(name, load)
 
 
 def _supports_system_role(processor: ProcessorMixin, name: str) -> bool:
@@ -240,7 +258,7 @@ def _supports_system_role(processor: ProcessorMixin, name: str) -> bool:
     try:
         processor.apply_chat_template([user], add_generation_prompt=True)
     except Exception as exc:
-        raise ModelError(f"hf model {name!r} has no usable chat template: {_why(exc)}") from exc
+        raise ModelError(f"hf model {name!r} has no usable chat template: {why(exc)}") from exc
     try:
         processor.apply_chat_template([system, user], add_generation_prompt=True)
     except Exception:
@@ -263,7 +281,7 @@ def _conversation(request: Request, system_role: bool) -> list[dict]:
     return messages
 
 
-def _generation_config(settings: GenerationSettings, processor: ProcessorMixin) -> GenerationConfig:
+def generation_config(settings: GenerationSettings, pad_token_id: int | None) -> GenerationConfig:
     """Exactly the recorded settings: greedy at temperature 0, else plain temperature sampling.
 
     Whatever the model's own generation config says about beams, penalties, top-k or top-p is
@@ -277,7 +295,7 @@ def _generation_config(settings: GenerationSettings, processor: ProcessorMixin) 
         num_beams=1,
         repetition_penalty=1.0,
         no_repeat_ngram_size=0,
-        pad_token_id=processor.tokenizer.pad_token_id,
+        pad_token_id=pad_token_id,
         return_dict_in_generate=True,
         **(sampling_options if sampling else {}),
     )
@@ -304,5 +322,6 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else type(exc).__name__
 
 
-def _why(exc: BaseException) -> str:
+def why(exc: BaseException) -> str:
+    """An exception in one line: its type and the first line of its message."""
     return f"{type(exc).__name__}: {_first_line(exc)}"

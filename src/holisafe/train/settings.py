@@ -56,6 +56,7 @@ class TrainSettings:
     merge: bool = False
     skip_invalid: bool = False
     report_to: str = "none"
+    trust_remote_code: bool = False  # a released base is converted first (vgm.convert)
 
     def __post_init__(self) -> None:
         if self.vgm not in VGM_CHOICES:

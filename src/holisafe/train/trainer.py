@@ -22,9 +22,11 @@ from holisafe.train.collate import IGNORE, collator_for, require_responses
 from holisafe.train.model import load_processor, merge_lora, source_of, trainable_model
 from holisafe.train.record import TrainRecord, write_record
 from holisafe.train.settings import TrainError, TrainSettings
+from holisafe.vgm.convert import native_base
 
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
+RELEASED_BASE = "released-base"  # a released checkpoint converted to the toolkit's classes
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # What the checkpoints in `out/checkpoints` were made with, written before the first step.
 CHECKPOINT_SETTINGS = "holisafe_run.json"
@@ -146,7 +148,9 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     out = Path(settings.out)
     checkpoints = out / CHECKPOINTS
     resume_from = _checkpoint_to_resume(checkpoints, settings.resume)
-    source = source_of(settings)
+    source = native_base(
+        source_of(settings), out / RELEASED_BASE, trust_remote_code=settings.trust_remote_code
+    )
     settings = dataclasses.replace(settings, base=f"hf/{source}")
     samples, skipped = _samples(settings.data, settings, split="train", limit=settings.limit)
     eval_samples = None

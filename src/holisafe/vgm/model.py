@@ -218,12 +218,14 @@ class SafeVLMMixin:
         `img_safety_probs` from the prefill. `last_safety_probs` holds them in any case."""
         if self.vgm.meta_token_id is not None:  # the meta token is an input, never an output
             config = kwargs.get("generation_config")
+            # the model's own suppressed tokens (those a conversion added) stay suppressed
+            kept = self.generation_config.suppress_tokens or []
             if config is not None:
                 config = copy.deepcopy(config)
-                config.suppress_tokens = [*(config.suppress_tokens or []), self.vgm.meta_token_id]
+                config.suppress_tokens = [*(config.suppress_tokens or kept), self.vgm.meta_token_id]
                 kwargs["generation_config"] = config
             else:
-                suppressed = kwargs.get("suppress_tokens") or []
+                suppressed = kwargs.get("suppress_tokens") or kept
                 kwargs["suppress_tokens"] = [*suppressed, self.vgm.meta_token_id]
         self.last_safety_probs = None
         output = super().generate(*args, **kwargs)
