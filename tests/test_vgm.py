@@ -8,7 +8,10 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 from transformers import AutoConfig, AutoProcessor
+from typer.testing import CliRunner
 
+from holisafe.cli import app
+from holisafe.models import ModelError, ModelOptions, load_model
 from holisafe.models.tiny import build_tiny_model
 from holisafe.taxonomy import IMAGE_SAFETY_LABELS
 from holisafe.vgm import (
@@ -440,3 +443,25 @@ def test_model_tiny_writes_either_placement_and_refuses_a_family_without_it(tmp_
     refused = CliRunner().invoke(app, [*command, str(tmp_path / "gemma"), "--family", "gemma3"])
     assert isinstance(refused.exception, VGMError)
     assert "built for LLaVA with a CLIP vision tower" in str(refused.exception)
+
+
+def test_the_head_input_is_chosen_from_the_command_line(tiny_dirs, tmp_path):
+    released, _ = released_checkpoint(tiny_dirs["llava"], tmp_path)
+    image = tmp_path / "photo.png"
+    images(1)[0].save(image)
+    trusted = ["--trust-remote-code", "--head-input", "image_mean"]
+    result = CliRunner().invoke(app, ["guard", "--model", f"hf/{released}", *trusted, str(image)])
+    assert "runs its own code" in str(result.exception)  # its code decides what its head reads
+    config = json.loads((released / "config.json").read_text())
+    del config["auto_map"]  # the released format without its code: the toolkit's classes
+    (released / "config.json").write_text(json.dumps(config))
+    options = ModelOptions(device="cpu", head_input="projector_mean")
+    assert load_model(f"hf/{released}", options).model.vgm.head_input == "projector_mean"
+    result = CliRunner().invoke(
+        app, ["guard", "--model", f"hf/{released}", "--head-input", "image_mean", str(image)]
+    )
+    assert result.exit_code == 0, result.output
+    with pytest.raises(ModelError, match="applies to Safe-VLMs"):
+        load_model(f"hf/{tiny_dirs['llava']}", options)
+    with pytest.raises(ModelError, match="not API models"):
+        load_model("openai/gpt-4o", options)

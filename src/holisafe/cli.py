@@ -52,6 +52,13 @@ TrustRemoteCodeOpt = Annotated[
         "remote code: SafeLLaVA, SafeQwen2.5-VL, SafeGem)."
     ),
 ]
+HeadInputOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="What a Safe-VLM's safety head reads, for a checkpoint that does not record it: "
+        "meta_token, image_mean (the released format's default) or projector_mean."
+    ),
+]
 JudgeBaseUrlOpt = Annotated[
     str | None, typer.Option(help="Server of the LLM judges' API (default: the provider's).")
 ]
@@ -200,6 +207,7 @@ def eval_command(
     judge_template: JudgeTemplateOpt = None,
     judge_protocol: JudgeProtocolOpt = "toolkit",
     trust_remote_code: TrustRemoteCodeOpt = False,
+    head_input: HeadInputOpt = None,
 ) -> None:
     """Answer a benchmark with a model, judge the answers and print the leaderboard row."""
     from dataclasses import replace
@@ -216,6 +224,7 @@ def eval_command(
         timeout_s=timeout,
         max_retries=max_retries,
         trust_remote_code=trust_remote_code,
+        head_input=head_input,
     )
     outcome = evaluate(
         model,
@@ -494,6 +503,7 @@ def guard_command(
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     trust_remote_code: TrustRemoteCodeOpt = False,
+    head_input: HeadInputOpt = None,
 ) -> None:
     """Classify images with a Safe-VLM's safety head: label, probability, unsafe = 1 - p(safe)."""
     from holisafe.guard import guard_files, image_files, load_guard
@@ -501,7 +511,11 @@ def guard_command(
 
     files = image_files(images)
     options = ModelOptions(
-        dtype=dtype, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code
+        dtype=dtype,
+        device=device,
+        batch_size=batch_size,
+        trust_remote_code=trust_remote_code,
+        head_input=head_input,
     )
     guard = load_guard(model, options)
     results = guard_files(guard, files)
@@ -533,13 +547,18 @@ def guard_eval_command(
     device: DeviceOpt = "auto",
     skip_invalid: SkipInvalidOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    head_input: HeadInputOpt = None,
 ) -> None:
     """Score the safety head on a benchmark's images, as the paper's guard table does."""
     from holisafe.guard import evaluate_guard, load_guard
     from holisafe.models import ModelOptions
 
     options = ModelOptions(
-        dtype=dtype, device=device, batch_size=batch_size, trust_remote_code=trust_remote_code
+        dtype=dtype,
+        device=device,
+        batch_size=batch_size,
+        trust_remote_code=trust_remote_code,
+        head_input=head_input,
     )
     guard = load_guard(model, options)
     metrics = evaluate_guard(guard, bench, limit=limit, skip_invalid=skip_invalid)
@@ -876,6 +895,7 @@ def serve_command(
     ] = None,
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     trust_remote_code: TrustRemoteCodeOpt = False,
+    head_input: HeadInputOpt = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible API, with a guard API and a web page at /."""
     from holisafe.models import ModelOptions
@@ -907,6 +927,7 @@ def serve_command(
         batch_size=batch_size,
         base_url=base_url,
         trust_remote_code=trust_remote_code,
+        head_input=head_input,
     )
     serve(model, host=host, port=port, settings=settings, options=options, log_level=log_level)
 
@@ -1015,6 +1036,7 @@ def analyze_attention(
     device: DeviceOpt = "auto",
     skip_invalid: SkipInvalidOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
+    head_input: HeadInputOpt = None,
 ) -> None:
     """Attention of generated tokens to the safety meta token and the visual tokens, per layer."""
     from holisafe.analysis import attention_analysis
@@ -1027,7 +1049,11 @@ def analyze_attention(
         limit=limit,
         max_new_tokens=max_new_tokens,
         options=ModelOptions(
-            dtype=dtype, device=device, batch_size=1, trust_remote_code=trust_remote_code
+            dtype=dtype,
+            device=device,
+            batch_size=1,
+            trust_remote_code=trust_remote_code,
+            head_input=head_input,
         ),
         skip_invalid=skip_invalid,
         progress=True,

@@ -35,6 +35,7 @@ class ModelOptions:
     timeout_s: float = 60.0
     max_retries: int = 5
     trust_remote_code: bool = False  # run code shipped with a released checkpoint (hf)
+    head_input: str | None = None  # what a Safe-VLM's head reads, where its checkpoint is silent
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -61,7 +62,10 @@ def load_model(spec: str, options: ModelOptions = ModelOptions()) -> Model:
             device=options.device,
             batch_size=options.batch_size,
             trust_remote_code=options.trust_remote_code,
+            head_input=options.head_input,
         )
+    if options.head_input is not None:
+        raise ModelError("--head-input applies to hf/ Safe-VLMs, not API models")
     if provider == "openai":
         from holisafe.models.openai_api import OpenAIModel as backend
     elif provider == "anthropic":

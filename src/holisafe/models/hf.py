@@ -58,6 +58,7 @@ class HFModel:
         dtype: str = "auto",
         device: str = "auto",
         batch_size: int = 8,
+        head_input: str | None = None,
     ):
         if batch_size < 1:
             raise ModelError(f"batch size must be at least 1, got {batch_size}")
@@ -66,6 +67,7 @@ class HFModel:
         self.device = resolve_device(device)
         self.dtype = resolve_dtype(dtype, self.device)
         self.batch_size = batch_size
+        self.head_input = head_input
         self.processor = _load_processor(name)
         self.model = self._load_model(name).to(self.device)
         self._system_role = _supports_system_role(self.processor, name)
@@ -105,7 +107,7 @@ class HFModel:
         return self.model.vgm.categories
 
     def _load_model(self, name: str) -> PreTrainedModel:
-        return _load_model(name, self.dtype)
+        return _load_model(name, self.dtype, self.head_input)
 
     def _answer(self, batch: list[Request], settings: GenerationSettings) -> list[Response]:
         start = time.perf_counter()
@@ -238,12 +240,17 @@ def _load_processor(name: str) -> ProcessorMixin:
     return processor
 
 
-def _load_model(name: str, dtype: torch.dtype) -> PreTrainedModel:
-    """The model; a folder whose config carries safety fields loads as a Safe-VLM."""
+def _load_model(name: str, dtype: torch.dtype, head_input: str | None) -> PreTrainedModel:
+    """The model; a folder whose config carries safety fields loads as a Safe-VLM, its head
+    reading `head_input` where the checkpoint does not record what it reads."""
 
     def load(source: str) -> PreTrainedModel:
         if is_safe_vlm(AutoConfig.from_pretrained(source)):
-            return load_safe_vlm(source, dtype=dtype, attn_implementation="sdpa")
+            return load_safe_vlm(
+                source, head_input=head_input, dtype=dtype, attn_implementation="sdpa"
+            )
+        if head_input is not None:
+            raise ModelError(f"--head-input applies to Safe-VLMs; {name} has no safety head")
         return AutoModelForImageTextToText.from_pretrained(
             source, dtype=dtype, attn_implementation="sdpa"
         )

@@ -253,18 +253,32 @@ class LlavaCodebaseModel:
 
 
 def load_hf_model(
-    name: str, *, dtype: str, device: str, batch_size: int, trust_remote_code: bool
+    name: str,
+    *,
+    dtype: str,
+    device: str,
+    batch_size: int,
+    trust_remote_code: bool,
+    head_input: str | None = None,
 ) -> HFModel | LlavaCodebaseModel:
     """The `hf` backend for `name`: the toolkit's own classes, or a released checkpoint's
-    remote code when its config maps to it and the user trusts it."""
+    remote code when its config maps to it and the user trusts it (its own code decides what
+    its head reads, so `head_input` applies to the toolkit's classes only)."""
     code = remote_code_of(name)
     if code is None:
-        return HFModel(name, dtype=dtype, device=device, batch_size=batch_size)
+        return HFModel(
+            name, dtype=dtype, device=device, batch_size=batch_size, head_input=head_input
+        )
     if not trust_remote_code:
         raise ModelError(
             f"hf model {name!r} runs through code shipped with it ({code.class_ref}); pass "
             "--trust-remote-code to run that code, or convert the checkpoint to the toolkit's "
             "own classes with `holisafe model convert`"
+        )
+    if head_input is not None:
+        raise ModelError(
+            f"hf model {name!r} runs its own code, which decides what its head reads; "
+            "--head-input applies to the toolkit's classes (`holisafe model convert` first)"
         )
     if code.llava_codebase:
         return LlavaCodebaseModel(name, dtype=dtype, device=device)
