@@ -361,8 +361,10 @@ def report_command(
 
 def _write_report_files(store, run, reference, bootstrap, html, plots, images) -> None:
     """The HTML report and the plots of `holisafe report`, where asked for."""
+    from holisafe.compare import store_comparisons
     from holisafe.report import build_report
     from holisafe.report.html import write_html_report
+    from holisafe.report.pairwise import write_win_rate_plots
     from holisafe.report.plots import write_plots
 
     if html is not None:
@@ -377,8 +379,87 @@ def _write_report_files(store, run, reference, bootstrap, html, plots, images) -
             store, run_id=run, bootstrap=bootstrap, agreement=True, reference=reference
         )
         charts = write_plots(made.entries, plots, made.agreement, made.published_agreement)
+        charts += write_win_rate_plots(store_comparisons(store, run, bootstrap), plots)
         for plot in charts:
             err_console.print(f"plot: {plot.png} {plot.svg}", markup=False, highlight=False)
+
+
+@app.command("compare")
+def compare_command(
+    store: Annotated[Path, typer.Option(help="SQLite store holding both runs.")],
+    run: Annotated[list[int], typer.Option(help="The two run ids to compare: --run A --run B.")],
+    judge: Annotated[str, typer.Option(help="The pairwise judge: a model spec (openai/gpt-4o).")],
+    judge_base_url: JudgeBaseUrlOpt = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="Key of the judge's API (default: the provider's variable).")
+    ] = None,
+    bench: Annotated[
+        str | None, typer.Option(help="Benchmark, when it moved since the runs recorded it.")
+    ] = None,
+    as_json: JsonOpt = False,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the intervals.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    concurrency: ConcurrencyOpt = 8,
+    batch_size: Annotated[int, typer.Option(help="Samples per batch (hf judges).")] = 8,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    timeout: TimeoutOpt = 60.0,
+    max_retries: MaxRetriesOpt = 5,
+) -> None:
+    """Judge two runs' answers to the same samples pairwise, in both orders: A's win rates."""
+    from holisafe.compare import CompareError, compare_runs
+    from holisafe.metrics import Bootstrap
+    from holisafe.models import ModelOptions
+
+    if len(run) != 2:
+        raise CompareError(f"compare takes exactly two runs (--run A --run B), got {len(run)}")
+    options = ModelOptions(
+        dtype=dtype,
+        device=device,
+        batch_size=batch_size,
+        base_url=judge_base_url,
+        api_key=api_key,
+        concurrency=concurrency,
+        timeout_s=timeout,
+        max_retries=max_retries,
+    )
+    outcome = compare_runs(
+        store,
+        run[0],
+        run[1],
+        judge,
+        options=options,
+        bench=bench,
+        bootstrap=Bootstrap(resamples=resamples, seed=seed),
+        progress=not as_json,
+    )
+    for where, error in outcome.errors[:20]:
+        err_console.print(f"failed comparison for id {where}: {error}", markup=False)
+    if outcome.errors:
+        err_console.print(
+            f"{len(outcome.errors)} failure(s) kept in the store; rerun the same command to retry"
+        )
+    if as_json:
+        print(json.dumps(outcome.comparison.as_dict(), indent=1))
+    else:
+        _print_win_rates(outcome.comparison)
+    if outcome.errors:
+        raise typer.Exit(1)
+
+
+def _print_win_rates(comparison) -> None:
+    a, b = comparison.run_a, comparison.run_b
+    title = f"{a.model} (run {a.id}) vs {b.model} (run {b.id}), judge {comparison.judge}"
+    table = Table(title=title)
+    for name in ("scope", "wins", "ties", "losses", "n", "win rate (%)", "unjudged"):
+        table.add_column(name, justify="left" if name == "scope" else "right")
+    for scope, rate in [("all", comparison.overall), *comparison.by_type.items()]:
+        share = "–" if rate.win_rate is None else f"{rate.win_rate:.2f}"
+        if rate.interval is not None:
+            share += f" [{rate.interval.low:.2f}, {rate.interval.high:.2f}]"
+        counts = (rate.wins, rate.ties, rate.losses, rate.n)
+        table.add_row(scope, *map(str, counts), share, str(rate.unjudged))
+    console.print(table)
 
 
 @app.command("guard")

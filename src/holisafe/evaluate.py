@@ -62,7 +62,7 @@ def evaluate(
     samples = dataset.samples[:limit] if limit is not None else dataset.samples
     judge_options = judge_options or replace(options, base_url=None, api_key=None)
     judge_objects = [load_judge(j, judge_options, judge_template) for j in judges]
-    with Store(store_path) as store, _progress(progress) as bar:
+    with Store(store_path) as store, progress_bar(progress) as bar:
         run = store.open_run(
             model_spec, samples, settings.as_dict(), run_id=run_id, source=_source(bench)
         )
@@ -99,13 +99,13 @@ def judge_stored(
     """
     judge_objects = [load_judge(j, options, judge_template) for j in judges]
     outcomes = []
-    with Store(store_path, create=False) as store, _progress(progress) as bar:
+    with Store(store_path, create=False) as store, progress_bar(progress) as bar:
         runs = [store.get_run(run_id)] if run_id is not None else store.runs()
         if not runs:
             raise StoreError(f"no runs in {store.path}; answer a benchmark with holisafe eval")
         read: dict[str, list[Sample]] = {}
         for run in runs:
-            samples = _run_samples(store, run, bench, read)
+            samples = run_samples(store, run, bench, read)
             outcome = EvalOutcome(run=run)
             for judge in judge_objects:
                 outcome.judged[judge.id] = _judge(store, run.id, judge, samples, options, bar)
@@ -114,7 +114,7 @@ def judge_stored(
     return outcomes
 
 
-def _run_samples(
+def run_samples(
     store: Store, run: Run, bench: str | Path | None, read: dict[str, list[Sample]]
 ) -> list[Sample]:
     """The run's samples read again from its benchmark, checked against its fingerprint."""
@@ -150,7 +150,7 @@ def _source(bench: str | Path) -> str:
 def _generate(store, run_id, model, todo, settings, options, bar) -> int:
     task = bar.add_task(f"answering with {model.spec}", total=len(todo))
     size = max(options.batch_size, options.concurrency)
-    for batch in _chunks(todo, size):
+    for batch in chunks(todo, size):
         responses = _answer(model, batch, settings)
         extras = {
             s.id: {"safety": asdict(r.safety)}
@@ -181,19 +181,19 @@ def _judge(store, run_id, judge: Judge, samples, options, bar) -> int:
         return 0
     by_id = {str(s.id): s for s in samples}
     task = bar.add_task(f"judging with {judge.id}", total=len(pending))
-    for batch in _chunks(pending, max(options.batch_size, options.concurrency)):
+    for batch in chunks(pending, max(options.batch_size, options.concurrency)):
         verdicts = judge.judge([(by_id[i], text) for i, text in batch])
         store.save_verdicts(run_id, judge.id, zip([i for i, _ in batch], verdicts, strict=True))
         bar.advance(task, len(batch))
     return len(pending)
 
 
-def _chunks(items: Sequence[T], size: int) -> Iterable[list[T]]:
+def chunks(items: Sequence[T], size: int) -> Iterable[list[T]]:
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
 
 
-def _progress(enabled: bool) -> Progress:
+def progress_bar(enabled: bool) -> Progress:
     return Progress(
         TextColumn("{task.description}"),
         BarColumn(),
