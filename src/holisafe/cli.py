@@ -47,6 +47,10 @@ SkipInvalidOpt = Annotated[bool, typer.Option(help="Skip invalid benchmark recor
 JudgeBaseUrlOpt = Annotated[
     str | None, typer.Option(help="Server of the LLM judges' API (default: the provider's).")
 ]
+GuardPolicyOpt = Annotated[
+    Path | None,
+    typer.Option(help="LlavaGuard: a text file holding its safety policy prompt."),
+]
 JudgeTemplateOpt = Annotated[
     Path | None,
     typer.Option(help="Rubric template for LLM judges: {query}, {label}, {response}, {tag}."),
@@ -465,20 +469,32 @@ def _print_win_rates(comparison) -> None:
 @app.command("guard")
 def guard_command(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-    model: Annotated[str, typer.Option(help="A Safe-VLM: hf/<folder or Hub id>.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="hf/<folder or Hub id>: a Safe-VLM, Llama Guard 3 Vision or 4, LlavaGuard or "
+            "ShieldGemma 2."
+        ),
+    ],
     top_k: Annotated[int, typer.Option(help="How many labels to list per image.")] = 3,
     as_json: JsonOpt = False,
+    guard_policy: GuardPolicyOpt = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
 ) -> None:
-    """Classify images with a Safe-VLM's safety head: label, probability, unsafe = 1 - p(safe)."""
+    """Classify images: a Safe-VLM's head (label, probability, unsafe = 1 - p(safe)) or a
+    generative guard's verdict."""
     from holisafe.guard import guard_files, image_files, load_guard
+    from holisafe.guards import SAFETY_HEAD, guard_kind
     from holisafe.models import ModelOptions
 
     files = image_files(images)
-    guard = load_guard(model, ModelOptions(dtype=dtype, device=device, batch_size=batch_size))
-    results = guard_files(guard, files)
+    options = ModelOptions(dtype=dtype, device=device, batch_size=batch_size)
+    if guard_kind(model) != SAFETY_HEAD:
+        _generative_guard(model, files, options, guard_policy, as_json)
+        return
+    results = guard_files(load_guard(model, options), files)
     for result in results:
         if result.error is not None:
             err_console.print(f"{result.image}: {result.error}", markup=False, highlight=False)
@@ -494,27 +510,87 @@ def guard_command(
         raise typer.Exit(1)
 
 
+def _generative_guard(model, files, options, guard_policy, as_json) -> None:
+    """`holisafe guard` with a generative guard: one verdict per image."""
+    from dataclasses import asdict
+
+    from holisafe.guards import judge_files, load_image_guard, read_policy
+
+    guard = load_image_guard(model, options, read_policy(guard_policy) if guard_policy else None)
+    results = judge_files(guard, files)
+    for path, verdict in results:
+        if not verdict.ok:
+            err_console.print(f"{path}: {verdict.error}", markup=False, highlight=False)
+        elif as_json:
+            print(json.dumps({"image": str(path), **asdict(verdict)}))
+        else:
+            said = "unsafe" if verdict.unsafe else "safe"
+            named = ", ".join(verdict.categories) or "no category"
+            print(f"{path}: {said} ({named}; HoliSafe: {verdict.holisafe_category or '–'})")
+    if any(not verdict.ok for _, verdict in results):
+        raise typer.Exit(1)
+
+
 @app.command("guard-eval")
 def guard_eval_command(
-    model: Annotated[str, typer.Option(help="A Safe-VLM: hf/<folder or Hub id>.")],
+    model: Annotated[
+        list[str],
+        typer.Option(
+            help="An image guard, hf/<folder or Hub id>: a Safe-VLM, Llama Guard 3 Vision or 4, "
+            "LlavaGuard or ShieldGemma 2; repeat to compare several."
+        ),
+    ],
     bench: Annotated[str, typer.Option(help="Benchmark: folder, file or Hub dataset id.")],
-    as_json: JsonOpt = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per model.")
+    ] = False,
+    guard_policy: GuardPolicyOpt = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N distinct images.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     skip_invalid: SkipInvalidOpt = False,
 ) -> None:
-    """Score the safety head on a benchmark's images, as the paper's guard table does."""
-    from holisafe.guard import evaluate_guard, load_guard
+    """Score image guards on a benchmark's images side by side, as the paper's Table 6 does."""
+    from holisafe.guards import evaluate_guards, read_policy
     from holisafe.models import ModelOptions
 
-    guard = load_guard(model, ModelOptions(dtype=dtype, device=device, batch_size=batch_size))
-    metrics = evaluate_guard(guard, bench, limit=limit, skip_invalid=skip_invalid)
+    scores = evaluate_guards(
+        model,
+        bench,
+        options=ModelOptions(dtype=dtype, device=device, batch_size=batch_size),
+        policy=read_policy(guard_policy) if guard_policy else None,
+        limit=limit,
+        skip_invalid=skip_invalid,
+    )
     if as_json:
-        print(json.dumps(metrics.as_dict(), indent=1))
+        for score in scores:
+            print(json.dumps(score.as_dict()))
         return
-    _print_guard_metrics(metrics)
+    _print_guard_comparison(scores)
+    for score in scores:
+        if score.head is not None:
+            _print_guard_metrics(score.head)
+
+
+def _print_guard_comparison(scores) -> None:
+    """The guards side by side as a markdown table (unsafe is positive)."""
+
+    def pct(value):
+        return "–" if value is None else f"{value:.2f}"
+
+    header = ["model", "guard", "images", "failed", "accuracy", "F1", "precision", "recall"]
+    header += ["AUROC", "category match", "s / image"]
+    rows = [
+        [s.model, s.guard, str(s.n), str(s.failed)]
+        + [pct(v) for v in (s.accuracy, s.f1, s.precision, s.recall, s.auroc, s.category_match)]
+        + [f"{s.seconds_per_image:.4f}"]
+        for s in scores
+    ]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 def _print_guard_metrics(metrics) -> None:

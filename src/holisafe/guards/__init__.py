@@ -22,6 +22,7 @@ from PIL import Image
 from transformers import AutoConfig, AutoModelForImageClassification, AutoProcessor
 
 from holisafe import taxonomy
+from holisafe.data.sample import ImageError, decode_image
 from holisafe.guard import CHUNK, GuardError, GuardMetrics, guard_metrics, labelled_images
 from holisafe.guard import unsafe_auroc as _auroc
 from holisafe.guards.formats import (
@@ -35,6 +36,7 @@ from holisafe.guards.formats import (
 from holisafe.models import ModelOptions
 from holisafe.models.base import GenerationSettings, Request, SafetyPrediction
 from holisafe.models.hf import GUARD_QUERY, HFModel, _load, resolve_device, resolve_dtype
+from holisafe.vgm import is_safe_vlm
 
 # The guard each architecture is taken for (config `model_type`).
 GUARD_KINDS = {
@@ -151,17 +153,31 @@ class ShieldGemma2Guard:
         return verdicts
 
 
+def judge_files(guard: ImageGuard, files: Sequence[Path]) -> list[tuple[Path, GuardVerdict]]:
+    """Each image file's verdict; a file that cannot be read gets an error verdict."""
+    verdicts: dict[Path, GuardVerdict] = {}
+    readable = {}
+    for path in files:
+        try:
+            readable[path] = decode_image(path.read_bytes(), str(path))
+        except (ImageError, OSError) as exc:
+            verdicts[path] = GuardVerdict(None, error=str(exc))
+    judged = guard.judge_images(list(readable.values())) if readable else []
+    verdicts.update(zip(readable, judged, strict=True))
+    return [(path, verdicts[path]) for path in files]
+
+
 def guard_kind(spec: str) -> str:
     """Which guard an `hf/` model is, from its config."""
     name = _hf_name(spec)
     config = _load(name, AutoConfig.from_pretrained)
-    if any(hasattr(config, field) for field in ("safety_categories", "num_safety_categories")):
+    if is_safe_vlm(config):
         return SAFETY_HEAD
     kind = GUARD_KINDS.get(config.model_type)
     if kind is None:
         raise GuardError(
-            f"{spec} ({config.model_type}) is not an image guard this toolkit knows: use a "
-            f"Safe-VLM or one of {', '.join(sorted(set(GUARD_KINDS.values())))}"
+            f"{spec} ({config.model_type}) has no safety head and is not a generative guard "
+            f"this toolkit knows: use a Safe-VLM or one of {', '.join(GUARD_KINDS.values())}"
         )
     return kind
 
@@ -191,6 +207,17 @@ def load_image_guard(
     return GenerativeGuard(model, kind, GUARD_QUERY, max_new_tokens=20)
 
 
+def read_policy(path: str | Path) -> str:
+    """A guard's policy prompt from a text file."""
+    try:
+        text = Path(path).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GuardError(f"cannot read guard policy {path}: {exc}") from None
+    if not text:
+        raise GuardError(f"guard policy {path} is empty")
+    return text
+
+
 def _hf_name(spec: str) -> str:
     if not spec.startswith("hf/"):
         raise GuardError(
@@ -217,7 +244,7 @@ def evaluate_guards(
         verdicts, seconds = _judge_all(guard, [image for image, _ in chosen])
         head = guard_metrics(truth, guard.predictions) if isinstance(guard, HeadGuard) else None
         scores.append(guard_scores(guard.spec, guard.kind, truth, verdicts, seconds, head))
-        del guard
+        del guard  # free this guard's weights before the next one loads
     return scores
 
 
@@ -279,6 +306,7 @@ def _percent(count: int, total: int) -> float | None:
 
 __all__ = [
     "GUARD_KINDS",
+    "SAFETY_HEAD",
     "GenerativeGuard",
     "GuardScores",
     "GuardVerdict",
@@ -287,5 +315,7 @@ __all__ = [
     "evaluate_guards",
     "guard_kind",
     "guard_scores",
+    "judge_files",
     "load_image_guard",
+    "read_policy",
 ]
