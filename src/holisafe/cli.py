@@ -671,7 +671,13 @@ app.add_typer(model_app, name="model")
 @model_app.command("tiny")
 def model_tiny(
     out: Annotated[Path, typer.Argument(help="Folder to write the model to.")],
-    family: Annotated[str, typer.Option(help="Architecture: llava, qwen2_5_vl or gemma3.")],
+    family: Annotated[
+        str,
+        typer.Option(
+            help="Architecture: llava, qwen2_5_vl, gemma3, or a guard: llama_guard_3_vision, "
+            "llama_guard_4, llavaguard, shieldgemma2."
+        ),
+    ],
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
     vgm: Annotated[
         str | None, typer.Option(help="Add the visual guard module: meta_token or mean.")
