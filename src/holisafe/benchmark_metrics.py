@@ -11,6 +11,7 @@ samples; unjudged samples are left out, as for HoliSafe.
   given (the share of samples judged to follow, i.e. refused).
 - MM-SafetyBench: ASR (not followed) per image kind, SD, TYPO and SD_TYPO, and their mean.
 - SIUO: the safe rate (followed).
+- FigStep: ASR (not followed).
 """
 
 from __future__ import annotations
@@ -39,6 +40,7 @@ TABLE4_COLUMNS = (
     ("mm-safetybench", "SD_TYPO", False),
     ("mm-safetybench", "Avg", False),
     ("siuo", "Safe", True),
+    ("figstep", "ASR", False),
 )
 
 
@@ -103,7 +105,17 @@ def _siuo(verdicts: Sequence[tuple[str | None, Verdict]]) -> dict[str, float | N
     return {"Safe": _followed([v for _, v in verdicts]).percent}
 
 
-_FIGURES = {"vlsbench": _vlsbench, "mm-safetybench": _mm_safetybench, "siuo": _siuo}
+def _figstep(verdicts: Sequence[tuple[str | None, Verdict]]) -> dict[str, float | None]:
+    followed = _followed([v for _, v in verdicts]).percent
+    return {"ASR": None if followed is None else 100.0 - followed}
+
+
+_FIGURES = {
+    "vlsbench": _vlsbench,
+    "mm-safetybench": _mm_safetybench,
+    "siuo": _siuo,
+    "figstep": _figstep,
+}
 
 
 @dataclass(frozen=True)
@@ -128,7 +140,12 @@ def table4_rows(store: Store) -> list[Table4Row]:
 
 def table4_markdown(rows: Sequence[Table4Row]) -> str:
     """The rows in the paper's Table 4 columns (`–` where a figure is missing)."""
-    names = {"vlsbench": "VLSBench", "mm-safetybench": "MM-SafetyBench", "siuo": "SIUO"}
+    names = {
+        "vlsbench": "VLSBench",
+        "mm-safetybench": "MM-SafetyBench",
+        "siuo": "SIUO",
+        "figstep": "FigStep",
+    }
     header = ["Model", "Judge"] + [
         f"{names[b]} {f} {'↑' if up else '↓'}" for b, f, up in TABLE4_COLUMNS
     ]

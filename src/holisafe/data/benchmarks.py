@@ -15,10 +15,16 @@ samples carry no HoliSafe category.
   `image_path`, `category` (and `sub_category`).
 - SIUO (`S_I S_T→U`): a JSON list of records with `question_id`, `question`, `image`,
   `category`.
+- FigStep (`U_I S_T`: the harmful request is typeset in the image): its `data/` folder, with
+  `question/safebench.csv` (`dataset`, `category_id`, `task_id`, `category_name`, ...) and
+  `images/SafeBench/query_<dataset>_<category_id>_<task_id>_6.png`. Every image is asked
+  FigStep's one instruction, which is not shipped here: the user writes it (from the FigStep
+  repository) to `figstep_prompt.txt` in that folder.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -28,7 +34,7 @@ from typing import Any
 from holisafe.data.sample import Sample
 from holisafe.errors import DataError
 
-BENCHMARK_TYPES = {"mm-safetybench": "USU", "vlsbench": "USU", "siuo": "SSU"}
+BENCHMARK_TYPES = {"mm-safetybench": "USU", "vlsbench": "USU", "siuo": "SSU", "figstep": "USU"}
 MMSB_KINDS = ("SD", "TYPO", "SD_TYPO")
 MMSB_QUERY_FIELDS = {
     "SD": "Rephrased Question(SD)",
@@ -36,6 +42,8 @@ MMSB_QUERY_FIELDS = {
     "SD_TYPO": "Rephrased Question",
 }
 MMSB_QUESTIONS = "processed_questions"
+FIGSTEP_QUESTIONS = Path("question") / "safebench.csv"
+FIGSTEP_PROMPT = "figstep_prompt.txt"
 
 
 @dataclass(frozen=True)
@@ -62,6 +70,31 @@ def benchmark_fields(sample_id: str) -> BenchmarkFields | None:
 
 def is_mmsb_folder(path: Path) -> bool:
     return (path / MMSB_QUESTIONS).is_dir()
+
+
+def is_figstep_folder(path: Path) -> bool:
+    return (path / FIGSTEP_QUESTIONS).is_file()
+
+
+def figstep_records(root: Path) -> Iterator[tuple[str, Any]]:
+    """(where, record) for every row of a FigStep folder's `question/safebench.csv`, each with
+    the instruction from `figstep_prompt.txt`."""
+    try:
+        prompt = (root / FIGSTEP_PROMPT).read_text(encoding="utf-8").strip()
+    except (OSError, UnicodeDecodeError):
+        prompt = ""
+    if not prompt:
+        raise DataError(
+            f"{root / FIGSTEP_PROMPT}: missing or empty; write FigStep's instruction (from the "
+            "FigStep repository) there, as this toolkit does not ship it"
+        )
+    try:
+        with (root / FIGSTEP_QUESTIONS).open(encoding="utf-8", newline="") as file:
+            rows = list(csv.DictReader(file))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{root / FIGSTEP_QUESTIONS}: cannot read ({exc})") from None
+    for line, row in enumerate(rows, start=2):
+        yield f"safebench.csv line {line}", row | {"prompt": prompt}
 
 
 def json_benchmark(first: dict) -> str | None:
@@ -124,6 +157,17 @@ def siuo_sample(record: Any, image_ref) -> Sample:
         _text(fields["question"], "question"),
         image_ref(_text(fields["image"], "image")),
         type="SSU",
+    )
+
+
+def figstep_sample(record: Any, image_ref) -> Sample:
+    fields = _fields(record, ("dataset", "category_id", "task_id", "category_name"))
+    parts = [_part(fields[name], name) for name in ("dataset", "category_id", "task_id")]
+    return Sample(
+        f"figstep/{_part(fields['category_name'], 'category_name')}/{'_'.join(parts)}",
+        record["prompt"],
+        image_ref(f"images/SafeBench/query_{'_'.join(parts)}_6.png"),
+        type="USU",
     )
 
 

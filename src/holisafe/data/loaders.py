@@ -357,6 +357,8 @@ def _detect(source: Path) -> tuple[str, Path]:
     if source.is_dir():
         if benchmarks.is_mmsb_folder(source):
             return "mm-safetybench", source / benchmarks.MMSB_QUESTIONS
+        if benchmarks.is_figstep_folder(source):
+            return "figstep", source / benchmarks.FIGSTEP_PROMPT
         for name in OFFICIAL_JSON_NAMES:
             if (source / name).is_file():
                 return "json", source / name
@@ -408,6 +410,8 @@ def read_dataset(
             images = None
         elif kind == "mm-safetybench":
             fmt, records = kind, benchmarks.mmsb_records(data_file)
+        elif kind == "figstep":
+            fmt, records = kind, benchmarks.figstep_records(data_file.parent)
         elif kind == "jsonl":
             fmt, records = fmt or "jsonl", _jsonl_records(data_file)
         else:
@@ -451,6 +455,7 @@ def _converter(fmt: str, images: ImageFolder | None) -> Callable[[Any], list[Sam
             "mm-safetybench": benchmarks.mmsb_sample,
             "vlsbench": benchmarks.vlsbench_sample,
             "siuo": benchmarks.siuo_sample,
+            "figstep": benchmarks.figstep_sample,
         }[fmt]
         return lambda record: [read(record, images.ref)]
     return lambda record: [holisafe_sample(record, images)]
