@@ -727,6 +727,22 @@ def model_tiny(
     console.print(f"wrote a tiny {family} {kind} to {out}; use it as hf/{out}")
 
 
+@model_app.command("export-plain")
+def model_export_plain(
+    source: Annotated[Path, typer.Argument(help="A Safe-VLM folder.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write the plain checkpoint to.")],
+) -> None:
+    """Write a Safe-VLM as a plain checkpoint of its base class (no safety head), loadable by
+    stock transformers and evaluation suites such as lmms-eval."""
+    import json as json_module
+
+    from holisafe.vgm.export import export_plain
+
+    written = export_plain(source, out)
+    config = json_module.loads((written / "config.json").read_text(encoding="utf-8"))
+    console.print(f"wrote {', '.join(config['architectures'])} to {written}", markup=False)
+
+
 @app.command("serve")
 def serve_command(
     model: Annotated[str, typer.Option(help="Model spec: hf/<id or dir>, openai/<name>, ...")],
