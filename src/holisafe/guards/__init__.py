@@ -145,7 +145,8 @@ class ShieldGemma2Guard:
         verdicts: list[GuardVerdict] = []
         for start in range(0, len(images), self.batch_size):
             chunk = [image.convert("RGB") for image in images[start : start + self.batch_size]]
-            inputs = self.processor(images=chunk, return_tensors="pt").to(self.device)
+            inputs = self.processor(images=chunk, return_tensors="pt")
+            inputs = inputs.to(self.device, dtype=self.dtype)
             with torch.inference_mode():
                 yes = self.model(**inputs).probabilities[:, 0]  # rows: image-major, then policy
             for row in yes.float().reshape(len(chunk), len(self.policies)).tolist():
