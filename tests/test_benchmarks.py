@@ -18,6 +18,7 @@ from holisafe.data.benchmarks import benchmark_fields
 from holisafe.errors import DataError
 from holisafe.judges import is_refusal
 from holisafe.judges.base import Verdict
+from holisafe.report.html import write_html_report
 from holisafe.store import Store, StoredSample
 from tests.evalfixtures import ANSWER, REFUSAL
 from tests.stub_servers import openai_stub
@@ -268,3 +269,8 @@ def test_each_benchmark_evaluates_and_reports_its_table4_figures(tmp_path):
     assert rows[rubric] == ["25.00", "50.00", "75.00", "–", "–", "–", "–", "–", "–"]
     with Store(store, create=False) as opened:
         assert [run.samples for run in opened.runs()] == [9, 4, 3, 3]
+        html = write_html_report(opened, tmp_path / "report", images=False).index.read_text()
+    section = html.split('<section id="other-benchmarks">', 1)[1].split("</section>", 1)[0]
+    assert "MM-SafetyBench Avg ↓" in section and "SIUO Safe ↑" in section
+    assert section.count('data-sort="33.333') == 4  # SD, TYPO, SD_TYPO and Avg
+    assert ">66.67<" in section and ">75.00<" in section

@@ -26,10 +26,17 @@ from statistics import mean
 from holisafe.data.benchmarks import MMSB_KINDS, benchmark_fields
 from holisafe.judges.base import Verdict
 from holisafe.metrics import Rate
+from holisafe.report.tables import Table, column_title
 from holisafe.store import Store, StoredSample
 
 VLSBENCH_CLASSES = ("REFUSE", "WARN", "COMPLY")
 _CLASS_LINE = re.compile(r"^CLASS: (REFUSE|WARN|COMPLY)$", re.MULTILINE)
+BENCHMARK_NAMES = {
+    "vlsbench": "VLSBench",
+    "mm-safetybench": "MM-SafetyBench",
+    "siuo": "SIUO",
+    "figstep": "FigStep",
+}
 # Table 4's columns: (benchmark, figure, better when higher).
 TABLE4_COLUMNS = (
     ("vlsbench", "Refuse", True),
@@ -138,22 +145,30 @@ def table4_rows(store: Store) -> list[Table4Row]:
     return [Table4Row(model, judge, figures) for (model, judge), figures in rows.items()]
 
 
-def table4_markdown(rows: Sequence[Table4Row]) -> str:
-    """The rows in the paper's Table 4 columns (`–` where a figure is missing)."""
-    names = {
-        "vlsbench": "VLSBench",
-        "mm-safetybench": "MM-SafetyBench",
-        "siuo": "SIUO",
-        "figstep": "FigStep",
-    }
-    header = ["Model", "Judge"] + [
-        f"{names[b]} {f} {'↑' if up else '↓'}" for b, f, up in TABLE4_COLUMNS
+def table4_grid(rows: Sequence[Table4Row]) -> Table:
+    """The rows in the paper's Table 4 columns (None where a figure is missing)."""
+    header = [("Model", None), ("Judge", None)]
+    header += [(f"{BENCHMARK_NAMES[b]} {f}", up) for b, f, up in TABLE4_COLUMNS]
+    cells = [
+        [row.model, row.judge, *(row.figures.get(b, {}).get(f) for b, f, _ in TABLE4_COLUMNS)]
+        for row in rows
     ]
-    lines = ["| " + " | ".join(header) + " |", "|---|---|" + "---:|" * len(TABLE4_COLUMNS)]
-    for row in rows:
-        cells = [row.model, row.judge]
-        for benchmark, figure, _ in TABLE4_COLUMNS:
-            value = row.figures.get(benchmark, {}).get(figure)
-            cells.append("–" if value is None else f"{value:.2f}")
-        lines.append("| " + " | ".join(cells) + " |")
+    return Table(header, cells)
+
+
+def table4_markdown(rows: Sequence[Table4Row]) -> str:
+    """The Table 4 grid as markdown (`–` where a figure is missing)."""
+    grid = table4_grid(rows)
+    lines = [
+        "| " + " | ".join(column_title(*column) for column in grid.header) + " |",
+        "|---|---|" + "---:|" * len(TABLE4_COLUMNS),
+    ]
+    for row in grid.rows:
+        lines.append("| " + " | ".join(_cell(cell) for cell in row) + " |")
     return "\n".join(lines) + "\n"
+
+
+def _cell(value: str | float | None) -> str:
+    if isinstance(value, str):
+        return value
+    return "–" if value is None else f"{value:.2f}"
