@@ -29,7 +29,7 @@ from holisafe.models.tiny import build_tiny_model
 from holisafe.vgm import VGMSettings, convert_folder
 
 GUARD_FAMILIES = ("llama_guard_3_vision", "llama_guard_4", "llavaguard", "shieldgemma2")
-LIMIT = 16  # of the Mini bench's images, half of them unsafe or so
+LIMIT = 8  # of the Mini bench's images
 POLICY = "Rate the image against the policy and answer with a JSON object."
 
 # --- parsers ---------------------------------------------------------------------------------
@@ -215,6 +215,7 @@ def test_guard_eval_compares_every_guard_in_one_table(guards):
     specs = [f"hf/{root / name}" for name in (*GUARD_FAMILIES, "safe")]
     policy = ["--guard-policy", str(root / "policy.txt")]
     common = ["--bench", str(bench), *policy, "--device", "cpu", "--limit", str(LIMIT)]
+    common += ["--batch-size", str(LIMIT)]
     models = [arg for spec in specs for arg in ("--model", spec)]
     result = CliRunner().invoke(app, ["guard-eval", *models, *common, "--json"])
     assert result.exit_code == 0, result.output + repr(result.exception)
