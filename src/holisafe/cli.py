@@ -62,6 +62,10 @@ HeadInputOpt = Annotated[
 JudgeBaseUrlOpt = Annotated[
     str | None, typer.Option(help="Server of the LLM judges' API (default: the provider's).")
 ]
+GuardPolicyOpt = Annotated[
+    Path | None,
+    typer.Option(help="LlavaGuard: a text file holding its safety policy prompt."),
+]
 JudgeTemplateOpt = Annotated[
     Path | None,
     typer.Option(
@@ -469,12 +473,28 @@ def report_command(
     for warning in content.warnings:
         err_console.print(f"warning: {warning}", markup=False, highlight=False)
     print(render(content, fmt, subcategories=subcategories), end="")
+    if store is not None and fmt == "md":
+        _print_table4(store)
+
+
+def _print_table4(store: Path) -> None:
+    """The other safety benchmarks' figures (the paper's Table 4), when the store has any."""
+    from holisafe.benchmark_metrics import table4_markdown, table4_rows
+    from holisafe.store import Store
+
+    with Store(store, create=False) as opened:
+        rows = table4_rows(opened)
+    if rows:
+        print("\n## Other safety benchmarks (Table 4)\n")
+        print(table4_markdown(rows), end="")
 
 
 def _write_report_files(store, run, reference, bootstrap, html, plots, images) -> None:
     """The HTML report and the plots of `holisafe report`, where asked for."""
+    from holisafe.compare import store_comparisons
     from holisafe.report import build_report
     from holisafe.report.html import write_html_report
+    from holisafe.report.pairwise import write_win_rate_plots
     from holisafe.report.plots import write_plots
 
     if html is not None:
@@ -489,24 +509,112 @@ def _write_report_files(store, run, reference, bootstrap, html, plots, images) -
             store, run_id=run, bootstrap=bootstrap, agreement=True, reference=reference
         )
         charts = write_plots(made.entries, plots, made.agreement, made.published_agreement)
+        charts += write_win_rate_plots(store_comparisons(store, run, bootstrap), plots)
         for plot in charts:
             err_console.print(f"plot: {plot.png} {plot.svg}", markup=False, highlight=False)
+
+
+@app.command("compare")
+def compare_command(
+    store: Annotated[Path, typer.Option(help="SQLite store holding both runs.")],
+    run: Annotated[list[int], typer.Option(help="The two run ids to compare: --run A --run B.")],
+    judge: Annotated[str, typer.Option(help="The pairwise judge: a model spec (openai/gpt-4o).")],
+    judge_base_url: JudgeBaseUrlOpt = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="Key of the judge's API (default: the provider's variable).")
+    ] = None,
+    bench: Annotated[
+        str | None, typer.Option(help="Benchmark, when it moved since the runs recorded it.")
+    ] = None,
+    as_json: JsonOpt = False,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the intervals.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    concurrency: ConcurrencyOpt = 8,
+    batch_size: Annotated[int, typer.Option(help="Samples per batch (hf judges).")] = 8,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    timeout: TimeoutOpt = 60.0,
+    max_retries: MaxRetriesOpt = 5,
+) -> None:
+    """Judge two runs' answers to the same samples pairwise, in both orders: A's win rates."""
+    from holisafe.compare import CompareError, compare_runs
+    from holisafe.metrics import Bootstrap
+    from holisafe.models import ModelOptions
+
+    if len(run) != 2:
+        raise CompareError(f"compare takes exactly two runs (--run A --run B), got {len(run)}")
+    options = ModelOptions(
+        dtype=dtype,
+        device=device,
+        batch_size=batch_size,
+        base_url=judge_base_url,
+        api_key=api_key,
+        concurrency=concurrency,
+        timeout_s=timeout,
+        max_retries=max_retries,
+    )
+    outcome = compare_runs(
+        store,
+        run[0],
+        run[1],
+        judge,
+        options=options,
+        bench=bench,
+        bootstrap=Bootstrap(resamples=resamples, seed=seed),
+        progress=not as_json,
+    )
+    for where, error in outcome.errors[:20]:
+        err_console.print(f"failed comparison for id {where}: {error}", markup=False)
+    if outcome.errors:
+        err_console.print(
+            f"{len(outcome.errors)} failure(s) kept in the store; rerun the same command to retry"
+        )
+    if as_json:
+        print(json.dumps(outcome.comparison.as_dict(), indent=1))
+    else:
+        _print_win_rates(outcome.comparison)
+    if outcome.errors:
+        raise typer.Exit(1)
+
+
+def _print_win_rates(comparison) -> None:
+    a, b = comparison.run_a, comparison.run_b
+    title = f"{a.model} (run {a.id}) vs {b.model} (run {b.id}), judge {comparison.judge}"
+    table = Table(title=title)
+    for name in ("scope", "wins", "ties", "losses", "n", "win rate (%)", "unjudged"):
+        table.add_column(name, justify="left" if name == "scope" else "right")
+    for scope, rate in [("all", comparison.overall), *comparison.by_type.items()]:
+        share = "–" if rate.win_rate is None else f"{rate.win_rate:.2f}"
+        if rate.interval is not None:
+            share += f" [{rate.interval.low:.2f}, {rate.interval.high:.2f}]"
+        counts = (rate.wins, rate.ties, rate.losses, rate.n)
+        table.add_row(scope, *map(str, counts), share, str(rate.unjudged))
+    console.print(table)
 
 
 @app.command("guard")
 def guard_command(
     images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
-    model: Annotated[str, typer.Option(help="A Safe-VLM: hf/<folder or Hub id>.")],
+    model: Annotated[
+        str,
+        typer.Option(
+            help="hf/<folder or Hub id>: a Safe-VLM, Llama Guard 3 Vision or 4, LlavaGuard or "
+            "ShieldGemma 2."
+        ),
+    ],
     top_k: Annotated[int, typer.Option(help="How many labels to list per image.")] = 3,
     as_json: JsonOpt = False,
+    guard_policy: GuardPolicyOpt = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
     trust_remote_code: TrustRemoteCodeOpt = False,
     head_input: HeadInputOpt = None,
 ) -> None:
-    """Classify images with a Safe-VLM's safety head: label, probability, unsafe = 1 - p(safe)."""
+    """Classify images: a Safe-VLM's head (label, probability, unsafe = 1 - p(safe)) or a
+    generative guard's verdict."""
     from holisafe.guard import guard_files, image_files, load_guard
+    from holisafe.guards import SAFETY_HEAD, guard_kind
     from holisafe.models import ModelOptions
 
     files = image_files(images)
@@ -517,8 +625,10 @@ def guard_command(
         trust_remote_code=trust_remote_code,
         head_input=head_input,
     )
-    guard = load_guard(model, options)
-    results = guard_files(guard, files)
+    if guard_kind(model) != SAFETY_HEAD:
+        _generative_guard(model, files, options, guard_policy, as_json)
+        return
+    results = guard_files(load_guard(model, options), files)
     for result in results:
         if result.error is not None:
             line = printable(f"{result.image}: {result.error}")
@@ -536,11 +646,41 @@ def guard_command(
         raise typer.Exit(1)
 
 
+def _generative_guard(model, files, options, guard_policy, as_json) -> None:
+    """`holisafe guard` with a generative guard: one verdict per image."""
+    from dataclasses import asdict
+
+    from holisafe.guards import judge_files, load_image_guard, read_policy
+
+    guard = load_image_guard(model, options, read_policy(guard_policy) if guard_policy else None)
+    results = judge_files(guard, files)
+    for path, verdict in results:
+        if not verdict.ok:
+            err_console.print(f"{path}: {verdict.error}", markup=False, highlight=False)
+        elif as_json:
+            print(json.dumps({"image": str(path), **asdict(verdict)}))
+        else:
+            said = "unsafe" if verdict.unsafe else "safe"
+            named = ", ".join(verdict.categories) or "no category"
+            print(f"{path}: {said} ({named}; HoliSafe: {verdict.holisafe_category or '–'})")
+    if any(not verdict.ok for _, verdict in results):
+        raise typer.Exit(1)
+
+
 @app.command("guard-eval")
 def guard_eval_command(
-    model: Annotated[str, typer.Option(help="A Safe-VLM: hf/<folder or Hub id>.")],
+    model: Annotated[
+        list[str],
+        typer.Option(
+            help="An image guard, hf/<folder or Hub id>: a Safe-VLM, Llama Guard 3 Vision or 4, "
+            "LlavaGuard or ShieldGemma 2; repeat to compare several."
+        ),
+    ],
     bench: Annotated[str, typer.Option(help="Benchmark: folder, file or Hub dataset id.")],
-    as_json: JsonOpt = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print one JSON object per model.")
+    ] = False,
+    guard_policy: GuardPolicyOpt = None,
     limit: Annotated[int | None, typer.Option(help="Only the first N distinct images.")] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 8,
     dtype: DtypeOpt = "auto",
@@ -549,23 +689,52 @@ def guard_eval_command(
     trust_remote_code: TrustRemoteCodeOpt = False,
     head_input: HeadInputOpt = None,
 ) -> None:
-    """Score the safety head on a benchmark's images, as the paper's guard table does."""
-    from holisafe.guard import evaluate_guard, load_guard
+    """Score image guards on a benchmark's images side by side, as the paper's Table 6 does."""
+    from holisafe.guards import evaluate_guards, read_policy
     from holisafe.models import ModelOptions
 
-    options = ModelOptions(
-        dtype=dtype,
-        device=device,
-        batch_size=batch_size,
-        trust_remote_code=trust_remote_code,
-        head_input=head_input,
+    scores = evaluate_guards(
+        model,
+        bench,
+        options=ModelOptions(
+            dtype=dtype,
+            device=device,
+            batch_size=batch_size,
+            trust_remote_code=trust_remote_code,
+            head_input=head_input,
+        ),
+        policy=read_policy(guard_policy) if guard_policy else None,
+        limit=limit,
+        skip_invalid=skip_invalid,
     )
-    guard = load_guard(model, options)
-    metrics = evaluate_guard(guard, bench, limit=limit, skip_invalid=skip_invalid)
     if as_json:
-        print(json.dumps(metrics.as_dict(), indent=1))
+        for score in scores:
+            print(json.dumps(score.as_dict()))
         return
-    _print_guard_metrics(metrics)
+    _print_guard_comparison(scores)
+    for score in scores:
+        if score.head is not None:
+            _print_guard_metrics(score.head)
+
+
+def _print_guard_comparison(scores) -> None:
+    """The guards side by side as a markdown table (unsafe is positive)."""
+
+    def pct(value):
+        return "–" if value is None else f"{value:.2f}"
+
+    header = ["model", "guard", "images", "failed", "accuracy", "F1", "precision", "recall"]
+    header += ["AUROC", "category match", "s / image"]
+    rows = [
+        [s.model, s.guard, str(s.n), str(s.failed)]
+        + [pct(v) for v in (s.accuracy, s.f1, s.precision, s.recall, s.auroc, s.category_match)]
+        + [f"{s.seconds_per_image:.4f}"]
+        for s in scores
+    ]
+    print("| " + " | ".join(header) + " |")
+    print("|" + "|".join(["---"] * 2 + ["---:"] * (len(header) - 2)) + "|")
+    for row in rows:
+        print("| " + " | ".join(row) + " |")
 
 
 def _print_guard_metrics(metrics) -> None:
@@ -776,7 +945,13 @@ app.add_typer(model_app, name="model")
 @model_app.command("tiny")
 def model_tiny(
     out: Annotated[Path, typer.Argument(help="Folder to write the model to.")],
-    family: Annotated[str, typer.Option(help="Architecture: llava, qwen2_5_vl or gemma3.")],
+    family: Annotated[
+        str,
+        typer.Option(
+            help="Architecture: llava, qwen2_5_vl, gemma3, or a guard: llama_guard_3_vision, "
+            "llama_guard_4, llavaguard, shieldgemma2."
+        ),
+    ],
     seed: Annotated[int, typer.Option(help="Seed of the random weights.")] = 0,
     vgm: Annotated[
         str | None,
@@ -838,6 +1013,20 @@ def model_convert(
 
     family = convert_released(source.removeprefix("hf/"), out, trust_remote_code=trust_remote_code)
     console.print(f"wrote a {family} Safe-VLM to {out}; use it as hf/{out}")
+
+
+@model_app.command("export-plain")
+def model_export_plain(
+    source: Annotated[Path, typer.Argument(help="A Safe-VLM folder.")],
+    out: Annotated[Path, typer.Argument(help="Folder to write the plain checkpoint to.")],
+) -> None:
+    """Write a Safe-VLM as a plain checkpoint of its base class (no safety head), loadable by
+    stock transformers and evaluation suites such as lmms-eval."""
+    from holisafe.vgm.export import export_plain
+
+    written = export_plain(source, out)
+    config = json.loads((written / "config.json").read_text(encoding="utf-8"))
+    console.print(f"wrote {', '.join(config['architectures'])} to {written}", markup=False)
 
 
 @app.command("serve")

@@ -111,7 +111,7 @@ def judge_stored(
             raise StoreError(f"no runs in {store.path}; answer a benchmark with holisafe eval")
         read: dict[str, list[Sample]] = {}
         for run in runs:
-            samples = _run_samples(store, run, bench, read)
+            samples = run_samples(store, run, bench, read)
             outcome = EvalOutcome(run=run, notes=_notes(judge_objects))
             for judge in judge_objects:
                 outcome.judged[judge.id] = _judge(store, run.id, judge, samples, options, bar)
@@ -124,7 +124,7 @@ def _notes(judges: Sequence[Judge]) -> list[str]:
     return [note for judge in judges for note in judge.notes]
 
 
-def _run_samples(
+def run_samples(
     store: Store, run: Run, bench: str | Path | None, read: dict[str, list[Sample]]
 ) -> list[Sample]:
     """The run's samples read again from its benchmark, checked against its fingerprint."""

@@ -165,19 +165,28 @@ def evaluate_guard(
     model, bench: str | Path, *, limit: int | None = None, skip_invalid: bool = False
 ) -> GuardMetrics:
     """Score a Safe-VLM's head on a benchmark's distinct images against `image_safety_label`."""
+    chosen = labelled_images(bench, limit=limit, skip_invalid=skip_invalid)
+    predicted: list[SafetyPrediction] = []
+    for start in range(0, len(chosen), CHUNK):  # decoded images are held one chunk at a time
+        images = [image.load() for image, _ in chosen[start : start + CHUNK]]
+        predicted += model.classify(images)
+    return guard_metrics([label for _, label in chosen], predicted)
+
+
+def labelled_images(
+    bench: str | Path, *, limit: int | None = None, skip_invalid: bool = False
+) -> list[tuple[ImageRef, int]]:
+    """A benchmark's distinct images that carry an `image_safety_label`, with that label, in
+    order (the first `limit`). Images are not decoded."""
     samples = load_samples(bench, skip_invalid=skip_invalid).samples
-    labelled: dict[str, tuple] = {}
+    labelled: dict[str, tuple[ImageRef, int]] = {}
     for sample in samples:
         if sample.image_safety_label is not None:
             labelled.setdefault(sample.image.key, (sample.image, sample.image_safety_label))
     chosen = first(list(labelled.values()), limit)
     if not chosen:
         raise GuardError(f"{bench}: no images with an image_safety_label to score")
-    predicted: list[SafetyPrediction] = []
-    for start in range(0, len(chosen), CHUNK):  # decoded images are held one chunk at a time
-        images = [image.load() for image, _ in chosen[start : start + CHUNK]]
-        predicted += model.classify(images)
-    return guard_metrics([label for _, label in chosen], predicted)
+    return chosen
 
 
 def _percent(count: int, total: int) -> float | None:

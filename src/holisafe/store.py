@@ -40,6 +40,7 @@ from holisafe import __version__
 from holisafe.data.sample import Sample
 from holisafe.errors import HolisafeError
 from holisafe.judges.base import Verdict
+from holisafe.judges.pairwise import Preference
 from holisafe.models.base import Response
 from holisafe.text import lone_surrogate, replace_surrogates
 
@@ -96,6 +97,26 @@ CREATE TABLE verdicts (
     PRIMARY KEY (run_id, judge, sample_id),
     FOREIGN KEY (run_id, sample_id) REFERENCES responses(run_id, sample_id) ON DELETE CASCADE
 );
+"""
+
+# Pairwise comparisons of two runs' responses (`holisafe compare`). Added to older stores on
+# opening, so the schema version stays the same. `a_first` is 1 when run A's response was shown
+# first; `winner` is the judge's answer by position: `A` (shown first), `B` or `TIE`.
+_COMPARISON_SCHEMA = """
+CREATE TABLE IF NOT EXISTS comparisons (
+    run_a INTEGER NOT NULL,
+    run_b INTEGER NOT NULL,
+    judge TEXT NOT NULL,
+    sample_id TEXT NOT NULL,
+    a_first INTEGER NOT NULL,
+    winner TEXT,
+    raw TEXT,
+    error TEXT,
+    created_at TEXT NOT NULL,
+    PRIMARY KEY (run_a, run_b, judge, sample_id, a_first),
+    FOREIGN KEY (run_a, sample_id) REFERENCES responses(run_id, sample_id) ON DELETE CASCADE,
+    FOREIGN KEY (run_b, sample_id) REFERENCES responses(run_id, sample_id) ON DELETE CASCADE
+)
 """
 
 # A response counts as done when it has text and no error; a verdict when it has a decision.
@@ -262,6 +283,7 @@ class Store:
             tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
             if not tables:
                 _create_schema(db)
+                db.execute(_COMPARISON_SCHEMA)
                 return
             if "schema_version" not in tables:
                 raise StoreError(f"{self.path} is an SQLite database but not a holisafe store")
@@ -272,6 +294,7 @@ class Store:
                     f"store {self.path} has schema version {found}; this holisafe "
                     f"({__version__}) reads version {SCHEMA_VERSION}"
                 )
+            db.execute(_COMPARISON_SCHEMA)
 
     # --- runs -----------------------------------------------------------------------------
 
@@ -533,6 +556,57 @@ class Store:
             "SELECT DISTINCT judge FROM verdicts WHERE run_id = ? ORDER BY judge", (run_id,)
         )
         return [row[0] for row in rows]
+
+    # --- pairwise comparisons -------------------------------------------------------------
+
+    def save_preferences(
+        self,
+        run_a: int,
+        run_b: int,
+        judge_id: str,
+        items: Iterable[tuple[int | str, bool, Preference]],
+    ) -> None:
+        """Record a batch of one pairwise judge's decisions on runs A and B in one transaction,
+        replacing earlier ones. Each item is (sample id, whether A's response was shown first,
+        the decision by position)."""
+        now = _now()
+        rows = [
+            (run_a, run_b, judge_id, str(i), a_first, p.winner, p.raw, p.error, now)
+            for i, a_first, p in items
+        ]
+        try:
+            with self._transaction() as db:
+                db.executemany(
+                    "INSERT OR REPLACE INTO comparisons VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
+                )
+        except sqlite3.IntegrityError:
+            raise StoreError(
+                f"runs {run_a} and {run_b}: a comparison by {judge_id!r} is for a sample "
+                "without a response in both runs"
+            ) from None
+
+    def preferences(
+        self, run_a: int, run_b: int, judge_id: str
+    ) -> dict[tuple[str, bool], Preference]:
+        """(sample id, A shown first) → the judge's decision, for every stored comparison."""
+        rows = self._db.execute(
+            "SELECT sample_id, a_first, winner, raw, error FROM comparisons "
+            "WHERE run_a = ? AND run_b = ? AND judge = ?",
+            (run_a, run_b, judge_id),
+        )
+        return {
+            (row["sample_id"], bool(row["a_first"])): Preference(
+                row["winner"], row["raw"], row["error"]
+            )
+            for row in rows
+        }
+
+    def compared(self) -> list[tuple[int, int, str]]:
+        """(run A, run B, judge) of every pairwise comparison in the store."""
+        rows = self._db.execute(
+            "SELECT DISTINCT run_a, run_b, judge FROM comparisons ORDER BY run_a, run_b, judge"
+        )
+        return [(row[0], row[1], row[2]) for row in rows]
 
     # --- reading a run back ---------------------------------------------------------------
 

@@ -21,11 +21,13 @@ from typing import Any, TypeVar
 from rich.progress import track
 
 from holisafe import taxonomy
+from holisafe.data import benchmarks
+from holisafe.data.benchmarks import BENCHMARK_TYPES
 from holisafe.data.sample import ImageError, ImageRef, Sample
 from holisafe.errors import DataError, RecordError
 from holisafe.text import lone_surrogate
 
-FORMATS = ("holisafe", "jsonl", "parquet", "llava", "vlguard", "hub")
+FORMATS = ("holisafe", "jsonl", "parquet", "llava", "vlguard", "hub", *BENCHMARK_TYPES)
 OFFICIAL_JSON_NAMES = ("holisafe_bench.json", "holisafe_train.json")
 HOLISAFE_FIELDS = (
     "id",
@@ -337,7 +339,7 @@ def _json_format(records: list) -> str:
         return "llava"
     if "instr-resp" in first:
         return "vlguard"
-    return "holisafe"
+    return benchmarks.json_benchmark(first) or "holisafe"
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
@@ -388,6 +390,10 @@ def _hub_records(dataset_id: str, split: str) -> Iterator[tuple[str, Any]]:
 def _detect(source: Path) -> tuple[str, Path]:
     """The format of a local source and the file (or shard folder) to read."""
     if source.is_dir():
+        if benchmarks.is_mmsb_folder(source):
+            return "mm-safetybench", source / benchmarks.MMSB_QUESTIONS
+        if benchmarks.is_figstep_folder(source):
+            return "figstep", source / benchmarks.FIGSTEP_PROMPT
         for name in OFFICIAL_JSON_NAMES:
             if (source / name).is_file():
                 return "json", source / name
@@ -437,6 +443,10 @@ def read_dataset(
         if kind == "parquet":
             fmt, records = fmt or "parquet", _parquet_records(data_file)
             images = None
+        elif kind == "mm-safetybench":
+            fmt, records = kind, benchmarks.mmsb_records(data_file)
+        elif kind == "figstep":
+            fmt, records = kind, benchmarks.figstep_records(data_file.parent)
         elif kind == "jsonl":
             fmt, records = fmt or "jsonl", _jsonl_records(data_file)
         else:
@@ -477,6 +487,16 @@ def _converter(fmt: str, images: ImageFolder | None) -> Callable[[Any], list[Sam
         if images is None:
             raise DataError("VLGuard records need image files, not embedded images")
         return lambda record: vlguard_samples(record, images)
+    if fmt in BENCHMARK_TYPES:
+        if images is None:
+            raise DataError(f"{fmt} records need image files, not embedded images")
+        read = {
+            "mm-safetybench": benchmarks.mmsb_sample,
+            "vlsbench": benchmarks.vlsbench_sample,
+            "siuo": benchmarks.siuo_sample,
+            "figstep": benchmarks.figstep_sample,
+        }[fmt]
+        return lambda record: [read(record, images.ref)]
     return lambda record: [holisafe_sample(record, images)]
 
 

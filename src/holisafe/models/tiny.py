@@ -66,6 +66,8 @@ class TinyFamily:
     config: Callable[[PreTrainedTokenizerBase], PretrainedConfig]
     processor: Callable[[PreTrainedTokenizerBase, str], ProcessorMixin]
     stop_tokens: tuple[str, ...]  # generation ends at any of these
+    tokenizer: str = ""  # the tokenizer recipe, when it is not the family's name
+    template: str = ""  # the chat template's family, when it is not this one
 
 
 def build_tiny_model(out: str | Path, family: str, *, seed: int = 0) -> Path:
@@ -77,7 +79,7 @@ def build_tiny_model(out: str | Path, family: str, *, seed: int = 0) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise ModelError(f"cannot write a tiny model to {out}: it is a file, not a folder")
-    tokenizer = build_tokenizer(family)
+    tokenizer = build_tokenizer(spec.tokenizer or family)
     processor = spec.processor(tokenizer, chat_template(family))
     with torch.random.fork_rng(devices=[]):  # leaves the caller's random state alone
         torch.manual_seed(seed)
@@ -96,8 +98,8 @@ def build_tiny_model(out: str | Path, family: str, *, seed: int = 0) -> Path:
 
 def chat_template(family: str) -> str:
     """The family's chat template (jinja), written in the style of the real model's."""
-    _family(family)
-    return files("holisafe.resources").joinpath("tiny").joinpath(f"{family}.jinja").read_text()
+    name = _family(family).template or family
+    return files("holisafe.resources").joinpath("tiny").joinpath(f"{name}.jinja").read_text()
 
 
 def _randomise_zero_matrices(model: PreTrainedModel) -> None:
@@ -113,11 +115,14 @@ def _randomise_zero_matrices(model: PreTrainedModel) -> None:
 
 
 def _family(family: str) -> TinyFamily:
+    from holisafe.models.tiny_guards import GUARD_FAMILIES  # built from this module's sizes
+
+    families = {**_FAMILIES, **GUARD_FAMILIES}
     try:
-        return _FAMILIES[family]
+        return families[family]
     except KeyError:
         raise ModelError(
-            f"unknown tiny model family {family!r}; expected one of: {', '.join(FAMILIES)}"
+            f"unknown tiny model family {family!r}; expected one of: {', '.join(families)}"
         ) from None
 
 

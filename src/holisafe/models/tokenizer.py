@@ -104,6 +104,63 @@ RECIPES: dict[str, TokenizerRecipe] = {
         },
         init_kwargs={"add_bos_token": True},
     ),
+    # Llama 3's byte-level vocabulary with its special tokens (Llama Guard 3 Vision).
+    "mllama": TokenizerRecipe(
+        Qwen2Tokenizer,
+        trailing_specials=(
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|finetune_right_pad_id|>",
+            "<|start_header_id|>",
+            "<|end_header_id|>",
+            "<|eot_id|>",
+            "<|python_tag|>",
+            "<|image|>",
+        ),
+        named_tokens={
+            "bos_token": "<|begin_of_text|>",
+            "eos_token": "<|eot_id|>",
+            "pad_token": "<|finetune_right_pad_id|>",
+            "unk_token": "<|end_of_text|>",
+            "image_token": "<|image|>",
+        },
+    ),
+    # Llama 4's special tokens (Llama Guard 4).
+    "llama4": TokenizerRecipe(
+        Qwen2Tokenizer,
+        trailing_specials=(
+            "<|begin_of_text|>",
+            "<|end_of_text|>",
+            "<|finetune_right_pad|>",
+            "<|header_start|>",
+            "<|header_end|>",
+            "<|eot|>",
+            "<|image_start|>",
+            "<|image_end|>",
+            "<|image|>",
+            "<|patch|>",
+            "<|tile_x_separator|>",
+            "<|tile_y_separator|>",
+        ),
+        named_tokens={
+            "bos_token": "<|begin_of_text|>",
+            "eos_token": "<|eot|>",
+            "pad_token": "<|finetune_right_pad|>",
+            "unk_token": "<|end_of_text|>",
+        },
+    ),
+    # LLaVA-OneVision on Qwen2 (LlavaGuard v1.2 OV).
+    "llava_onevision": TokenizerRecipe(
+        Qwen2Tokenizer,
+        trailing_specials=("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>"),
+        named_tokens={
+            "unk_token": "<|endoftext|>",
+            "eos_token": "<|im_end|>",
+            "pad_token": "<|endoftext|>",
+            "image_token": "<image>",
+            "video_token": "<video>",
+        },
+    ),
 }
 
 

@@ -23,11 +23,14 @@ from markupsafe import Markup
 from PIL import Image, UnidentifiedImageError
 
 from holisafe import __version__, taxonomy
+from holisafe.benchmark_metrics import table4_grid, table4_rows
+from holisafe.compare import store_comparisons
 from holisafe.data import load_samples
 from holisafe.data.sample import ImageRef
 from holisafe.errors import HolisafeError
 from holisafe.metrics import Bootstrap
 from holisafe.report import Report, build_report
+from holisafe.report.pairwise import win_rate_grid, write_win_rate_plots
 from holisafe.report.plots import Plot, write_plots
 from holisafe.report.reference import PublishedRow, Reference
 from holisafe.report.tables import (
@@ -86,6 +89,8 @@ def write_html_report(
     plots = write_plots(
         report.entries, assets / "plots", report.agreement, report.published_agreement
     )
+    comparisons = store_comparisons(store, run_id, bootstrap)
+    plots += write_win_rate_plots(comparisons, assets / "plots")
     runs = [store.get_run(run_id)] if run_id is not None else store.runs()
     records = {run.id: store.records(run.id) for run in runs}
     if images:
@@ -101,6 +106,8 @@ def write_html_report(
             for p in plots
         ],
         **_tables_view(report),
+        "win_rates": _table_view(win_rate_grid(comparisons)) if comparisons else None,
+        "table4": _table_view(table4_grid(table4)) if (table4 := table4_rows(store)) else None,
         **_samples_view(runs, records, copied, sorted({e.judge for e in report.entries})),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
