@@ -35,7 +35,7 @@ from holisafe.guards.formats import (
 )
 from holisafe.models import ModelOptions
 from holisafe.models.base import GenerationSettings, Request, SafetyPrediction
-from holisafe.models.hf import GUARD_QUERY, HFModel, _load, resolve_device, resolve_dtype
+from holisafe.models.hf import GUARD_QUERY, HFModel, load_from, resolve_device, resolve_dtype
 from holisafe.vgm import is_safe_vlm
 
 # The guard each architecture is taken for (config `model_type`).
@@ -134,8 +134,8 @@ class ShieldGemma2Guard:
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype, self.device)
         self.batch_size = options.batch_size
-        self.processor = _load(name, AutoProcessor.from_pretrained)
-        model = _load(
+        self.processor = load_from(name, AutoProcessor.from_pretrained)
+        model = load_from(
             name, lambda s: AutoModelForImageClassification.from_pretrained(s, dtype=self.dtype)
         )
         self.model = model.to(self.device).eval()
@@ -171,7 +171,7 @@ def judge_files(guard: ImageGuard, files: Sequence[Path]) -> list[tuple[Path, Gu
 def guard_kind(spec: str) -> str:
     """Which guard an `hf/` model is, from its config."""
     name = _hf_name(spec)
-    config = _load(name, AutoConfig.from_pretrained)
+    config = load_from(name, AutoConfig.from_pretrained)
     if is_safe_vlm(config):
         return SAFETY_HEAD
     kind = GUARD_KINDS.get(config.model_type)
