@@ -19,11 +19,18 @@ from typing import Any, Protocol
 
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoModelForImageClassification, AutoProcessor
+from transformers import AutoModelForImageClassification, AutoProcessor, PretrainedConfig
 
 from holisafe import taxonomy
 from holisafe.data.sample import ImageError, decode_image
-from holisafe.guard import CHUNK, GuardError, GuardMetrics, guard_metrics, labelled_images
+from holisafe.guard import (
+    CHUNK,
+    GuardError,
+    GuardMetrics,
+    guard_metrics,
+    labelled_images,
+    load_guard,
+)
 from holisafe.guard import unsafe_auroc as _auroc
 from holisafe.guards.formats import (
     LLAMA_GUARD_3_CATEGORIES,
@@ -33,10 +40,9 @@ from holisafe.guards.formats import (
     parse_llavaguard,
     shieldgemma2_verdict,
 )
-from holisafe.models import ModelOptions
+from holisafe.models import ModelOptions, load_model
 from holisafe.models.base import GenerationSettings, Request, SafetyPrediction
 from holisafe.models.hf import GUARD_QUERY, HFModel, load_from, resolve_device, resolve_dtype
-from holisafe.vgm import is_safe_vlm
 
 # The guard each architecture is taken for (config `model_type`).
 GUARD_KINDS = {
@@ -169,15 +175,17 @@ def judge_files(guard: ImageGuard, files: Sequence[Path]) -> list[tuple[Path, Gu
 
 
 def guard_kind(spec: str) -> str:
-    """Which guard an `hf/` model is, from its config."""
+    """Which guard an `hf/` model is, from its config file (read as data: a released
+    checkpoint's remote code is run, if trusted, only when the model is loaded)."""
     name = _hf_name(spec)
-    config = load_from(name, AutoConfig.from_pretrained)
-    if is_safe_vlm(config):
+    config = load_from(name, lambda source: PretrainedConfig.get_config_dict(source)[0])
+    if "safety_categories" in config:
         return SAFETY_HEAD
-    kind = GUARD_KINDS.get(config.model_type)
+    model_type = config.get("model_type")
+    kind = GUARD_KINDS.get(model_type)
     if kind is None:
         raise GuardError(
-            f"{spec} ({config.model_type}) has no safety head and is not a generative guard "
+            f"{spec} ({model_type}) has no safety head and is not a generative guard "
             f"this toolkit knows: use a Safe-VLM or one of {', '.join(GUARD_KINDS.values())}"
         )
     return kind
@@ -195,9 +203,9 @@ def load_image_guard(
     name = _hf_name(spec)
     if kind == "shieldgemma2":
         return ShieldGemma2Guard(name, options)
-    model = HFModel(name, dtype=options.dtype, device=options.device, batch_size=options.batch_size)
     if kind == SAFETY_HEAD:
-        return HeadGuard(model)
+        return HeadGuard(load_guard(spec, options))
+    model = load_model(spec, options)
     if kind == "llavaguard":
         if not policy:
             raise GuardError(
