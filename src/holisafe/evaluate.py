@@ -1,17 +1,29 @@
 """The evaluation loop: a model answers a benchmark, judges score it, all through the store.
 
-Every batch of responses and verdicts is committed as it completes, so an interrupted run
-(Ctrl-C, a crash, `kill -9`) resumes where it stopped when the same command runs again.
+Answering and judging run as one pipeline (`holisafe.pipeline`): every response and verdict is
+committed as it arrives, so an interrupted run (Ctrl-C, a crash, `kill -9`) resumes where it
+stopped when the same command runs again, and any number of processes on one machine may work
+on one run together (`holisafe.workers`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
 from holisafe.data import Sample, load_samples
 from holisafe.data.sample import ImageError
@@ -19,7 +31,9 @@ from holisafe.errors import DataError
 from holisafe.judges import Judge, load_judge
 from holisafe.models import ModelOptions, load_model
 from holisafe.models.base import GenerationSettings, Model, Request, Response
+from holisafe.pipeline import Pipeline
 from holisafe.store import Run, Store, StoreError, bench_fingerprint
+from holisafe.workers import DEFAULT_LEASE_S, Leases
 
 T = TypeVar("T")
 
@@ -53,13 +67,17 @@ def evaluate(
     judge_options: ModelOptions | None = None,
     judge_template: str | Path | None = None,
     judge_protocol: str = "toolkit",
+    lease_s: float = DEFAULT_LEASE_S,
 ) -> EvalOutcome:
-    """Generate the missing responses of a run, then the missing verdicts of each judge.
+    """Generate the missing responses of a run and the missing verdicts of each judge, judging
+    each response as soon as it is stored.
 
     The model is loaded only when responses are missing; pass `model` to reuse a loaded one.
     LLM judges are reached with `judge_options` (default: `options` without the judged model's
     base URL and API key) and follow `judge_protocol` (`toolkit` or `official`, see
-    `load_judge`) with the template file `judge_template` if given.
+    `load_judge`) with the template file `judge_template` if given. Other processes may
+    evaluate the same run at the same time: each sample is claimed for `lease_s` seconds
+    (renewed while this process lives) before it is answered or judged.
     """
     dataset = load_samples(bench, skip_invalid=skip_invalid, progress=progress)
     samples = dataset.samples[:limit] if limit is not None else dataset.samples
@@ -72,16 +90,22 @@ def evaluate(
         outcome = EvalOutcome(
             run=run, skipped=[str(p) for p in dataset.problems], notes=_notes(judge_objects)
         )
-        pending = set(store.pending_samples(run.id, [s.id for s in samples]))
-        todo = [s for s in samples if s.id in pending]
-        if todo:
-            model = model or load_model(model_spec, options)
-            outcome.generated = _generate(store, run.id, model, todo, settings, options, bar)
+        with Leases(store.path, lease_s) as leases:
+            pipeline = Pipeline(store, leases, run.id, samples, bar)
+            pipeline.answer_with(
+                lambda: model or load_model(model_spec, options),
+                lambda loaded, batch: _answer(loaded, batch, settings),
+                options.batch_size,
+            )
+            for judge in judge_objects:
+                pipeline.judge_with(judge, judge_options.batch_size)
+            counts = pipeline.run()
+        outcome.generated, outcome.judged = counts.answered, counts.judged
         for judge in judge_objects:
-            outcome.judged[judge.id] = _judge(store, run.id, judge, samples, judge_options, bar)
             outcome.verdict_errors[judge.id] = store.verdict_errors(run.id, judge.id)
         outcome.response_errors = store.response_errors(run.id)
-        if not outcome.response_errors:
+        unanswered = store.pending_samples(run.id, [s.id for s in samples])
+        if not unanswered:
             outcome.run = store.finish_run(run.id)
     return outcome
 
@@ -113,8 +137,12 @@ def judge_stored(
         for run in runs:
             samples = _run_samples(store, run, bench, read)
             outcome = EvalOutcome(run=run, notes=_notes(judge_objects))
+            with Leases(store.path) as leases:
+                pipeline = Pipeline(store, leases, run.id, samples, bar)
+                for judge in judge_objects:
+                    pipeline.judge_with(judge, options.batch_size)
+                outcome.judged = pipeline.run().judged
             for judge in judge_objects:
-                outcome.judged[judge.id] = _judge(store, run.id, judge, samples, options, bar)
                 outcome.verdict_errors[judge.id] = store.verdict_errors(run.id, judge.id)
             outcomes.append(outcome)
     return outcomes
@@ -157,21 +185,6 @@ def bench_source(bench: str | Path) -> str:
     return str(path.resolve()) if path.exists() else str(bench)
 
 
-def _generate(store, run_id, model, todo, settings, options, bar) -> int:
-    task = bar.add_task(f"answering with {model.spec}", total=len(todo))
-    size = max(options.batch_size, options.concurrency)
-    for batch in chunks(todo, size):
-        responses = _answer(model, batch, settings)
-        extras = {
-            s.id: {"safety": asdict(r.safety)}
-            for s, r in zip(batch, responses, strict=True)
-            if r.safety is not None
-        }
-        store.save_responses(run_id, zip([s.id for s in batch], responses, strict=True), extras)
-        bar.advance(task, len(batch))
-    return len(todo)
-
-
 def _answer(model: Model, batch: list[Sample], settings: GenerationSettings) -> list[Response]:
     """The model's responses; a sample whose image cannot be read gets an error response."""
     requests: dict[int, Request] = {}
@@ -183,19 +196,6 @@ def _answer(model: Model, batch: list[Sample], settings: GenerationSettings) -> 
             failed[i] = Response(text=None, error=str(exc))
     answered = iter(model.generate(list(requests.values()), settings) if requests else [])
     return [failed[i] if i in failed else next(answered) for i in range(len(batch))]
-
-
-def _judge(store, run_id, judge: Judge, samples, options, bar) -> int:
-    pending = store.pending_verdicts(run_id, judge.id)
-    if not pending:
-        return 0
-    by_id = {str(s.id): s for s in samples}
-    task = bar.add_task(f"judging with {judge.id}", total=len(pending))
-    for batch in chunks(pending, max(options.batch_size, options.concurrency)):
-        verdicts = judge.judge([(by_id[i], text) for i, text in batch])
-        store.save_verdicts(run_id, judge.id, zip([i for i, _ in batch], verdicts, strict=True))
-        bar.advance(task, len(batch))
-    return len(pending)
 
 
 def chunks(items: Sequence[T], size: int) -> Iterable[list[T]]:
@@ -210,7 +210,18 @@ def progress_bar(enabled: bool) -> Progress:
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
         TimeRemainingColumn(),
         disable=not enabled,
         transient=False,
     )
+
+
+class RateColumn(ProgressColumn):
+    """Throughput: items per second over the last half minute."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-/s" if speed is None else f"{speed:.1f}/s", style="progress.data.speed")
