@@ -174,15 +174,10 @@ class Pipeline:
         if stage.pool is None:
             return
         most = stage.feed.lanes * _CALLS_PER_LANE
-        wanted = (most - stage.calls) * stage.feed.batch - len(stage.held)
-        while wanted > 0 and stage.queue:
-            claimed, looked = self.leases.claim(self.run_id, stage.task, stage.queue, wanted)
-            for _ in range(looked):
-                sample_id = stage.queue.popleft()
-                if sample_id not in claimed:
-                    del stage.items[sample_id]  # done, or another worker's
-            stage.held.extend(claimed)
-            wanted -= len(claimed)
+        room = most * stage.feed.batch - stage.running - len(stage.held)
+        # Claims go in lots of at least half the room: one write per half a round of calls.
+        if room >= min(most * stage.feed.batch // 2, len(stage.queue)):
+            self._claim(stage, room)
         while stage.held and stage.calls < most:
             ids = [stage.held.popleft() for _ in range(min(stage.feed.batch, len(stage.held)))]
             stage.attempted.update(ids)
@@ -190,6 +185,16 @@ class Pipeline:
             self._futures[stage.pool.submit(stage.work, batch)] = (stage, ids)
             stage.calls += 1
             stage.running += len(ids)
+
+    def _claim(self, stage: _Stage, count: int) -> None:
+        while count > 0 and stage.queue:
+            claimed, looked = self.leases.claim(self.run_id, stage.task, stage.queue, count)
+            for _ in range(looked):
+                sample_id = stage.queue.popleft()
+                if sample_id not in claimed:
+                    del stage.items[sample_id]  # done, or another worker's
+            stage.held.extend(claimed)
+            count -= len(claimed)
 
     def _start(self, stage: _Stage) -> None:
         stage.feed, description = stage.open()
@@ -200,12 +205,16 @@ class Pipeline:
         """Commit every call that has finished, waiting for at least one (or a renewal)."""
         timeout = self.leases.lease_s / 3
         finished, _ = wait(self._futures, timeout=timeout, return_when=FIRST_COMPLETED)
+        results: dict[int, tuple[_Stage, list[str], list[Any]]] = {}
         for future in finished:
             stage, ids = self._futures.pop(future)
             stage.calls -= 1
             stage.running -= len(ids)
-            results = future.result()  # a fault that dooms the stage propagates
-            stage.commit(ids, results)
+            _, stage_ids, stage_results = results.setdefault(id(stage), (stage, [], []))
+            stage_ids.extend(ids)
+            stage_results.extend(future.result())  # a fault that dooms the stage propagates
+        for stage, ids, stage_results in results.values():  # one write per stage
+            stage.commit(ids, stage_results)
             self.leases.release(self.run_id, stage.task, ids)
             stage.done += len(ids)
         self._show()

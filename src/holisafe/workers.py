@@ -67,8 +67,10 @@ class Leases:
         self.worker = new_worker_id()
         self.lease_s = lease_s
         self.renewed_at = time.time()
+        self._released: list[tuple[int, str, str, str]] = []
         try:
             self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA synchronous = NORMAL")  # the store is in WAL mode
             self._db.execute(_SCHEMA)
         except sqlite3.Error as exc:
             raise StoreError(f"cannot keep claims in store {path}: {exc}") from None
@@ -95,6 +97,7 @@ class Leases:
         now = time.time()
         self._db.execute("BEGIN IMMEDIATE")
         try:
+            self._write_releases()
             unavailable = self._done(run_id, task, window) | self._taken(run_id, task, window, now)
             claimed, looked = [], 0
             for sample_id in window:
@@ -137,12 +140,18 @@ class Leases:
         return {sample_id for sample_id, worker in rows if _alive(worker)}
 
     def release(self, run_id: int, task: str, sample_ids: Sequence[str]) -> None:
+        """Give up claims on samples now done; written with the next claim (one write)."""
+        self._released.extend((run_id, task, i, self.worker) for i in sample_ids)
+
+    def _write_releases(self) -> None:
         self._db.executemany(
             "DELETE FROM claims WHERE run_id = ? AND task = ? AND sample_id = ? AND worker = ?",
-            [(run_id, task, i, self.worker) for i in sample_ids],
+            self._released,
         )
+        self._released.clear()
 
     def release_all(self) -> None:
+        self._released.clear()
         self._db.execute("DELETE FROM claims WHERE worker = ?", (self.worker,))
 
     def renew_if_due(self) -> None:
@@ -158,6 +167,9 @@ class Leases:
 
     def others_working(self, run_id: int) -> bool:
         """Whether another live worker holds claims in this run."""
+        self._db.execute("BEGIN IMMEDIATE")
+        self._write_releases()
+        self._db.execute("COMMIT")
         rows = self._db.execute(
             "SELECT DISTINCT worker FROM claims WHERE run_id = ? AND worker <> ? "
             "AND expires_at > ?",
