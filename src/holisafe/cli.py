@@ -37,7 +37,9 @@ ImageRootOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 # Options of every command that loads a model.
 DtypeOpt = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16 (hf models).")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (hf models).")]
+DeviceOpt = Annotated[
+    str, typer.Option(help="auto, cpu, cuda, cuda:N or map (spread over all GPUs; hf models).")
+]
 ConcurrencyOpt = Annotated[int, typer.Option(help="Requests at once (API models).")]
 TimeoutOpt = Annotated[float, typer.Option(help="Seconds per API request.")]
 MaxRetriesOpt = Annotated[

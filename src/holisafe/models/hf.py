@@ -35,7 +35,10 @@ from holisafe.vgm import is_safe_vlm, load_safe_vlm, safety_predictions
 
 GUARD_QUERY = "Describe the image."
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "map")
+# `map`: the weights spread over every visible GPU (accelerate's device map), for a model
+# larger than one GPU; inputs go to the first GPU, where the embeddings are.
+SPREAD = "map"
 # A Hub id: `name` or `owner/name`; anything else is taken for a local folder.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 T = TypeVar("T")
@@ -46,7 +49,8 @@ class HFModel:
 
     `spec_or_path` is `hf/<Hub id or folder>` or the id or folder alone. `dtype` is `auto`
     (bfloat16 on a GPU that has it, else float16 there; float32 on the CPU), `float32`,
-    `bfloat16` or `float16`; `device` is `auto`, `cpu`, `cuda` or `cuda:N`.
+    `bfloat16` or `float16`; `device` is `auto`, `cpu`, `cuda`, `cuda:N` or `map` (spread
+    over every visible GPU, for a model larger than one).
 
     Each Response's latency is the wall time of its batch divided by the batch size.
     """
@@ -67,7 +71,10 @@ class HFModel:
         self.dtype = resolve_dtype(dtype, self.device)
         self.batch_size = batch_size
         self.processor = _load_processor(name)
-        self.model = _load_model(name, self.dtype).to(self.device)
+        if device == SPREAD:
+            self.model = _load_model(name, self.dtype, device_map="auto")
+        else:
+            self.model = _load_model(name, self.dtype).to(self.device)
         self._system_role = _supports_system_role(self.processor, name)
 
     @property
@@ -75,7 +82,7 @@ class HFModel:
         """How the model runs, to record beside the generation settings."""
         return {
             "dtype": str(self.dtype).removeprefix("torch."),
-            "device": str(self.device),
+            "device": _devices(self.model, self.device),
             "batch_size": self.batch_size,
             "attention": self.model.config._attn_implementation,
             "model_class": type(self.model).__name__,
@@ -166,12 +173,25 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.split(":")[0] not in DEVICES:
         raise ModelError(f"unknown device {device!r}; expected one of: {', '.join(DEVICES)}")
+    if device == SPREAD:
+        if not torch.cuda.is_available():
+            raise ModelError("device 'map' spreads a model over GPUs, but torch sees no CUDA GPU")
+        return torch.device("cuda:0")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} was asked for, but torch sees no CUDA GPU")
     try:
         return torch.device(device)
     except RuntimeError:
         raise ModelError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or auto") from None
+
+
+def _devices(model: PreTrainedModel, device: torch.device) -> str:
+    """The device, or the devices a device map spread the model over."""
+    mapped = getattr(model, "hf_device_map", None)
+    if not mapped:
+        return str(device)
+    names = {f"cuda:{d}" if isinstance(d, int) else str(d) for d in mapped.values()}
+    return ",".join(sorted(names))
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -220,14 +240,15 @@ def _load_processor(name: str) -> ProcessorMixin:
     return processor
 
 
-def _load_model(name: str, dtype: torch.dtype) -> PreTrainedModel:
-    """The model; a folder whose config carries safety fields loads as a Safe-VLM."""
+def _load_model(name: str, dtype: torch.dtype, **placement: str) -> PreTrainedModel:
+    """The model; a folder whose config carries safety fields loads as a Safe-VLM.
+    `placement` is `device_map=...` or nothing (the caller moves the model)."""
 
     def load(source: str) -> PreTrainedModel:
         if is_safe_vlm(AutoConfig.from_pretrained(source)):
-            return load_safe_vlm(source, dtype=dtype, attn_implementation="sdpa")
+            return load_safe_vlm(source, dtype=dtype, attn_implementation="sdpa", **placement)
         return AutoModelForImageTextToText.from_pretrained(
-            source, dtype=dtype, attn_implementation="sdpa"
+            source, dtype=dtype, attn_implementation="sdpa", **placement
         )
 
     return _load(name, load)
