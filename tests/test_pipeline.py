@@ -155,7 +155,7 @@ def test_a_done_sample_is_not_claimed(run_store):
 # --- real processes -------------------------------------------------------------------------
 
 
-def eval_process(store, bench, url, concurrency=2):
+def eval_process(store, bench, url, concurrency=2, *extra):
     return subprocess.Popen(
         [
             sys.executable,
@@ -172,6 +172,7 @@ def eval_process(store, bench, url, concurrency=2):
             str(store),
             "--concurrency",
             str(concurrency),
+            *extra,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -238,3 +239,20 @@ def test_a_killed_worker_loses_only_its_leased_samples(tmp_path):
     # submitted: two calls per lane)
     leased_queries = {json.dumps(f"question number {i}?") for i in leased}
     assert asked_twice <= leased_queries and len(leased) <= 8
+
+
+def test_eval_with_two_workers_shares_the_run_between_them(tmp_path):
+    bench = write_bench(tmp_path / "bench", 60)
+    store = tmp_path / "runs.db"
+    # 60 answers of 0.2 s, 2 at a time, take one worker 6 s: both have time to take part
+    with openai_stub(api_key=None, latency_s=0.2, reply=REFUSAL) as stub:
+        process = eval_process(store, bench, stub.url, 2, "--workers", "2")
+        out, err = process.communicate(timeout=300)
+        asked = asked_per_query(stub)
+        in_flight = stub.max_in_flight
+    assert process.returncode == 0, err
+    assert "run 1: 60 new responses, 60 new string verdicts" in out
+    assert len(asked) == 60 and set(asked.values()) == {1}
+    with Store(store) as opened:
+        assert opened.runs()[0].finished_at is not None
+    assert in_flight > 2  # two workers of concurrency 2 at once

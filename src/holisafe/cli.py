@@ -189,12 +189,20 @@ def eval_command(
     judge_base_url: JudgeBaseUrlOpt = None,
     judge_template: JudgeTemplateOpt = None,
     judge_protocol: JudgeProtocolOpt = "toolkit",
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Processes sharing the run (one GPU each for hf models); more may join by "
+            "running the same command again."
+        ),
+    ] = 1,
 ) -> None:
     """Answer a benchmark with a model, judge the answers and print the leaderboard row."""
     from dataclasses import replace
 
     from holisafe.evaluate import evaluate
     from holisafe.models import GenerationSettings, ModelOptions
+    from holisafe.workers import evaluate_in_workers
 
     options = ModelOptions(
         dtype=dtype,
@@ -205,10 +213,10 @@ def eval_command(
         timeout_s=timeout,
         max_retries=max_retries,
     )
-    outcome = evaluate(
-        model,
-        bench,
-        store,
+    arguments = dict(
+        model_spec=model,
+        bench=bench,
+        store_path=store,
         judges=judge or ["string"],
         settings=GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature),
         options=options,
@@ -220,6 +228,7 @@ def eval_command(
         judge_template=judge_template,
         judge_protocol=judge_protocol,
     )
+    outcome = evaluate(**arguments) if workers == 1 else evaluate_in_workers(workers, **arguments)
     for line in outcome.skipped:
         err_console.print(f"skipped {line}", markup=False, highlight=False)
     _print_notes(outcome.notes)

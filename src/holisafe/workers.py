@@ -9,20 +9,29 @@ longer exists counts as expired at once, so a rerun after `kill -9` need not wai
 
 The store is SQLite in WAL mode, which needs shared memory between its processes: workers must
 run on one machine (a local disk); a network file system is not supported.
+
+`evaluate_in_workers` (`holisafe eval --workers N`) starts such workers, one per GPU for local
+models; starting `holisafe eval` several times by hand (or under a job scheduler) works the same.
 """
 
 from __future__ import annotations
 
 import itertools
+import multiprocessing
 import os
 import secrets
 import socket
 import sqlite3
 import time
 from collections.abc import Iterable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from holisafe.store import StoreError
+
+if TYPE_CHECKING:
+    from holisafe.evaluate import EvalOutcome
 
 DEFAULT_LEASE_S = 300.0
 ANSWERING = ""  # the task of answering; a judge's task is its judge id
@@ -176,3 +185,48 @@ class Leases:
             (run_id, self.worker, time.time()),
         )
         return any(_alive(worker) for (worker,) in rows)
+
+
+def evaluate_in_workers(workers: int, **arguments: Any) -> EvalOutcome:
+    """`holisafe.evaluate.evaluate(**arguments)` in `workers` processes sharing one run.
+
+    An `hf/` model on a machine with GPUs gets one GPU per worker (worker k sees GPU k modulo
+    their number through CUDA_VISIBLE_DEVICES): data parallel. The outcome adds up what the
+    workers did, and reads what is still wrong from the store once all have ended.
+    """
+    from holisafe.evaluate import EvalOutcome
+    from holisafe.store import Store
+
+    if workers < 1:
+        raise StoreError(f"--workers must be at least 1, got {workers}")
+    gpus = _gpu_count() if str(arguments["model_spec"]).startswith("hf/") else 0
+    context = multiprocessing.get_context("spawn")  # a fresh process: CUDA not yet started
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        futures = [
+            pool.submit(_worker, k % gpus if gpus else None, arguments | {"progress": k == 0})
+            for k in range(workers)
+        ]
+        outcomes = [future.result() for future in futures]
+    with Store(arguments["store_path"], create=False) as store:
+        run = store.get_run(outcomes[0].run.id)
+        total = EvalOutcome(run=run, skipped=outcomes[0].skipped, notes=outcomes[0].notes)
+        total.generated = sum(o.generated for o in outcomes)
+        for judge in outcomes[0].judged:
+            total.judged[judge] = sum(o.judged[judge] for o in outcomes)
+            total.verdict_errors[judge] = store.verdict_errors(run.id, judge)
+        total.response_errors = store.response_errors(run.id)
+    return total
+
+
+def _gpu_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _worker(gpu: int | None, arguments: dict[str, Any]) -> EvalOutcome:
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    from holisafe.evaluate import evaluate
+
+    return evaluate(**arguments)
