@@ -132,6 +132,7 @@ def test_bfloat16_on_cpu(tmp_path):
 def test_auto_picks_float32_on_cpu(models):
     details = models("llava").details
     assert (details["dtype"], details["device"]) == ("float32", "cpu")
+    assert details["revision"].startswith("folder:")  # a local folder's fingerprint
 
 
 @pytest.mark.parametrize(

@@ -432,8 +432,21 @@ def report_command(
     images: Annotated[
         bool, typer.Option(help="Copy the benchmark's images into the HTML report.")
     ] = True,
+    provenance: Annotated[
+        bool,
+        typer.Option(
+            "--provenance", help="Show what produced each run (versions, revision, devices)."
+        ),
+    ] = False,
+    allow_mixed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mixed", help="Report runs whose parts were made under different conditions."
+        ),
+    ] = False,
 ) -> None:
     """The leaderboard (the paper's columns) and per-category tables of every run and judge."""
+    from holisafe import provenance as runs_provenance
     from holisafe.metrics import Bootstrap
     from holisafe.report import ReportError, build_report, load_reference, render
     from holisafe.store import Store
@@ -446,6 +459,9 @@ def report_command(
         content = build_report(None, agreement=agreement, reference=published)
     else:
         with Store(store, create=False) as opened:
+            run_ids = [run] if run is not None else [r.id for r in opened.runs()]
+            if not allow_mixed:
+                runs_provenance.check_unmixed(store, run_ids)
             content = build_report(
                 opened,
                 run_id=run,
@@ -457,6 +473,10 @@ def report_command(
     for warning in content.warnings:
         err_console.print(f"warning: {warning}", markup=False, highlight=False)
     print(render(content, fmt, subcategories=subcategories), end="")
+    if provenance and store is not None:
+        for run_id in run_ids:
+            found = runs_provenance.records(store, run_id)
+            print(f"\nrun {run_id} provenance:\n{runs_provenance.summary(found)}")
 
 
 def _write_report_files(store, run, reference, bootstrap, html, plots, images) -> None:

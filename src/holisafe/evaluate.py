@@ -25,6 +25,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
+from holisafe import provenance
 from holisafe.data import Sample, load_samples
 from holisafe.data.sample import ImageError
 from holisafe.errors import DataError
@@ -90,16 +91,28 @@ def evaluate(
         outcome = EvalOutcome(
             run=run, skipped=[str(p) for p in dataset.problems], notes=_notes(judge_objects)
         )
+        judge_ids = [judge.id for judge in judge_objects]
+        loaded: list[Model] = []
+
+        def load() -> Model:
+            loaded.append(model or load_model(model_spec, options))
+            provenance.record(
+                store.path, run.id, provenance.describe(loaded[0], judge_ids, judge_protocol)
+            )
+            return loaded[0]
+
         with Leases(store.path, lease_s) as leases:
             pipeline = Pipeline(store, leases, run.id, samples, bar)
             pipeline.answer_with(
-                lambda: model or load_model(model_spec, options),
-                lambda loaded, batch: _answer(loaded, batch, settings),
-                options.batch_size,
+                load, lambda answerer, batch: _answer(answerer, batch, settings), options.batch_size
             )
             for judge in judge_objects:
                 pipeline.judge_with(judge, judge_options.batch_size)
             counts = pipeline.run()
+        if not loaded:
+            provenance.record(
+                store.path, run.id, provenance.describe(None, judge_ids, judge_protocol)
+            )
         outcome.generated, outcome.judged = counts.answered, counts.judged
         for judge in judge_objects:
             outcome.verdict_errors[judge.id] = store.verdict_errors(run.id, judge.id)

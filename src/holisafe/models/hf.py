@@ -31,6 +31,7 @@ from holisafe.models.base import (
     Response,
     SafetyPrediction,
 )
+from holisafe.provenance import folder_revision
 from holisafe.vgm import is_safe_vlm, load_safe_vlm, safety_predictions
 
 GUARD_QUERY = "Describe the image."
@@ -76,6 +77,9 @@ class HFModel:
         else:
             self.model = _load_model(name, self.dtype).to(self.device)
         self._system_role = _supports_system_role(self.processor, name)
+        # the Hub commit the weights came from, or a fingerprint of a local folder
+        hub_commit = getattr(self.model.config, "_commit_hash", None)
+        self.revision = folder_revision(name) if Path(name).is_dir() else hub_commit
 
     @property
     def details(self) -> dict[str, object]:
@@ -83,6 +87,7 @@ class HFModel:
         return {
             "dtype": str(self.dtype).removeprefix("torch."),
             "device": _devices(self.model, self.device),
+            "revision": self.revision,
             "batch_size": self.batch_size,
             "attention": self.model.config._attn_implementation,
             "model_class": type(self.model).__name__,
