@@ -204,6 +204,7 @@ class StubServer:
         latency_s: float | Callable[[dict], float] = 0.0,
         retry_after_s: float = 0.01,
         stall_s: float = 30.0,
+        port: int = 0,
     ):
         self.dialect = dialect
         self.reply = reply
@@ -219,7 +220,7 @@ class StubServer:
         self._lasting_fault: str | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), _handler_for(self))
+        self._server = _Server(("127.0.0.1", port), _handler_for(self))  # 0: a free one
 
     @property
     def root(self) -> str:

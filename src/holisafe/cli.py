@@ -196,6 +196,13 @@ def eval_command(
             "running the same command again."
         ),
     ] = 1,
+    tensor_parallel_size: Annotated[int, typer.Option(help="GPUs per vllm/ model.")] = 1,
+    gpu_memory_utilization: Annotated[
+        float, typer.Option(help="GPU memory fraction vllm/ may take.")
+    ] = 0.9,
+    max_model_len: Annotated[
+        int | None, typer.Option(help="Longest context of a vllm/ model.")
+    ] = None,
 ) -> None:
     """Answer a benchmark with a model, judge the answers and print the leaderboard row."""
     from dataclasses import replace
@@ -212,6 +219,9 @@ def eval_command(
         concurrency=concurrency,
         timeout_s=timeout,
         max_retries=max_retries,
+        tensor_parallel_size=tensor_parallel_size,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len,
     )
     arguments = dict(
         model_spec=model,

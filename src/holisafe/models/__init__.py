@@ -3,7 +3,8 @@
 - `hf/<Hub id or folder>`: a local transformers vision-language model (Safe-VLMs included);
 - `openai/<model>`: OpenAI or any OpenAI-compatible server given `base_url` (vLLM, SGLang,
   `holisafe serve`);
-- `anthropic/<model>`, `google/<model>`: through their official SDKs.
+- `anthropic/<model>`, `google/<model>`: through their official SDKs;
+- `vllm/<Hub id or folder>`: a `vllm serve` started for the run, reached as `openai/` is.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from holisafe.models.base import (
     SafetyPrediction,
 )
 
-PROVIDERS = ("hf", "openai", "anthropic", "google")
+PROVIDERS = ("hf", "openai", "anthropic", "google", "vllm")
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,10 @@ class ModelOptions:
     concurrency: int = 8
     timeout_s: float = 60.0
     max_retries: int = 5
+    # vllm/ models: how `vllm serve` runs them
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -57,6 +62,8 @@ def load_model(spec: str, options: ModelOptions = ModelOptions()) -> Model:
         return HFModel(
             name, dtype=options.dtype, device=options.device, batch_size=options.batch_size
         )
+    if provider == "vllm":
+        return _vllm(name, options)
     if provider == "openai":
         from holisafe.models.openai_api import OpenAIModel as backend
     elif provider == "anthropic":
@@ -67,6 +74,26 @@ def load_model(spec: str, options: ModelOptions = ModelOptions()) -> Model:
         name,
         base_url=options.base_url,
         api_key=options.api_key,
+        concurrency=options.concurrency,
+        timeout_s=options.timeout_s,
+        max_retries=options.max_retries,
+    )
+
+
+def _vllm(name: str, options: ModelOptions) -> Model:
+    if options.base_url or options.api_key:
+        raise ModelError(
+            "vllm/ models start their own server; for a server already running use "
+            "openai/<model> with --base-url"
+        )
+    from holisafe.models.vllm import VLLMModel, VLLMSettings
+
+    settings = VLLMSettings(
+        options.tensor_parallel_size, options.gpu_memory_utilization, options.max_model_len
+    )
+    return VLLMModel(
+        name,
+        settings,
         concurrency=options.concurrency,
         timeout_s=options.timeout_s,
         max_retries=options.max_retries,
