@@ -196,6 +196,14 @@ def eval_command(
             "running the same command again."
         ),
     ] = 1,
+    judge_batch: Annotated[
+        bool,
+        typer.Option(
+            "--judge-batch",
+            help="Send LLM judges' requests through OpenAI's Batch API (about half the price, "
+            "within 24 h; rerun to collect).",
+        ),
+    ] = False,
     tensor_parallel_size: Annotated[int, typer.Option(help="GPUs per vllm/ model.")] = 1,
     gpu_memory_utilization: Annotated[
         float, typer.Option(help="GPU memory fraction vllm/ may take.")
@@ -237,6 +245,7 @@ def eval_command(
         judge_options=replace(options, base_url=judge_base_url),
         judge_template=judge_template,
         judge_protocol=judge_protocol,
+        judge_batch=judge_batch,
     )
     outcome = evaluate(**arguments) if workers == 1 else evaluate_in_workers(workers, **arguments)
     for line in outcome.skipped:

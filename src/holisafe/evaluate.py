@@ -29,7 +29,8 @@ from holisafe import provenance
 from holisafe.data import Sample, load_samples
 from holisafe.data.sample import ImageError
 from holisafe.errors import DataError
-from holisafe.judges import Judge, load_judge
+from holisafe.judges import Judge, LLMJudge, load_judge
+from holisafe.judges.batch import check_batchable, judge_in_batch
 from holisafe.models import ModelOptions, load_model
 from holisafe.models.base import GenerationSettings, Model, Request, Response
 from holisafe.pipeline import Pipeline
@@ -69,6 +70,8 @@ def evaluate(
     judge_template: str | Path | None = None,
     judge_protocol: str = "toolkit",
     lease_s: float = DEFAULT_LEASE_S,
+    judge_batch: bool = False,
+    batch_poll_s: float = 30.0,
 ) -> EvalOutcome:
     """Generate the missing responses of a run and the missing verdicts of each judge, judging
     each response as soon as it is stored.
@@ -78,7 +81,9 @@ def evaluate(
     base URL and API key) and follow `judge_protocol` (`toolkit` or `official`, see
     `load_judge`) with the template file `judge_template` if given. Other processes may
     evaluate the same run at the same time: each sample is claimed for `lease_s` seconds
-    (renewed while this process lives) before it is answered or judged.
+    (renewed while this process lives) before it is answered or judged. With `judge_batch`,
+    LLM judges send their requests through the provider's batch API once answering is done
+    (see `holisafe.judges.batch`), checking on the batch every `batch_poll_s` seconds.
     """
     dataset = load_samples(bench, skip_invalid=skip_invalid, progress=progress)
     samples = dataset.samples[:limit] if limit is not None else dataset.samples
@@ -106,9 +111,15 @@ def evaluate(
             pipeline.answer_with(
                 load, lambda answerer, batch: _answer(answerer, batch, settings), options.batch_size
             )
+            batched = _batched(judge_objects, judge_batch)
             for judge in judge_objects:
-                pipeline.judge_with(judge, judge_options.batch_size)
+                if judge not in batched:
+                    pipeline.judge_with(judge, judge_options.batch_size)
             counts = pipeline.run()
+        for judge in batched:
+            counts.judged[judge.id] = judge_in_batch(
+                store, run.id, judge, samples, poll_s=batch_poll_s, say=_say(bar, progress)
+            )
         if not loaded:
             provenance.record(
                 store.path, run.id, provenance.describe(None, judge_ids, judge_protocol)
@@ -159,6 +170,17 @@ def judge_stored(
                 outcome.verdict_errors[judge.id] = store.verdict_errors(run.id, judge.id)
             outcomes.append(outcome)
     return outcomes
+
+
+def _batched(judges: Sequence[Judge], judge_batch: bool) -> list[LLMJudge]:
+    """The LLM judges that go through a batch API (all of them with `judge_batch`)."""
+    if not judge_batch:
+        return []
+    return [check_batchable(judge) for judge in judges if isinstance(judge, LLMJudge)]
+
+
+def _say(bar: Progress, progress: bool):
+    return bar.console.print if progress else lambda line: None
 
 
 def _notes(judges: Sequence[Judge]) -> list[str]:
