@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from holisafe.evaluate import evaluate
+from holisafe.evaluate import evaluate, judge_stored
 from holisafe.judges import JudgeError
 from holisafe.judges import batch as batch_module
 from holisafe.models import ModelOptions
@@ -88,3 +88,19 @@ def test_a_judge_without_a_batch_api_is_refused(tmp_path):
             judge_options=ModelOptions(api_key="k"),
             judge_batch=True,
         )  # fmt: skip
+
+
+def test_judging_a_stored_run_can_go_through_a_batch(tmp_path):
+    bench = write_official(tmp_path / "bench")
+    store = tmp_path / "runs.db"
+    with openai_stub(api_key=None) as answers, batch_stub(reply=judge_reply) as batches:
+        evaluate("openai/stub-model", bench, store, options=ModelOptions(base_url=answers.url))
+        (outcome,) = judge_stored(
+            store,
+            [JUDGE],
+            options=ModelOptions(base_url=batches.url, api_key="k"),
+            judge_batch=True,
+            batch_poll_s=0.01,
+        )
+        assert len(batches.batches) == 1
+    assert outcome.judged == {JUDGE: 7} and len(outcome.verdict_errors[JUDGE]) == 1

@@ -40,6 +40,14 @@ DtypeOpt = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16 
 DeviceOpt = Annotated[
     str, typer.Option(help="auto, cpu, cuda, cuda:N or map (spread over all GPUs; hf models).")
 ]
+JudgeBatchOpt = Annotated[
+    bool,
+    typer.Option(
+        "--judge-batch",
+        help="Send LLM judges' requests through OpenAI's Batch API (about half the price, "
+        "within 24 h; rerun to collect).",
+    ),
+]
 ConcurrencyOpt = Annotated[int, typer.Option(help="Requests at once (API models).")]
 TimeoutOpt = Annotated[float, typer.Option(help="Seconds per API request.")]
 MaxRetriesOpt = Annotated[
@@ -196,14 +204,7 @@ def eval_command(
             "running the same command again."
         ),
     ] = 1,
-    judge_batch: Annotated[
-        bool,
-        typer.Option(
-            "--judge-batch",
-            help="Send LLM judges' requests through OpenAI's Batch API (about half the price, "
-            "within 24 h; rerun to collect).",
-        ),
-    ] = False,
+    judge_batch: JudgeBatchOpt = False,
     tensor_parallel_size: Annotated[int, typer.Option(help="GPUs per vllm/ model.")] = 1,
     gpu_memory_utilization: Annotated[
         float, typer.Option(help="GPU memory fraction vllm/ may take.")
@@ -314,6 +315,7 @@ def judge_command(
     device: DeviceOpt = "auto",
     timeout: TimeoutOpt = 60.0,
     max_retries: MaxRetriesOpt = 5,
+    judge_batch: JudgeBatchOpt = False,
 ) -> None:
     """Judge the responses already in a store (no generation); print the leaderboard."""
     from holisafe.evaluate import judge_stored
@@ -338,6 +340,7 @@ def judge_command(
         judge_template=judge_template,
         judge_protocol=judge_protocol,
         progress=True,
+        judge_batch=judge_batch,
     )
     _print_notes(outcomes[0].notes)
     for outcome in outcomes:

@@ -144,12 +144,15 @@ def judge_stored(
     judge_template: str | Path | None = None,
     judge_protocol: str = "toolkit",
     progress: bool = False,
+    judge_batch: bool = False,
+    batch_poll_s: float = 30.0,
 ) -> list[EvalOutcome]:
     """Add judges to the responses already in a store, without generating any.
 
     Judges every run (or run `run_id`), only the verdicts each judge still lacks or failed.
     Each run's benchmark is read again from where the run recorded it (or from `bench`, when it
-    has moved) for the images, and must still match the run's fingerprint.
+    has moved) for the images, and must still match the run's fingerprint. `judge_batch`
+    sends LLM judges through a batch API, as in `evaluate`.
     """
     judge_objects = [load_judge(j, options, judge_template, judge_protocol) for j in judges]
     outcomes = []
@@ -163,9 +166,15 @@ def judge_stored(
             outcome = EvalOutcome(run=run, notes=_notes(judge_objects))
             with Leases(store.path) as leases:
                 pipeline = Pipeline(store, leases, run.id, samples, bar)
+                batched = _batched(judge_objects, judge_batch)
                 for judge in judge_objects:
-                    pipeline.judge_with(judge, options.batch_size)
+                    if judge not in batched:
+                        pipeline.judge_with(judge, options.batch_size)
                 outcome.judged = pipeline.run().judged
+            for judge in batched:
+                outcome.judged[judge.id] = judge_in_batch(
+                    store, run.id, judge, samples, poll_s=batch_poll_s, say=_say(bar, progress)
+                )
             for judge in judge_objects:
                 outcome.verdict_errors[judge.id] = store.verdict_errors(run.id, judge.id)
             outcomes.append(outcome)
