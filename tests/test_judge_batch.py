@@ -48,7 +48,7 @@ def test_verdicts_come_back_from_one_batch_and_failures_go_in_the_next(tmp_path)
     assert len(lines) == 7 and json.loads(lines[0])["url"] == "/v1/chat/completions"
     assert json.loads(lines[0])["body"]["model"] == "judge-model"
     assert first.judged == {"string": 7, JUDGE: 7}
-    assert first.verdict_errors[JUDGE] == [("3", "judge model failed in the batch: stub refused "
+    assert first.verdict_errors[JUDGE] == [("3", "judge model failed: batch: stub refused "
                                              "this request")]  # fmt: skip
     assert [json.loads(line)["custom_id"] for line in retried_lines] == ["3"]
     assert second.judged[JUDGE] == 1
@@ -83,7 +83,7 @@ def test_a_judge_without_a_batch_api_is_refused(tmp_path):
     with openai_stub(api_key=None) as answers, pytest.raises(JudgeError, match="batch API"):
         evaluate(
             "openai/stub-model", bench, tmp_path / "runs.db",
-            judges=["anthropic/claude-x"],
+            judges=["google/gemini-x"],
             options=ModelOptions(base_url=answers.url, api_key="k"),
             judge_options=ModelOptions(api_key="k"),
             judge_batch=True,

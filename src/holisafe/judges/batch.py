@@ -1,5 +1,5 @@
-"""LLM judges through OpenAI's Batch API: the same requests at about half the price, answered
-within 24 hours, resumable.
+"""LLM judges through the providers' batch APIs (OpenAI's Batch API, Anthropic's Message
+Batches): the same requests at about half the price, answered within 24 hours, resumable.
 
 The judge's pending requests go up as one JSONL file and one batch; its id is kept in the
 store's `judge_batches` table before anything else happens, so a process stopped while the
@@ -8,8 +8,8 @@ again, instead of paying for a second one. The results are read by the judge's o
 stored as any verdict; a request the batch failed is stored with its error and asked again by
 the next run.
 
-Only `openai/` judges (OpenAI, or a server that offers the Batch API) can go this way so far;
-Anthropic's Message Batches and Gemini's batch mode are not done.
+`openai/` judges (OpenAI, or a server that offers its Batch API) and `anthropic/` judges can go
+this way; Gemini's batch mode is not done.
 """
 
 from __future__ import annotations
@@ -19,15 +19,15 @@ import sqlite3
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
+from typing import Protocol
 
 from holisafe.data.sample import Sample
-from holisafe.judges.base import JudgeError, Verdict
+from holisafe.judges.base import JudgeError
 from holisafe.judges.llm import LLMJudge
-from holisafe.models.base import Response
+from holisafe.models.base import GenerationSettings, Request, Response
 from holisafe.store import Store
 
 ENDPOINT = "/v1/chat/completions"
-FINISHED = ("completed", "failed", "expired", "cancelled")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS judge_batches (
@@ -40,13 +40,115 @@ CREATE TABLE IF NOT EXISTS judge_batches (
 """
 
 
+class _Service(Protocol):
+    """One provider's batch API, as the judge needs it."""
+
+    def submit(self, requests: dict[str, Request], settings: GenerationSettings) -> str: ...
+
+    def status(self, batch_id: str) -> str | None: ...  # None while it runs
+
+    def results(self, batch_id: str) -> dict[str, Response]: ...
+
+
+class _OpenAIBatches:
+    def __init__(self, model):
+        self.model = model
+        self.client = model.client
+
+    def submit(self, requests: dict[str, Request], settings: GenerationSettings) -> str:
+        lines = [
+            {
+                "custom_id": sample_id,
+                "method": "POST",
+                "url": ENDPOINT,
+                "body": self.model.chat_body(request, settings),
+            }
+            for sample_id, request in requests.items()
+        ]
+        data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        uploaded = self.client.files.create(file=("judge-requests.jsonl", data), purpose="batch")
+        batch = self.client.batches.create(
+            input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h"
+        )
+        return batch.id
+
+    def status(self, batch_id: str) -> str | None:
+        status = self.client.batches.retrieve(batch_id).status
+        return status if status in ("completed", "failed", "expired", "cancelled") else None
+
+    def results(self, batch_id: str) -> dict[str, Response]:
+        batch = self.client.batches.retrieve(batch_id)
+        found: dict[str, Response] = {}
+        for file_id in (batch.output_file_id, batch.error_file_id):
+            for line in self.client.files.content(file_id).text.splitlines() if file_id else []:
+                if line.strip():
+                    item = json.loads(line)
+                    found[item["custom_id"]] = _openai_response(item)
+        return found
+
+
+class _AnthropicBatches:
+    def __init__(self, model):
+        self.model = model
+        self.client = model.client
+
+    def submit(self, requests: dict[str, Request], settings: GenerationSettings) -> str:
+        batch = self.client.messages.batches.create(
+            requests=[
+                {"custom_id": sample_id, "params": self.model.message_params(request, settings)}
+                for sample_id, request in requests.items()
+            ]
+        )
+        return batch.id
+
+    def status(self, batch_id: str) -> str | None:
+        batch = self.client.messages.batches.retrieve(batch_id)
+        return "ended" if batch.processing_status == "ended" else None
+
+    def results(self, batch_id: str) -> dict[str, Response]:
+        found: dict[str, Response] = {}
+        for entry in self.client.messages.batches.results(batch_id):
+            result = entry.result
+            if result.type == "succeeded":
+                text = "".join(b.text for b in result.message.content if b.type == "text")
+                found[entry.custom_id] = Response(text=text or None, error=_empty(text))
+            else:
+                detail = getattr(getattr(result, "error", None), "error", None)
+                message = getattr(detail, "message", None) or result.type
+                found[entry.custom_id] = Response(text=None, error=f"batch: {message}")
+        return found
+
+
+def _empty(text: str) -> str | None:
+    return None if text and text.strip() else "empty reply"
+
+
+def _openai_response(item: dict) -> Response:
+    response = item.get("response") or {}
+    if item.get("error") or response.get("status_code") != 200:
+        error = item.get("error") or response.get("body", {}).get("error") or {}
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        return Response(text=None, error=f"batch: {message}")
+    choices = response.get("body", {}).get("choices") or [{}]
+    text = (choices[0].get("message") or {}).get("content") or ""
+    return Response(text=text or None, error=_empty(text))
+
+
+def _service(judge: object) -> _Service | None:
+    model = getattr(judge, "model", None)
+    if hasattr(model, "chat_body"):
+        return _OpenAIBatches(model)
+    if hasattr(model, "message_params"):
+        return _AnthropicBatches(model)
+    return None
+
+
 def check_batchable(judge: object) -> LLMJudge:
     """The judge, if it can go through a batch API; JudgeError otherwise."""
-    model = getattr(judge, "model", None)
-    if not isinstance(judge, LLMJudge) or not hasattr(model, "chat_body"):
+    if not isinstance(judge, LLMJudge) or _service(judge) is None:
         raise JudgeError(
-            f"judge {getattr(judge, 'id', judge)!r} cannot use a batch API: only openai/ LLM "
-            "judges can so far"
+            f"judge {getattr(judge, 'id', judge)!r} cannot use a batch API: only openai/ and "
+            "anthropic/ LLM judges can so far"
         )
     return judge
 
@@ -63,6 +165,7 @@ def judge_in_batch(
     """Judge the run's pending responses in one batch (or collect the batch already sent) and
     store the verdicts; waits for the batch, checking every `poll_s` seconds. Returns how many
     verdicts were stored."""
+    service = _service(check_batchable(judge))
     with closing(sqlite3.connect(store.path, timeout=30)) as db:
         db.execute(_SCHEMA)
         row = db.execute(
@@ -70,23 +173,25 @@ def judge_in_batch(
             "WHERE run_id = ? AND judge = ? AND collected = 0",
             (run_id, judge.id),
         ).fetchone()
+        stored = 0
         if row is None:
-            stored, row = _submit(store, run_id, judge, samples, db)
+            stored, row = _submit(store, run_id, judge, service, samples, db)
             if row is None:
                 return stored
         else:
-            stored = 0
             say(f"{judge.id}: collecting batch {row[0]}, sent earlier")
         batch_id, sample_ids = row[0], json.loads(row[1])
-        batch = _wait(judge, batch_id, poll_s, say)
-        verdicts = _verdicts(judge, batch, sample_ids)
+        status = _wait(service, judge.id, batch_id, poll_s, say)
+        answered = service.results(batch_id)
+        missing = Response(text=None, error=f"batch {batch_id} ended {status} without an answer")
+        verdicts = {i: judge.verdict(answered.get(i, missing)) for i in sample_ids}
         store.save_verdicts(run_id, judge.id, verdicts.items())
         with db:
             db.execute("UPDATE judge_batches SET collected = 1 WHERE batch_id = ?", (batch_id,))
     return stored + len(verdicts)
 
 
-def _submit(store, run_id, judge: LLMJudge, samples, db) -> tuple[int, tuple | None]:
+def _submit(store, run_id, judge: LLMJudge, service: _Service, samples, db):
     """Send the pending items as a batch and record it; (error verdicts stored, its row)."""
     by_id = {str(s.id): s for s in samples}
     pending = store.pending_verdicts(run_id, judge.id)
@@ -95,66 +200,22 @@ def _submit(store, run_id, judge: LLMJudge, samples, db) -> tuple[int, tuple | N
     store.save_verdicts(run_id, judge.id, [(ids[i], verdict) for i, verdict in failed.items()])
     if not requests:
         return len(failed), None
-    lines = [
-        {
-            "custom_id": ids[i],
-            "method": "POST",
-            "url": ENDPOINT,
-            "body": judge.model.chat_body(request, judge.settings),
-        }
-        for i, request in requests.items()
-    ]
-    client = judge.model.client
-    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
-    uploaded = client.files.create(file=("judge-requests.jsonl", data), purpose="batch")
-    batch = client.batches.create(
-        input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h"
-    )
-    asked = [ids[i] for i in requests]
+    asked = {ids[i]: request for i, request in requests.items()}
+    batch_id = service.submit(asked, judge.settings)
+    row = (batch_id, json.dumps(list(asked)))
     with db:
         db.execute(
             "INSERT INTO judge_batches (run_id, judge, batch_id, sample_ids) VALUES (?, ?, ?, ?)",
-            (run_id, judge.id, batch.id, json.dumps(asked)),
+            (run_id, judge.id, *row),
         )
-    return len(failed), (batch.id, json.dumps(asked))
+    return len(failed), row
 
 
-def _wait(judge: LLMJudge, batch_id: str, poll_s: float, say: Callable[[str], None]):
-    client = judge.model.client
-    while True:
-        batch = client.batches.retrieve(batch_id)
-        if batch.status in FINISHED:
-            return batch
+def _wait(service: _Service, judge_id: str, batch_id: str, poll_s: float, say) -> str:
+    while (status := service.status(batch_id)) is None:
         say(
-            f"{judge.id}: batch {batch_id} is {batch.status}; waiting (stop at any time: the "
-            "same command collects it later)"
+            f"{judge_id}: batch {batch_id} is running; waiting (stop at any time: the same "
+            "command collects it later)"
         )
         time.sleep(poll_s)
-
-
-def _verdicts(judge: LLMJudge, batch, sample_ids: list[str]) -> dict[str, Verdict]:
-    """A verdict for every sample the batch was asked about (an error where it gave none)."""
-    client = judge.model.client
-    missing = Verdict(followed=None, error=f"the batch {batch.id} ended {batch.status} without it")
-    verdicts = dict.fromkeys(sample_ids, missing)
-    for file_id in (batch.output_file_id, batch.error_file_id):
-        if not file_id:
-            continue
-        for line in client.files.content(file_id).text.splitlines():
-            if line.strip():
-                item = json.loads(line)
-                verdicts[item["custom_id"]] = _verdict(judge, item)
-    return verdicts
-
-
-def _verdict(judge: LLMJudge, item: dict) -> Verdict:
-    response = item.get("response") or {}
-    if item.get("error") or response.get("status_code") != 200:
-        error = item.get("error") or response.get("body", {}).get("error") or {}
-        message = error.get("message") if isinstance(error, dict) else str(error)
-        return Verdict(followed=None, error=f"judge model failed in the batch: {message}")
-    choices = response.get("body", {}).get("choices") or [{}]
-    text = (choices[0].get("message") or {}).get("content")
-    if not text or not text.strip():
-        return judge.verdict(Response(text=None, error="empty reply"))
-    return judge.verdict(Response(text=text))
+    return status
