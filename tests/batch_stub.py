@@ -1,8 +1,9 @@
-"""A loopback server for OpenAI's Batch API: file upload, batch create and retrieve, file content.
+"""A loopback server for OpenAI's Batch API (file upload, batch create and retrieve, file
+content) and Anthropic's Message Batches (create, retrieve, results).
 
-A batch stays `in_progress` for its first `polls_before_done` retrievals, then completes: each
-input line is answered by `reply(body)` (a chat completion), or goes to the error file when
-`reply` returns None. It records the batches created.
+A batch stays in progress for its first `polls_before_done` retrievals, then ends: each request
+is answered by `reply(body)` (body: the chat completion's body, or the message's params), or
+fails when `reply` returns None. It records the batches created.
 
     with batch_stub(reply=lambda body: "VERDICT: FOLLOWED") as stub:
         client = OpenAI(base_url=stub.url, api_key="k")
@@ -67,6 +68,59 @@ class BatchStub:
                 self._complete(batch)
             return dict(batch)
 
+    def create_messages(self, body: dict) -> dict:
+        """An Anthropic message batch, answered at once but reported in progress at first."""
+        with self._lock:
+            batch_id = f"msgbatch_{len(self.batches) + 1}"
+            results = [self._message_result(r) for r in body["requests"]]
+            self.files[batch_id] = "".join(json.dumps(r) + "\n" for r in results).encode()
+            self.batches[batch_id] = {
+                "id": batch_id,
+                "type": "message_batch",
+                "processing_status": "in_progress",
+                "request_counts": {
+                    "processing": len(results),
+                    "succeeded": 0,
+                    "errored": 0,
+                    "canceled": 0,
+                    "expired": 0,
+                },
+                "created_at": "2026-01-01T00:00:00Z",
+                "expires_at": "2026-01-02T00:00:00Z",
+                "ended_at": None,
+                "cancel_initiated_at": None,
+                "archived_at": None,
+                "results_url": None,
+            }
+            self._polls[batch_id] = 0
+            return dict(self.batches[batch_id])
+
+    def retrieve_messages(self, batch_id: str) -> dict | None:
+        with self._lock:
+            batch = self.batches.get(batch_id)
+            if batch is None:
+                return None
+            self._polls[batch_id] += 1
+            if self._polls[batch_id] > self.polls_before_done:
+                batch["processing_status"] = "ended"
+                batch["ended_at"] = "2026-01-01T00:01:00Z"
+                batch["results_url"] = f"{self.url}/messages/batches/{batch_id}/results"
+            return dict(batch)
+
+    def _message_result(self, request: dict) -> dict:
+        text = self.reply(request["params"])
+        if text is None:
+            error = {"type": "invalid_request_error", "message": "stub refused this request"}
+            result = {"type": "errored", "error": {"type": "error", "error": error}}
+        else:
+            message = {"id": "msg_stub", "type": "message", "role": "assistant",
+                       "model": request["params"]["model"],
+                       "content": [{"type": "text", "text": text}],
+                       "stop_reason": "end_turn", "stop_sequence": None,
+                       "usage": {"input_tokens": 1, "output_tokens": 1}}  # fmt: skip
+            result = {"type": "succeeded", "message": message}
+        return {"custom_id": request["custom_id"], "result": result}
+
     def _complete(self, batch: dict) -> None:
         answers, errors = [], []
         for line in self.files[batch["input_file_id"]].decode().splitlines():
@@ -99,12 +153,19 @@ def _handler_for(stub: BatchStub) -> type[BaseHTTPRequestHandler]:
                 self._send(200, stub.upload(_uploaded_file(self.headers["content-type"], raw)))
             elif self.path == "/v1/batches":
                 self._send(200, stub.create(json.loads(raw)))
+            elif self.path == "/v1/messages/batches":
+                self._send(200, stub.create_messages(json.loads(raw)))
             else:
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
 
         def do_GET(self) -> None:
-            parts = self.path.strip("/").split("/")
-            if parts[:2] == ["v1", "batches"] and len(parts) == 3:
+            parts = self.path.split("?")[0].strip("/").split("/")
+            if parts[:3] == ["v1", "messages", "batches"] and len(parts) == 4:
+                batch = stub.retrieve_messages(parts[3])
+                self._send(200 if batch else 404, batch or {"error": {"message": "no batch"}})
+            elif parts[:3] == ["v1", "messages", "batches"] and parts[4:] == ["results"]:
+                self._send_bytes(200, stub.files[parts[3]], "application/binary")
+            elif parts[:2] == ["v1", "batches"] and len(parts) == 3:
                 batch = stub.retrieve(parts[2])
                 self._send(200 if batch else 404, batch or {"error": {"message": "no batch"}})
             elif parts[:2] == ["v1", "files"] and parts[3:] == ["content"]:

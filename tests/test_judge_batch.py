@@ -104,3 +104,21 @@ def test_judging_a_stored_run_can_go_through_a_batch(tmp_path):
         )
         assert len(batches.batches) == 1
     assert outcome.judged == {JUDGE: 7} and len(outcome.verdict_errors[JUDGE]) == 1
+
+
+def test_an_anthropic_judge_goes_through_message_batches(tmp_path):
+    bench = write_official(tmp_path / "bench")
+    store = tmp_path / "runs.db"
+    judge = "anthropic/judge-model"
+    with openai_stub(api_key=None) as answers, batch_stub(reply=judge_reply) as batches:
+        outcome = evaluate(
+            "openai/stub-model", bench, store,
+            judges=[judge],
+            options=ModelOptions(base_url=answers.url, api_key="k"),
+            judge_options=ModelOptions(base_url=batches.url.removesuffix("/v1"), api_key="k"),
+            judge_batch=True, batch_poll_s=0.01,
+        )  # fmt: skip
+        assert list(batches.batches) == ["msgbatch_1"]
+    assert outcome.judged == {judge: 7}
+    assert outcome.verdict_errors[judge] == [("3", "judge model failed: batch: stub refused "
+                                              "this request")]  # fmt: skip

@@ -44,8 +44,8 @@ JudgeBatchOpt = Annotated[
     bool,
     typer.Option(
         "--judge-batch",
-        help="Send LLM judges' requests through OpenAI's Batch API (about half the price, "
-        "within 24 h; rerun to collect).",
+        help="Send openai/ and anthropic/ judges' requests through their batch APIs (about "
+        "half the price, within 24 h; rerun to collect).",
     ),
 ]
 ConcurrencyOpt = Annotated[int, typer.Option(help="Requests at once (API models).")]
