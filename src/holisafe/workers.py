@@ -25,6 +25,7 @@ import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -206,7 +207,13 @@ def evaluate_in_workers(workers: int, **arguments: Any) -> EvalOutcome:
             pool.submit(_worker, k % gpus if gpus else None, arguments | {"progress": k == 0})
             for k in range(workers)
         ]
-        outcomes = [future.result() for future in futures]
+        try:
+            outcomes = [future.result() for future in futures]
+        except BrokenProcessPool:
+            raise StoreError(
+                "a worker process died (killed, or out of memory); the work the workers "
+                "stored is kept: run the same command again to finish"
+            ) from None
     with Store(arguments["store_path"], create=False) as store:
         run = store.get_run(outcomes[0].run.id)
         total = EvalOutcome(run=run, skipped=outcomes[0].skipped, notes=outcomes[0].notes)
