@@ -122,3 +122,16 @@ def test_an_anthropic_judge_goes_through_message_batches(tmp_path):
     assert outcome.judged == {judge: 7}
     assert outcome.verdict_errors[judge] == [("3", "judge model failed: batch: stub refused "
                                               "this request")]  # fmt: skip
+
+
+def test_requests_past_a_providers_limit_go_in_several_batches(tmp_path, monkeypatch):
+    monkeypatch.setattr(batch_module._OpenAIBatches, "max_requests", 3)
+    bench = write_official(tmp_path / "bench")
+    with openai_stub(api_key=None) as answers, batch_stub(reply=judge_reply) as batches:
+        outcome = run_eval(bench, tmp_path / "runs.db", answers, batches)
+        sizes = [
+            len(batches.files[b["input_file_id"]].decode().splitlines())
+            for b in batches.batches.values()
+        ]
+    assert sizes == [3, 3, 1]
+    assert outcome.judged[JUDGE] == 7 and len(outcome.verdict_errors[JUDGE]) == 1

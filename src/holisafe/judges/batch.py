@@ -43,7 +43,12 @@ CREATE TABLE IF NOT EXISTS judge_batches (
 class _Service(Protocol):
     """One provider's batch API, as the judge needs it."""
 
-    def submit(self, requests: dict[str, Request], settings: GenerationSettings) -> str: ...
+    max_bytes: int  # the provider's limit on one batch's size
+    max_requests: int  # and on its number of requests
+
+    def line(self, sample_id: str, request: Request, settings: GenerationSettings) -> dict: ...
+
+    def submit(self, lines: list[dict]) -> str: ...
 
     def status(self, batch_id: str) -> str | None: ...  # None while it runs
 
@@ -51,20 +56,18 @@ class _Service(Protocol):
 
 
 class _OpenAIBatches:
+    max_bytes = 190_000_000  # OpenAI takes input files of up to 200 MB
+    max_requests = 50_000
+
     def __init__(self, model):
         self.model = model
         self.client = model.client
 
-    def submit(self, requests: dict[str, Request], settings: GenerationSettings) -> str:
-        lines = [
-            {
-                "custom_id": sample_id,
-                "method": "POST",
-                "url": ENDPOINT,
-                "body": self.model.chat_body(request, settings),
-            }
-            for sample_id, request in requests.items()
-        ]
+    def line(self, sample_id: str, request: Request, settings: GenerationSettings) -> dict:
+        body = self.model.chat_body(request, settings)
+        return {"custom_id": sample_id, "method": "POST", "url": ENDPOINT, "body": body}
+
+    def submit(self, lines: list[dict]) -> str:
         data = "".join(json.dumps(line) + "\n" for line in lines).encode()
         uploaded = self.client.files.create(file=("judge-requests.jsonl", data), purpose="batch")
         batch = self.client.batches.create(
@@ -88,18 +91,18 @@ class _OpenAIBatches:
 
 
 class _AnthropicBatches:
+    max_bytes = 250_000_000  # a message batch may be up to 256 MB
+    max_requests = 100_000
+
     def __init__(self, model):
         self.model = model
         self.client = model.client
 
-    def submit(self, requests: dict[str, Request], settings: GenerationSettings) -> str:
-        batch = self.client.messages.batches.create(
-            requests=[
-                {"custom_id": sample_id, "params": self.model.message_params(request, settings)}
-                for sample_id, request in requests.items()
-            ]
-        )
-        return batch.id
+    def line(self, sample_id: str, request: Request, settings: GenerationSettings) -> dict:
+        return {"custom_id": sample_id, "params": self.model.message_params(request, settings)}
+
+    def submit(self, lines: list[dict]) -> str:
+        return self.client.messages.batches.create(requests=lines).id
 
     def status(self, batch_id: str) -> str | None:
         batch = self.client.messages.batches.retrieve(batch_id)
@@ -162,53 +165,76 @@ def judge_in_batch(
     poll_s: float = 30.0,
     say: Callable[[str], None] = lambda line: None,
 ) -> int:
-    """Judge the run's pending responses in one batch (or collect the batch already sent) and
-    store the verdicts; waits for the batch, checking every `poll_s` seconds. Returns how many
+    """Judge the run's pending responses in batches (or collect the batches already sent) and
+    store the verdicts; waits for each batch, checking every `poll_s` seconds. Returns how many
     verdicts were stored."""
     service = _service(check_batchable(judge))
     with closing(sqlite3.connect(store.path, timeout=30)) as db:
         db.execute(_SCHEMA)
-        row = db.execute(
-            "SELECT batch_id, sample_ids FROM judge_batches "
-            "WHERE run_id = ? AND judge = ? AND collected = 0",
-            (run_id, judge.id),
-        ).fetchone()
         stored = 0
-        if row is None:
-            stored, row = _submit(store, run_id, judge, service, samples, db)
-            if row is None:
-                return stored
+        batches = _uncollected(db, run_id, judge.id)
+        if batches:
+            say(f"{judge.id}: collecting {len(batches)} batch(es) sent earlier")
         else:
-            say(f"{judge.id}: collecting batch {row[0]}, sent earlier")
-        batch_id, sample_ids = row[0], json.loads(row[1])
-        status = _wait(service, judge.id, batch_id, poll_s, say)
-        answered = service.results(batch_id)
-        missing = Response(text=None, error=f"batch {batch_id} ended {status} without an answer")
-        verdicts = {i: judge.verdict(answered.get(i, missing)) for i in sample_ids}
-        store.save_verdicts(run_id, judge.id, verdicts.items())
-        with db:
-            db.execute("UPDATE judge_batches SET collected = 1 WHERE batch_id = ?", (batch_id,))
-    return stored + len(verdicts)
+            stored = _submit(store, run_id, judge, service, samples, db)
+            batches = _uncollected(db, run_id, judge.id)
+        for batch_id, sample_ids in batches:
+            status = _wait(service, judge.id, batch_id, poll_s, say)
+            answered = service.results(batch_id)
+            missing = Response(None, error=f"batch {batch_id} ended {status} without an answer")
+            verdicts = {i: judge.verdict(answered.get(i, missing)) for i in sample_ids}
+            store.save_verdicts(run_id, judge.id, verdicts.items())
+            with db:
+                db.execute("UPDATE judge_batches SET collected = 1 WHERE batch_id = ?", (batch_id,))
+            stored += len(verdicts)
+    return stored
 
 
-def _submit(store, run_id, judge: LLMJudge, service: _Service, samples, db):
-    """Send the pending items as a batch and record it; (error verdicts stored, its row)."""
+def _uncollected(db: sqlite3.Connection, run_id: int, judge_id: str) -> list[tuple[str, list]]:
+    rows = db.execute(
+        "SELECT batch_id, sample_ids FROM judge_batches "
+        "WHERE run_id = ? AND judge = ? AND collected = 0 ORDER BY rowid",
+        (run_id, judge_id),
+    )
+    return [(batch_id, json.loads(ids)) for batch_id, ids in rows]
+
+
+def _submit(store, run_id, judge: LLMJudge, service: _Service, samples, db) -> int:
+    """Send the pending items in batches within the provider's limits, each recorded as it
+    is sent; returns the error verdicts stored for items that cannot be asked about. Images
+    are read a few at a time, so memory holds at most one batch."""
+    from holisafe.evaluate import chunks  # here: evaluate imports this module
+
     by_id = {str(s.id): s for s in samples}
-    pending = store.pending_verdicts(run_id, judge.id)
-    requests, failed = judge.prepare([(by_id[i], text) for i, text in pending])
-    ids = [sample_id for sample_id, _ in pending]
-    store.save_verdicts(run_id, judge.id, [(ids[i], verdict) for i, verdict in failed.items()])
-    if not requests:
-        return len(failed), None
-    asked = {ids[i]: request for i, request in requests.items()}
-    batch_id = service.submit(asked, judge.settings)
-    row = (batch_id, json.dumps(list(asked)))
+    failures = 0
+    lines: list[dict] = []
+    size = 0
+    for group in chunks(store.pending_verdicts(run_id, judge.id), 64):
+        requests, failed = judge.prepare([(by_id[i], text) for i, text in group])
+        store.save_verdicts(run_id, judge.id, [(group[i][0], v) for i, v in failed.items()])
+        failures += len(failed)
+        for i, request in requests.items():
+            line = service.line(group[i][0], request, judge.settings)
+            line_size = len(json.dumps(line)) + 1
+            if lines and (
+                size + line_size > service.max_bytes or len(lines) == service.max_requests
+            ):
+                _send(service, lines, run_id, judge.id, db)
+                lines, size = [], 0
+            lines.append(line)
+            size += line_size
+    if lines:
+        _send(service, lines, run_id, judge.id, db)
+    return failures
+
+
+def _send(service: _Service, lines: list[dict], run_id: int, judge_id: str, db) -> None:
+    batch_id = service.submit(lines)
     with db:
         db.execute(
             "INSERT INTO judge_batches (run_id, judge, batch_id, sample_ids) VALUES (?, ?, ?, ?)",
-            (run_id, judge.id, *row),
+            (run_id, judge_id, batch_id, json.dumps([line["custom_id"] for line in lines])),
         )
-    return len(failed), row
 
 
 def _wait(service: _Service, judge_id: str, batch_id: str, poll_s: float, say) -> str:
