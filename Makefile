@@ -4,9 +4,11 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+# The core alone (no extras, so no torch), to check that it evaluates API models and reports.
+LEAN := .venv-lean
 DEMO_OUT ?= runs/demo
 
-.PHONY: install browser demo test lint
+.PHONY: install browser demo test lint lean
 
 install: $(VENV)/.installed
 
@@ -18,7 +20,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-	$(BIN)/python -m pip install --quiet -e ".[test]"
+	$(BIN)/python -m pip install --quiet -e ".[all,test]"
 	touch $@
 
 demo: install
@@ -32,7 +34,15 @@ browser:
 	    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } || \
 	  echo "chromium is not installed: the browser tests will be skipped"
 
-test: install browser
+$(LEAN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(LEAN)
+	$(LEAN)/bin/python -m pip install --quiet -e .
+	touch $@
+
+lean: $(LEAN)/.installed
+	$(LEAN)/bin/python .ci/lean_core_check.py
+
+test: install browser lean
 	$(BIN)/ruff check src tests benchmarks
 	$(BIN)/python -m pytest -q
 

@@ -112,11 +112,21 @@ def build_llava(folder: Path, hidden: int, layers: int) -> Path:
     return folder
 
 
+def fill_vocabulary(tokenizer, vocab_size: int) -> None:
+    """Add words `w<id>` to `tokenizer` until it has `vocab_size` tokens, so that every id a
+    model with that vocabulary emits decodes to text (the tiny tokenizer has far fewer ids than
+    LLaVA's 32,064, and an unknown id decodes to nothing: an empty answer, an error)."""
+    missing = vocab_size - len(tokenizer)
+    if missing > 0:
+        tokenizer.add_tokens([f" w{i}" for i in range(len(tokenizer), vocab_size)])
+
+
 def build_7b_shaped_llava(folder: Path, device: str = "cuda") -> Path:
-    """A random LLaVA-1.5-7B-shaped model in bfloat16 with the tiny tokenizer, built on
-    `device` (a 7B model takes a long time to initialise on a CPU)."""
+    """A random LLaVA-1.5-7B-shaped model in bfloat16 with the tiny tokenizer filled up to the
+    7B vocabulary, built on `device` (a 7B model takes a long time to initialise on a CPU)."""
     build_tiny_model(folder, "llava")
     processor = AutoProcessor.from_pretrained(folder)
+    fill_vocabulary(processor.tokenizer, TEXT_7B["vocab_size"])
     side, patch = VISION_7B["image_size"], VISION_7B["patch_size"]
     processor.image_processor.size = {"shortest_edge": side}
     processor.image_processor.crop_size = {"height": side, "width": side}

@@ -72,6 +72,17 @@ BENCHMARKS = (
         "waiting on the network, so the ideal speed-up is the concurrency.",
     ),
     Benchmark(
+        "`evaluate()` under long-tailed answer times (`openai` backend)",
+        "bench_eval_pipeline.py",
+        "`holisafe.evaluate.evaluate` itself (answer, store each response as it arrives, judge "
+        "with the string judge) on 480 samples against a loopback OpenAI-compatible stub whose "
+        "answer times are lognormal (median 50 ms, sigma 1: mean about 85 ms, 99th percentile "
+        "about 0.5 s), seeded by the question so every configuration waits the same times. Set "
+        "against the ideal single pool (the backend's `generate` over all requests, 16 in "
+        "flight, no store or judge) and against `evaluate()` at concurrency 1. Goals: within "
+        "1.25x of the pool, and at least 12x faster than concurrency 1.",
+    ),
+    Benchmark(
         "Server throughput under concurrent load (`holisafe serve`)",
         "bench_server.py",
         "`holisafe serve` on a small random LLaVA in its own process, reached through the "

@@ -3,7 +3,8 @@
 Each stub is a real HTTP server on 127.0.0.1 (a free port), so the official SDKs talk to it
 exactly as they would to the real service. A stub answers with `reply` (a text, or a function
 of the request's JSON body; `reshape` may then change the whole reply body), checks the API key
-and the model name as the real service does, can add a fixed latency, and can be told to
+and the model name as the real service does, can add a latency (fixed, or a function of the
+request's JSON body), and can be told to
 misbehave for the next requests or for all of them (`fail`). It records every request it
 received and the most requests it served at once.
 
@@ -223,10 +224,11 @@ class StubServer:
         reply: Reply = "stub answer",
         api_key: str | None = "stub-key",
         model: str = "stub-model",
-        latency_s: float = 0.0,
+        latency_s: float | Callable[[dict], float] = 0.0,
         retry_after_s: float = 0.01,
         stall_s: float = 30.0,
         reshape: Callable[[dict], Any] | None = None,
+        port: int = 0,
     ):
         self.dialect = dialect
         self.reply = reply
@@ -243,7 +245,7 @@ class StubServer:
         self._lasting_fault: str | None = None
         self._lock = threading.Lock()
         self._stopping = threading.Event()
-        self._server = _Server(("127.0.0.1", 0), _handler_for(self))
+        self._server = _Server(("127.0.0.1", port), _handler_for(self))  # 0: a free one
 
     @property
     def root(self) -> str:
@@ -286,7 +288,8 @@ class StubServer:
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
         try:
-            self._stopping.wait(self.latency_s)
+            latency_s = self.latency_s(body) if callable(self.latency_s) else self.latency_s
+            self._stopping.wait(latency_s)
             return self._answer(path, headers, body)
         finally:
             with self._lock:

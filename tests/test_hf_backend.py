@@ -8,6 +8,7 @@ from PIL import Image
 
 from holisafe.models.base import GenerationSettings, ModelError, Request
 from holisafe.models.hf import HFModel
+from holisafe.models.tiny import build_tiny_model
 from tests.modelfixtures import FAMILIES, no_network, picture, tiny_model_dir
 
 SHORT = GenerationSettings(max_new_tokens=6)
@@ -131,6 +132,7 @@ def test_bfloat16_on_cpu(tmp_path):
 def test_auto_picks_float32_on_cpu(models):
     details = models("llava").details
     assert (details["dtype"], details["device"]) == ("float32", "cpu")
+    assert details["revision"].startswith("folder:")  # a local folder's fingerprint
 
 
 @pytest.mark.parametrize(
@@ -164,3 +166,18 @@ def test_bad_options_raise_model_error(options, message):
 def test_cuda_without_a_gpu_is_a_clear_error():
     with pytest.raises(ModelError, match="no CUDA GPU"):
         HFModel("hf/anything", device="cuda")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="only where torch sees no GPU")
+def test_spreading_over_gpus_without_a_gpu_is_a_clear_error():
+    with pytest.raises(ModelError, match="spreads a model over GPUs, but torch sees no CUDA GPU"):
+        HFModel("hf/anything", device="map")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (not run: no GPU)")
+def test_a_model_spread_by_a_device_map_answers(tmp_path):
+    folder = build_tiny_model(tmp_path / "llava", "llava")
+    model = HFModel(f"hf/{folder}", device="map", batch_size=2)
+    assert model.details["device"].startswith("cuda:0")
+    responses = model.generate([Request(query="hi")], GenerationSettings(max_new_tokens=2))
+    assert responses[0].error is None

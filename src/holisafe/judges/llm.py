@@ -222,6 +222,17 @@ class LLMJudge:
         return ()
 
     def judge(self, items: list[tuple[Sample, str]]) -> list[Verdict]:
+        requests, verdicts = self.prepare(items)
+        responses = self.model.generate(list(requests.values()), self.settings) if requests else []
+        for i, response in zip(requests, responses, strict=True):
+            verdicts[i] = self.verdict(response)
+        return [verdicts[i] for i in range(len(items))]
+
+    def prepare(
+        self, items: list[tuple[Sample, str]]
+    ) -> tuple[dict[int, Request], dict[int, Verdict]]:
+        """The judge model's request for each item (by index), and the error verdict of each
+        item it cannot be asked about."""
         verdicts: dict[int, Verdict] = {}
         requests: dict[int, Request] = {}
         for i, (sample, text) in enumerate(items):
@@ -229,10 +240,7 @@ class LLMJudge:
                 requests[i] = self._request(sample, text)
             except _Unjudgeable as reason:
                 verdicts[i] = Verdict(followed=None, error=str(reason))
-        responses = self.model.generate(list(requests.values()), self.settings) if requests else []
-        for i, response in zip(requests, responses, strict=True):
-            verdicts[i] = self._verdict(response)
-        return [verdicts[i] for i in range(len(items))]
+        return requests, verdicts
 
     def _request(self, sample: Sample, response: str) -> Request:
         """What the judge model is asked about one response."""
@@ -246,7 +254,8 @@ class LLMJudge:
             raise _Unjudgeable(f"the judge cannot see the image: {exc}") from None
         return Request(query=self.protocol.render(self.template, sample, response), image=image)
 
-    def _verdict(self, response: Response) -> Verdict:
+    def verdict(self, response: Response) -> Verdict:
+        """The verdict the judge model's response gives (an error verdict when it failed)."""
         if not response.ok:
             return Verdict(followed=None, error=f"judge model failed: {response.error}")
         return self.protocol.parse(response.text)

@@ -3,7 +3,8 @@
 - `hf/<Hub id or folder>`: a local transformers vision-language model (Safe-VLMs included);
 - `openai/<model>`: OpenAI or any OpenAI-compatible server given `base_url` (vLLM, SGLang,
   `holisafe serve`);
-- `anthropic/<model>`, `google/<model>`: through their official SDKs.
+- `anthropic/<model>`, `google/<model>`: through their official SDKs;
+- `vllm/<Hub id or folder>`: a `vllm serve` started for the run, reached as `openai/` is.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from holisafe.models.base import (
     SafetyPrediction,
 )
 
-PROVIDERS = ("hf", "openai", "anthropic", "google")
+PROVIDERS = ("hf", "openai", "anthropic", "google", "vllm")
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,10 @@ class ModelOptions:
     max_retries: int = 5
     trust_remote_code: bool = False  # run code shipped with a released checkpoint (hf)
     head_input: str | None = None  # what a Safe-VLM's head reads, where its checkpoint is silent
+    # vllm/ models: how `vllm serve` runs them
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
 
 
 def parse_spec(spec: str) -> tuple[str, str]:
@@ -64,6 +69,8 @@ def load_model(spec: str, options: ModelOptions = ModelOptions()) -> Model:
             trust_remote_code=options.trust_remote_code,
             head_input=options.head_input,
         )
+    if provider == "vllm":
+        return _vllm(name, options)
     if options.head_input is not None:
         raise ModelError("--head-input applies to hf/ Safe-VLMs, not API models")
     if provider == "openai":
@@ -76,6 +83,26 @@ def load_model(spec: str, options: ModelOptions = ModelOptions()) -> Model:
         name,
         base_url=options.base_url,
         api_key=options.api_key,
+        concurrency=options.concurrency,
+        timeout_s=options.timeout_s,
+        max_retries=options.max_retries,
+    )
+
+
+def _vllm(name: str, options: ModelOptions) -> Model:
+    if options.base_url or options.api_key:
+        raise ModelError(
+            "vllm/ models start their own server; for a server already running use "
+            "openai/<model> with --base-url"
+        )
+    from holisafe.models.vllm import VLLMModel, VLLMSettings
+
+    settings = VLLMSettings(
+        options.tensor_parallel_size, options.gpu_memory_utilization, options.max_model_len
+    )
+    return VLLMModel(
+        name,
+        settings,
         concurrency=options.concurrency,
         timeout_s=options.timeout_s,
         max_retries=options.max_retries,

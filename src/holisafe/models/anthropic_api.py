@@ -32,15 +32,23 @@ class AnthropicModel(ApiModel):
         # sampling parameter with a 400, so settings.temperature cannot be honoured.
         return super().details | {"temperature": "not sent: the Messages API refuses it"}
 
-    def _send(self, request: Request, settings: GenerationSettings) -> Reply:
+    @property
+    def client(self) -> anthropic.Anthropic:
+        return self._client
+
+    def message_params(self, request: Request, settings: GenerationSettings) -> dict:
+        """The Messages API parameters for one Request (also a Message Batch request's)."""
         system = {"system": request.system} if request.system else {}
+        return {
+            "model": self.name,
+            "messages": [{"role": "user", "content": _content(request)}],
+            "max_tokens": settings.max_new_tokens,
+            **system,
+        }
+
+    def _send(self, request: Request, settings: GenerationSettings) -> Reply:
         with self.stainless_errors(anthropic):
-            message = self._client.messages.create(
-                model=self.name,
-                messages=[{"role": "user", "content": _content(request)}],
-                max_tokens=settings.max_new_tokens,
-                **system,
-            )
+            message = self._client.messages.create(**self.message_params(request, settings))
         # the SDK builds replies without validating them: each field is looked up, not assumed
         content = getattr(message, "content", None)
         if not isinstance(content, list):

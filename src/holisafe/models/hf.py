@@ -31,11 +31,15 @@ from holisafe.models.base import (
     Response,
     SafetyPrediction,
 )
+from holisafe.provenance import folder_revision
 from holisafe.vgm import is_safe_vlm, load_safe_vlm, safety_predictions
 
 GUARD_QUERY = "Describe the image."
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-DEVICES = ("auto", "cpu", "cuda")
+DEVICES = ("auto", "cpu", "cuda", "map")
+# `map`: the weights spread over every visible GPU (accelerate's device map), for a model
+# larger than one GPU; inputs go to the first GPU, where the embeddings are.
+SPREAD = "map"
 # A Hub id: `name` or `owner/name`; anything else is taken for a local folder.
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 T = TypeVar("T")
@@ -46,7 +50,8 @@ class HFModel:
 
     `spec_or_path` is `hf/<Hub id or folder>` or the id or folder alone. `dtype` is `auto`
     (bfloat16 on a GPU that has it, else float16 there; float32 on the CPU), `float32`,
-    `bfloat16` or `float16`; `device` is `auto`, `cpu`, `cuda` or `cuda:N`.
+    `bfloat16` or `float16`; `device` is `auto`, `cpu`, `cuda`, `cuda:N` or `map` (spread
+    over every visible GPU, for a model larger than one).
 
     Each Response's latency is the wall time of its batch divided by the batch size.
     """
@@ -69,15 +74,22 @@ class HFModel:
         self.batch_size = batch_size
         self.head_input = head_input
         self.processor = _load_processor(name)
-        self.model = self._load_model(name).to(self.device)
+        placement = {"device_map": "auto"} if device == SPREAD else {}
+        self.model = self._load_model(name, **placement)
+        if not placement:
+            self.model = self.model.to(self.device)
         self._system_role = _supports_system_role(self.processor, name)
+        # the Hub commit the weights came from, or a fingerprint of a local folder
+        hub_commit = getattr(self.model.config, "_commit_hash", None)
+        self.revision = folder_revision(name) if Path(name).is_dir() else hub_commit
 
     @property
     def details(self) -> dict[str, object]:
         """How the model runs, to record beside the generation settings."""
         return {
             "dtype": str(self.dtype).removeprefix("torch."),
-            "device": str(self.device),
+            "device": _devices(self.model, self.device),
+            "revision": self.revision,
             "batch_size": self.batch_size,
             "attention": self.model.config._attn_implementation,
             "model_class": type(self.model).__name__,
@@ -106,8 +118,8 @@ class HFModel:
     def safety_categories(self) -> tuple[str, ...]:
         return self.model.vgm.categories
 
-    def _load_model(self, name: str) -> PreTrainedModel:
-        return _load_model(name, self.dtype, self.head_input)
+    def _load_model(self, name: str, **placement: str) -> PreTrainedModel:
+        return _load_model(name, self.dtype, self.head_input, **placement)
 
     def _answer(self, batch: list[Request], settings: GenerationSettings) -> list[Response]:
         start = time.perf_counter()
@@ -185,12 +197,25 @@ def resolve_device(device: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.split(":")[0] not in DEVICES:
         raise ModelError(f"unknown device {device!r}; expected one of: {', '.join(DEVICES)}")
+    if device == SPREAD:
+        if not torch.cuda.is_available():
+            raise ModelError("device 'map' spreads a model over GPUs, but torch sees no CUDA GPU")
+        return torch.device("cuda:0")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ModelError(f"device {device!r} was asked for, but torch sees no CUDA GPU")
     try:
         return torch.device(device)
     except RuntimeError:
         raise ModelError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or auto") from None
+
+
+def _devices(model: PreTrainedModel, device: torch.device) -> str:
+    """The device, or the devices a device map spread the model over."""
+    mapped = getattr(model, "hf_device_map", None)
+    if not mapped:
+        return str(device)
+    names = {f"cuda:{d}" if isinstance(d, int) else str(d) for d in mapped.values()}
+    return ",".join(sorted(names))
 
 
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
@@ -240,19 +265,22 @@ def _load_processor(name: str) -> ProcessorMixin:
     return processor
 
 
-def _load_model(name: str, dtype: torch.dtype, head_input: str | None) -> PreTrainedModel:
+def _load_model(
+    name: str, dtype: torch.dtype, head_input: str | None, **placement: str
+) -> PreTrainedModel:
     """The model; a folder whose config carries safety fields loads as a Safe-VLM, its head
-    reading `head_input` where the checkpoint does not record what it reads."""
+    reading `head_input` where the checkpoint does not record what it reads. `placement` is
+    `device_map=...` or nothing (the caller moves the model)."""
 
     def load(source: str) -> PreTrainedModel:
         if is_safe_vlm(AutoConfig.from_pretrained(source)):
             return load_safe_vlm(
-                source, head_input=head_input, dtype=dtype, attn_implementation="sdpa"
+                source, head_input=head_input, dtype=dtype, attn_implementation="sdpa", **placement
             )
         if head_input is not None:
             raise ModelError(f"--head-input applies to Safe-VLMs; {name} has no safety head")
         return AutoModelForImageTextToText.from_pretrained(
-            source, dtype=dtype, attn_implementation="sdpa"
+            source, dtype=dtype, attn_implementation="sdpa", **placement
         )
 
     return load_from(name, load)

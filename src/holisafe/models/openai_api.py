@@ -34,17 +34,25 @@ class OpenAIModel(ApiModel):
         if self._official and key is None:
             raise self.missing_key()
 
-    def _send(self, request: Request, settings: GenerationSettings) -> Reply:
+    @property
+    def client(self) -> openai.OpenAI:
+        return self._client
+
+    def chat_body(self, request: Request, settings: GenerationSettings) -> dict:
+        """The chat completions request body for one Request (also a Batch API line's body)."""
         # OpenAI's own API wants max_completion_tokens (its reasoning models refuse max_tokens);
         # compatible servers have long known max_tokens, and not all know the newer name.
         limit = "max_completion_tokens" if self._official else "max_tokens"
+        return {
+            "model": self.name,
+            "messages": _messages(request),
+            "temperature": settings.temperature,
+            limit: settings.max_new_tokens,
+        }
+
+    def _send(self, request: Request, settings: GenerationSettings) -> Reply:
         with self.stainless_errors(openai):
-            completion = self._client.chat.completions.create(
-                model=self.name,
-                messages=_messages(request),
-                temperature=settings.temperature,
-                **{limit: settings.max_new_tokens},
-            )
+            completion = self._client.chat.completions.create(**self.chat_body(request, settings))
         return _reply_of(completion)
 
 

@@ -154,10 +154,10 @@ class RemoteSafeVLM(HFModel):
     def safety_categories(self) -> tuple[str, ...]:
         return tuple(self.model.config.safety_categories)
 
-    def _load_model(self, name: str) -> PreTrainedModel:
+    def _load_model(self, name: str, **placement: str) -> PreTrainedModel:
         model_class = load_remote_class(name, remote_code_of(name).class_ref)
         return load_from(
-            name, lambda source: model_class.from_pretrained(source, dtype=self.dtype)
+            name, lambda source: model_class.from_pretrained(source, dtype=self.dtype, **placement)
         )
 
     def _answer_probs(self, inputs, output) -> torch.Tensor | None:

@@ -1,0 +1,157 @@
+"""What produced a run: recorded each time a process works on it, checked before reporting it.
+
+Each `evaluate` call (a first run, a resume, each worker) adds one record to the store's
+`provenance` table: the versions of holisafe, torch and transformers, the model's resolved
+revision (the Hub commit, or a fingerprint of a local folder), dtype, device(s), batch size and
+endpoint, and the judges with their protocol. A run whose records differ in any of these (say,
+resumed under another transformers, or answered by two servers) mixes results that may not be
+comparable; `mixed` says how, and the report refuses such a run unless asked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+import time
+from collections.abc import Sequence
+from contextlib import closing
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from holisafe.errors import HolisafeError
+from holisafe.store import StoreError
+
+PACKAGES = ("holisafe", "torch", "transformers")
+# How requests are sent, not what answers them: may differ between workers of one run.
+TRANSPORT = ("concurrency", "timeout_s", "max_retries")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS provenance (
+    run_id INTEGER NOT NULL,
+    recorded_at REAL NOT NULL,
+    record TEXT NOT NULL
+)
+"""
+
+
+def versions() -> dict[str, str | None]:
+    """Installed versions (None: not installed), read without importing the packages."""
+    found: dict[str, str | None] = {}
+    for package in PACKAGES:
+        try:
+            found[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            found[package] = None
+    return found
+
+
+def describe(model: object | None, judges: Sequence[str], judge_protocol: str) -> dict[str, Any]:
+    """The record of one process's work on a run (`model` None: it answered nothing)."""
+    details = dict(getattr(model, "details", {})) if model is not None else None
+    if details is not None:
+        details = {k: v for k, v in details.items() if k not in TRANSPORT}
+    return {
+        "versions": versions(),
+        "model": details,
+        "judges": sorted(judges),
+        "judge_protocol": judge_protocol,
+    }
+
+
+def folder_revision(folder: str | Path) -> str:
+    """A fingerprint of a model folder: its files' names and sizes and its JSON files' text
+    (config, tokenizer, weight index); weights are not read, which would take minutes."""
+    root = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = path.relative_to(root).as_posix()
+        digest.update(f"{relative}\0{path.stat().st_size}\n".encode())
+        if path.suffix == ".json":
+            digest.update(path.read_bytes())
+    return f"folder:{digest.hexdigest()[:16]}"
+
+
+def record(store_path: str | Path, run_id: int, provenance: dict[str, Any]) -> None:
+    with closing(_connect(store_path)) as db, db:
+        db.execute(
+            "INSERT INTO provenance VALUES (?, ?, ?)",
+            (run_id, time.time(), json.dumps(provenance, sort_keys=True)),
+        )
+
+
+def records(store_path: str | Path, run_id: int) -> list[dict[str, Any]]:
+    """The run's records, oldest first, without repeats."""
+    with closing(_connect(store_path, create=False)) as db:
+        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'provenance'").fetchone():
+            return []  # a store written before provenance was recorded
+        rows = db.execute(
+            "SELECT record FROM provenance WHERE run_id = ? ORDER BY recorded_at", (run_id,)
+        )
+        unique = list(dict.fromkeys(row[0] for row in rows))
+    return [json.loads(text) for text in unique]
+
+
+def mixed(found: Sequence[dict[str, Any]]) -> list[str]:
+    """How the records of one run differ: `what: a / b` per differing field. Records of
+    processes that answered nothing (model None) or judged nothing are not compared on that."""
+    differences = []
+    for field, values in _fields(found).items():
+        distinct = list(dict.fromkeys(json.dumps(v, sort_keys=True) for v in values))
+        if len(distinct) > 1:
+            differences.append(f"{field}: {' / '.join(distinct)}")
+    return differences
+
+
+def _fields(found: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    # torch and transformers matter only where a local model ran
+    local = any("dtype" in (item["model"] or {}) for item in found)
+    fields: dict[str, list[Any]] = {}
+    for item in found:
+        for package, version in item["versions"].items():
+            if package == "holisafe" or local:
+                fields.setdefault(package, []).append(version)
+        for key, value in (item["model"] or {}).items():
+            fields.setdefault(f"model {key}", []).append(value)
+    return fields
+
+
+def _connect(store_path: str | Path, create: bool = True) -> sqlite3.Connection:
+    try:
+        db = sqlite3.connect(store_path, timeout=30)
+        if create:
+            db.execute(_SCHEMA)
+    except sqlite3.Error as exc:
+        raise StoreError(f"cannot keep provenance in store {store_path}: {exc}") from None
+    return db
+
+
+class MixedRunError(HolisafeError):
+    """A run whose parts were produced under different conditions."""
+
+
+def check_unmixed(store_path: str | Path, run_ids: Sequence[int]) -> None:
+    """Raise MixedRunError naming every run whose records differ, and how."""
+    problems = [
+        f"run {run_id} mixes {'; '.join(differences)}"
+        for run_id in run_ids
+        if (differences := mixed(records(store_path, run_id)))
+    ]
+    if problems:
+        raise MixedRunError(
+            f"{'. '.join(problems)}. Its results may not be comparable: rerun it in a fresh "
+            "store, or pass --allow-mixed to report it anyway"
+        )
+
+
+def summary(found: Sequence[dict[str, Any]]) -> str:
+    """One line per record: versions, the model's details, the judges and their protocol."""
+    lines = []
+    for item in found:
+        parts = [f"{name} {version or 'absent'}" for name, version in item["versions"].items()]
+        parts += [f"{key} {value}" for key, value in (item["model"] or {}).items()]
+        judges = ", ".join(item["judges"]) or "none"
+        parts.append(f"judges {judges} ({item['judge_protocol']} protocol)")
+        lines.append("; ".join(parts))
+    return "\n".join(lines) or "no provenance recorded (a run made before holisafe recorded it)"
