@@ -39,7 +39,7 @@ def test_a_run_resumed_against_another_server_is_refused_unless_asked(tmp_path):
     bench = write_official(tmp_path / "bench")
     store = tmp_path / "runs.db"
     with openai_stub(api_key=None) as first:
-        first.fail("empty", times=2)  # two samples left to answer on resume
+        first.fail("malformed", times=2)  # two samples left to answer on resume
         evaluate("openai/stub-model", bench, store, options=ModelOptions(base_url=first.url))
     with openai_stub(api_key=None) as second:
         evaluate("openai/stub-model", bench, store, options=ModelOptions(base_url=second.url))
