@@ -28,6 +28,7 @@ from typing import ClassVar
 from PIL import Image
 
 from holisafe.models.base import GenerationSettings, ModelError, Request, Response
+from holisafe.text import replace_surrogates
 
 
 class RequestFailed(Exception):
@@ -193,7 +194,9 @@ class ApiModel:
             return Response(None, error=error, latency_s=latency_s)
         if reply.text is None or not reply.text.strip():
             return Response("", latency_s=latency_s, tokens=reply.tokens)
-        return Response(reply.text, latency_s=latency_s, tokens=reply.tokens)
+        # a lone surrogate (a JSON "\ud800" escape) could be neither stored nor sent on to a judge
+        text = replace_surrogates(reply.text)
+        return Response(text, latency_s=latency_s, tokens=reply.tokens)
 
     def missing_key(self) -> ModelError:
         names = " or ".join(self.key_variables)
