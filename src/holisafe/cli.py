@@ -878,6 +878,7 @@ def train_command(
     keep_checkpoints: Annotated[int, typer.Option(help="Most checkpoints kept.")] = 2,
     log_steps: Annotated[int, typer.Option(help="Log every N steps.")] = 10,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a model already in OUT.")] = False,
     skip_invalid: Annotated[bool, typer.Option(help="Skip invalid data records.")] = False,
     report_to: Annotated[
         str, typer.Option(help="Where transformers reports: none, tensorboard, wandb, ...")
@@ -909,6 +910,7 @@ def train_command(
         keep_checkpoints=keep_checkpoints,
         log_steps=log_steps,
         resume=resume,
+        overwrite=overwrite,
         skip_invalid=skip_invalid,
         report_to=report_to,
     )

@@ -6,7 +6,6 @@ The model answers through its own processor and chat template (`AutoProcessor`,
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from transformers import (
     ProcessorMixin,
 )
 
+from holisafe.hub import local_or_hub
 from holisafe.models.base import (
     GenerationSettings,
     ModelError,
@@ -36,8 +36,6 @@ from holisafe.vgm import is_safe_vlm, load_safe_vlm, safety_predictions
 GUARD_QUERY = "Describe the image."
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 DEVICES = ("auto", "cpu", "cuda")
-# A Hub id: `name` or `owner/name`; anything else is taken for a local folder.
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 T = TypeVar("T")
 
 
@@ -188,20 +186,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
         ) from None
 
 
-def _source(name: str) -> str:
-    """The local folder `name` names, or `name` itself as a Hub id."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path)
-    if path.exists():
-        raise ModelError(f"hf model {name!r} is a file; give the model's folder")
-    if not _HUB_ID.fullmatch(name):
-        raise ModelError(f"hf model folder {name!r} does not exist")
-    return name
-
-
 def _load(name: str, loader: Callable[[str], T]) -> T:
-    source = _source(name)
+    source = local_or_hub(name, "hf model", error=ModelError)
     try:
         return loader(source)
     except Exception as exc:

@@ -43,14 +43,14 @@ def _text_message(role: str, text: str) -> dict:
     return {"role": role, "content": [{"type": "text", "text": text}]}
 
 
-def require_responses(samples: Sequence[Sample], source: str) -> None:
-    """Raise TrainError naming the samples that have no reference response."""
+def require_responses(samples: Sequence[Sample], source: str, use: str = "train on") -> None:
+    """Raise TrainError naming the samples that have no reference response to `use`."""
     missing = [s.id for s in samples if not s.response]
     if missing:
         shown = ", ".join(repr(i) for i in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise TrainError(
-            f"{source}: {len(missing)} sample(s) have no response to train on (ids {shown}{more})"
+            f"{source}: {len(missing)} sample(s) have no response to {use} (ids {shown}{more})"
         )
 
 

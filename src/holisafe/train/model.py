@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 
 import torch
@@ -11,6 +10,7 @@ import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+from holisafe.hub import local_or_hub
 from holisafe.train.record import read_record
 from holisafe.train.settings import TrainError, TrainSettings
 from holisafe.vgm import VGMSettings, attach_visual_guard, is_safe_vlm, load_safe_vlm
@@ -25,13 +25,7 @@ SAFETY_HEAD = "img_safety_head"
 
 def source_of(settings: TrainSettings) -> str:
     """The base as a local folder (absolute) or a Hub id."""
-    name = settings.base_name
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    if path.exists() or not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name):
-        raise TrainError(f"base model {settings.base!r} is neither a model folder nor a Hub id")
-    return name
+    return local_or_hub(settings.base_name, "base model", error=TrainError)
 
 
 def load_processor(source: str):

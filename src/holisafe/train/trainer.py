@@ -7,6 +7,7 @@ a GPU; checkpoints every N steps and resume; evaluation on a held-out set after 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from holisafe.train.settings import TrainError, TrainSettings
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"
 ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+MODEL_FILES = ("config.json", *ADAPTER_FILES)
 
 
 class SafetyTrainer(Trainer):
@@ -100,11 +102,17 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     """
     out = Path(settings.out)
     checkpoints = out / CHECKPOINTS
+    if settings.overwrite:
+        shutil.rmtree(checkpoints, ignore_errors=True)
     resume_from = _checkpoint_to_resume(checkpoints, settings.resume)
+    if not (settings.resume or settings.overwrite):
+        _refuse_existing_model(out)
     source = source_of(settings)
     settings = dataclasses.replace(settings, base=f"hf/{source}")
-    samples = _samples(settings.data, settings, split="train", limit=settings.limit)
-    eval_samples = _samples(settings.eval_data, settings) if settings.eval_data else None
+    samples = _samples(settings.data, settings, "train on", split="train", limit=settings.limit)
+    eval_samples = (
+        _samples(settings.eval_data, settings, "evaluate on") if settings.eval_data else None
+    )
     processor = load_processor(source)
     model = trainable_model(settings, source, processor)
     trainer = SafetyTrainer(
@@ -189,17 +197,31 @@ def _checkpoint_to_resume(checkpoints: Path, resume: bool) -> str | None:
     if not resume and last is not None:
         raise TrainError(
             f"{checkpoints} holds checkpoints of an earlier run; pass --resume to continue it, "
-            "or choose another --out"
+            "--overwrite to start afresh, or choose another --out"
         )
     return str(last) if last else None
 
 
+def _refuse_existing_model(out: Path) -> None:
+    written = [name for name in MODEL_FILES if (out / name).exists()]
+    if written:
+        raise TrainError(
+            f"{out} already holds a trained model ({', '.join(written)}); pass --overwrite to "
+            "replace it, or choose another --out"
+        )
+
+
 def _samples(
-    source: str, settings: TrainSettings, split: str = "test", limit: int | None = None
+    source: str,
+    settings: TrainSettings,
+    use: str,
+    split: str = "test",
+    limit: int | None = None,
 ) -> list[Sample]:
+    """The samples of `source`, each with a response; `use` says what for, in messages."""
     dataset = load_samples(source, skip_invalid=settings.skip_invalid, split=split)
     samples = dataset.samples[:limit] if limit else dataset.samples
     if not samples:
-        raise TrainError(f"{source}: no samples to train on")
-    require_responses(samples, source)
+        raise TrainError(f"{source}: no samples to {use}")
+    require_responses(samples, source, use)
     return samples
