@@ -180,6 +180,10 @@ def eval_command(
     base_url: Annotated[
         str | None, typer.Option(help="Server of an OpenAI-compatible (or other) API.")
     ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="Key of the model's API (default: the provider's variable)."),
+    ] = None,
     timeout: TimeoutOpt = 60.0,
     max_retries: MaxRetriesOpt = 5,
     run: Annotated[int | None, typer.Option(help="Resume this run id explicitly.")] = None,
@@ -199,6 +203,7 @@ def eval_command(
         device=device,
         batch_size=batch_size,
         base_url=base_url,
+        api_key=api_key,
         concurrency=concurrency,
         timeout_s=timeout,
         max_retries=max_retries,
@@ -214,7 +219,7 @@ def eval_command(
         skip_invalid=skip_invalid,
         run_id=run,
         progress=True,
-        judge_options=replace(options, base_url=judge_base_url),
+        judge_options=replace(options, base_url=judge_base_url, api_key=None),
         judge_template=judge_template,
         judge_protocol=judge_protocol,
     )
@@ -222,7 +227,8 @@ def eval_command(
         err_console.print(f"skipped {line}", markup=False, highlight=False)
     _print_notes(outcome.notes)
     console.print(
-        f"run {outcome.run.id}: {outcome.generated} new responses, "
+        f"run {outcome.run.id}: {outcome.generated} new responses"
+        + (f" ({outcome.reused} reused from earlier runs), " if outcome.reused else ", ")
         + ", ".join(f"{n} new {j} verdicts" for j, n in outcome.judged.items())
     )
     _report_failures(outcome)

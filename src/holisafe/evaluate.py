@@ -30,6 +30,7 @@ class EvalOutcome:
 
     run: Run
     generated: int = 0
+    reused: int = 0  # answers copied from other runs of the same model, settings and samples
     judged: dict[str, int] = field(default_factory=dict)
     response_errors: list[tuple[str, str]] = field(default_factory=list)
     verdict_errors: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
@@ -63,6 +64,8 @@ def evaluate(
     """
     dataset = load_samples(bench, skip_invalid=skip_invalid, progress=progress)
     samples = dataset.samples[:limit] if limit is not None else dataset.samples
+    if not samples:
+        raise DataError(f"{bench}: no valid samples to evaluate{_first_problem(dataset)}")
     judge_options = judge_options or replace(options, base_url=None, api_key=None)
     judge_objects = [load_judge(j, judge_options, judge_template, judge_protocol) for j in judges]
     with Store(store_path) as store, progress_bar(progress) as bar:
@@ -72,6 +75,7 @@ def evaluate(
         outcome = EvalOutcome(
             run=run, skipped=[str(p) for p in dataset.problems], notes=_notes(judge_objects)
         )
+        outcome.reused = store.reuse_answers(run.id)
         pending = set(store.pending_samples(run.id, [s.id for s in samples]))
         todo = [s for s in samples if s.id in pending]
         if todo:
@@ -118,6 +122,12 @@ def judge_stored(
                 outcome.verdict_errors[judge.id] = store.verdict_errors(run.id, judge.id)
             outcomes.append(outcome)
     return outcomes
+
+
+def _first_problem(dataset) -> str:
+    if not dataset.problems:
+        return ""
+    return f" ({len(dataset.problems)} skipped; the first, {dataset.problems[0]})"
 
 
 def _notes(judges: Sequence[Judge]) -> list[str]:
