@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -1001,7 +1002,11 @@ def demo_command(
 
 
 def main() -> None:
-    """Run the CLI: a user mistake gives one line on stderr and a non-zero exit, no traceback."""
+    """Run the CLI: a user mistake gives one line on stderr and a non-zero exit, no traceback.
+
+    transformers' load reports and notices are hidden unless TRANSFORMERS_VERBOSITY asks for them.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     try:
         app()
     except HolisafeError as exc:

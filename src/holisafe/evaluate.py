@@ -11,14 +11,13 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
 from holisafe.data import Sample, load_samples
 from holisafe.data.sample import ImageError
 from holisafe.errors import DataError
 from holisafe.judges import Judge, load_judge
 from holisafe.models import ModelOptions, load_model
 from holisafe.models.base import GenerationSettings, Model, Request, Response
+from holisafe.progress import progress_bar
 from holisafe.store import Run, Store, StoreError, bench_fingerprint
 
 T = TypeVar("T")
@@ -212,15 +211,3 @@ def chunks(items: Sequence[T], size: int) -> Iterable[list[T]]:
     """`items` in consecutive lists of at most `size`."""
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
-
-
-def progress_bar(enabled: bool) -> Progress:
-    """The toolkit's progress bar for long work (hidden when `enabled` is False)."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )

@@ -23,12 +23,12 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-from rich.progress import track
 from transformers import BatchFeature
 
 from holisafe.data import Sample, load_samples
 from holisafe.errors import HolisafeError
 from holisafe.models import ModelOptions, load_model, parse_spec
+from holisafe.progress import track
 
 
 class AnalysisError(HolisafeError):
@@ -90,7 +90,7 @@ def attention_analysis(
     backend.model.set_attn_implementation("eager")
     meta_token_id = getattr(getattr(backend.model, "vgm", None), "meta_token_id", None)
     rows: list[TokenAttention] = []
-    for sample in track(samples, description="attention", disable=not progress):
+    for sample in track(samples, "attention", progress):
         rows += sample_attention(backend, sample, max_new_tokens, meta_token_id)
     layers = layer_means(rows)
     out = Path(out)

@@ -18,12 +18,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from rich.progress import track
-
 from holisafe import taxonomy
 from holisafe.data.sample import ImageError, ImageRef, Sample
 from holisafe.errors import DataError, RecordError
 from holisafe.hub import is_hub_id, local_or_hub
+from holisafe.progress import track
 
 FORMATS = ("holisafe", "jsonl", "parquet", "llava", "vlguard", "hub")
 OFFICIAL_JSON_NAMES = ("holisafe_bench.json", "holisafe_train.json")
@@ -446,9 +445,7 @@ def _converter(fmt: str, images: ImageFolder | None) -> Callable[[Any], list[Sam
 def _check_images(dataset: Dataset, progress: bool) -> None:
     verdicts: dict[str, str | None] = {}
     kept = []
-    for sample in track(
-        dataset.samples, description="checking images", disable=not progress, transient=True
-    ):
+    for sample in track(dataset.samples, "checking images", progress):
         key = sample.image.key
         if key not in verdicts:
             try:
