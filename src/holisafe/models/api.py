@@ -27,6 +27,9 @@ from PIL import Image
 
 from holisafe.models.base import GenerationSettings, ModelError, Request, Response
 
+# The stop reasons of OpenAI, Anthropic and Gemini for an answer cut at the token limit.
+LENGTH_STOP_REASONS = ("length", "max_tokens", "MAX_TOKENS")
+
 
 class RequestFailed(Exception):
     """A fault of one request: it becomes that Response's error and the run goes on."""
@@ -192,7 +195,8 @@ class ApiModel:
             return Response(
                 None, error=f"empty reply{stopped}", latency_s=latency_s, tokens=reply.tokens
             )
-        return Response(reply.text, latency_s=latency_s, tokens=reply.tokens)
+        truncated = reply.stop_reason in LENGTH_STOP_REASONS
+        return Response(reply.text, latency_s=latency_s, tokens=reply.tokens, truncated=truncated)
 
     def missing_key(self) -> ModelError:
         names = " or ".join(self.key_variables)

@@ -101,18 +101,19 @@ class HFModel:
     def _answer(self, batch: list[Request], settings: GenerationSettings) -> list[Response]:
         start = time.perf_counter()
         try:
-            texts, safety = self._generate_texts(batch, settings)
+            texts, cut, safety = self._generate_texts(batch, settings)
         except Exception as exc:  # a fault of one request: retry its batch-mates on their own
             if len(batch) > 1:
                 return [response for r in batch for response in self._answer([r], settings)]
             return [Response(text=None, error=_why(exc))]
         latency = (time.perf_counter() - start) / len(batch)
-        return [_response(t, latency, p) for t, p in zip(texts, safety, strict=True)]
+        return [_response(*answer, latency) for answer in zip(texts, cut, safety, strict=True)]
 
     def _generate_texts(
         self, batch: list[Request], settings: GenerationSettings
-    ) -> tuple[list[str], list[SafetyPrediction | None]]:
-        """The answers and, for a Safe-VLM, the safety predictions of the same prefill."""
+    ) -> tuple[list[str], list[bool], list[SafetyPrediction | None]]:
+        """The answers, whether each was cut at the token limit and, for a Safe-VLM, the safety
+        predictions of the same prefill."""
         inputs = self._inputs(batch)
         with torch.inference_mode():
             output = self.model.generate(
@@ -120,7 +121,18 @@ class HFModel:
             )
         new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :]
         texts = self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return texts, self._predictions(output.get("img_safety_probs"), len(batch))
+        cut = self._cut(new_tokens, settings.max_new_tokens)
+        return texts, cut, self._predictions(output.get("img_safety_probs"), len(batch))
+
+    def _cut(self, new_tokens: torch.Tensor, max_new_tokens: int) -> list[bool]:
+        """Whether each answer ran to `max_new_tokens` without a stop token (finished rows are
+        padded after their stop token, so only the last column needs looking at)."""
+        if new_tokens.shape[1] < max_new_tokens:
+            return [False] * len(new_tokens)
+        stops = self.model.generation_config.eos_token_id
+        stops = {*(stops if isinstance(stops, list) else [stops])}
+        stops |= {self.processor.tokenizer.eos_token_id, self.processor.tokenizer.pad_token_id}
+        return [int(last) not in stops for last in new_tokens[:, -1]]
 
     def classify(self, images: list[Image.Image]) -> list[SafetyPrediction]:
         """The safety head's verdict on each image, from one forward pass per batch.
@@ -280,10 +292,12 @@ def _batches(requests: list[Request], size: int) -> list[list[int]]:
     ]
 
 
-def _response(text: str, latency_s: float, safety: SafetyPrediction | None) -> Response:
+def _response(
+    text: str, truncated: bool, safety: SafetyPrediction | None, latency_s: float
+) -> Response:
     text = text.strip()
     error = None if text else "empty reply"
-    return Response(text=text, error=error, latency_s=latency_s, safety=safety)
+    return Response(text, error, latency_s, safety, truncated=truncated)
 
 
 def _first_line(exc: BaseException) -> str:
