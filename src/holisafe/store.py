@@ -655,36 +655,31 @@ def _export_row(run: Run, record: RunRecord) -> dict[str, Any]:
 
 
 def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from datasets import Features, List, Value
 
-    verdict = pa.struct(
-        [
-            ("judge", pa.string()),
-            ("followed", pa.bool_()),
-            ("raw", pa.string()),
-            ("error", pa.string()),
-        ]
-    )
-    schema = pa.schema(
-        [
-            ("run_id", pa.int64()),
-            ("model", pa.string()),
-            ("sample_id", pa.string()),
-            ("query", pa.string()),
-            ("image", pa.string()),
-            ("type", pa.string()),
-            ("category", pa.string()),
-            ("subcategory", pa.string()),
-            ("image_safety_label", pa.int64()),
-            ("response", pa.string()),
-            ("latency_s", pa.float64()),
-            ("error", pa.string()),
-            ("extra", pa.string()),
-            ("verdicts", pa.list_(verdict)),
-        ]
+    from holisafe.data.export import write_parquet
+
+    text, integer = Value("string"), Value("int64")
+    verdict = {"judge": text, "followed": Value("bool"), "raw": text, "error": text}
+    features = Features(
+        {
+            "run_id": integer,
+            "model": text,
+            "sample_id": text,
+            "query": text,
+            "image": text,
+            "type": text,
+            "category": text,
+            "subcategory": text,
+            "image_safety_label": integer,
+            "response": text,
+            "latency_s": Value("float64"),
+            "error": text,
+            "extra": text,
+            "verdicts": List(verdict),
+        }
     )
     rows = [
         {**row, "extra": None if row["extra"] is None else json.dumps(row["extra"])} for row in rows
     ]
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    write_parquet(rows, features, path)

@@ -28,6 +28,7 @@ from transformers import BatchFeature
 from holisafe.data import Sample, load_samples
 from holisafe.errors import HolisafeError
 from holisafe.models import ModelOptions, load_model, parse_spec
+from holisafe.models.chat import user_message
 from holisafe.progress import track
 
 
@@ -156,17 +157,12 @@ def _over_prompt(attention: torch.Tensor, prompt_length: int, step: int) -> torc
 
 def _inputs(backend, sample: Sample) -> dict:
     processor = backend.processor
-    messages = [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image", "image": sample.image.load()},
-                {"type": "text", "text": sample.query},
-            ],
-        }
-    ]
     inputs = processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        [user_message(sample.query, sample.image.load())],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
     )
     if hasattr(backend.model, "vgm"):
         inputs = backend.model.prepare_inputs(inputs, processor.tokenizer)

@@ -31,6 +31,7 @@ from holisafe.models.base import (
     Response,
     SafetyPrediction,
 )
+from holisafe.models.chat import text_message, user_message
 from holisafe.vgm import is_safe_vlm, load_safe_vlm, safety_predictions
 
 GUARD_QUERY = "Describe the image."
@@ -184,12 +185,15 @@ def resolve_device(device: str) -> torch.device:
         raise ModelError(f"unknown device {device!r}; expected cpu, cuda, cuda:N or auto") from None
 
 
+def gpu_half_dtype() -> torch.dtype:
+    """The half precision a CUDA GPU computes in: bfloat16 where it has it, else float16."""
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is bfloat16 on a GPU that supports it, float16 on one that does not, else float32."""
+    """`auto` is the GPU's half precision (`gpu_half_dtype`) on a GPU, float32 on the CPU."""
     if dtype == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return gpu_half_dtype() if device.type == "cuda" else torch.float32
     try:
         return DTYPES[dtype]
     except KeyError:
@@ -233,8 +237,7 @@ def _load_model(name: str, dtype: torch.dtype) -> PreTrainedModel:
 
 def _supports_system_role(processor: ProcessorMixin, name: str) -> bool:
     """Whether the chat template takes a system message; fails if it renders nothing at all."""
-    user = {"role": "user", "content": [{"type": "text", "text": "hi"}]}
-    system = {"role": "system", "content": [{"type": "text", "text": "be brief"}]}
+    user, system = user_message("hi"), text_message("system", "be brief")
     try:
         processor.apply_chat_template([user], add_generation_prompt=True)
     except Exception as exc:
@@ -248,17 +251,10 @@ def _supports_system_role(processor: ProcessorMixin, name: str) -> bool:
 
 def _conversation(request: Request, system_role: bool) -> list[dict]:
     """The request as chat messages; without a system role, a system prompt leads the query."""
-    query = request.query
-    messages = []
     if request.system and system_role:
-        messages.append({"role": "system", "content": [{"type": "text", "text": request.system}]})
-    elif request.system:
-        query = f"{request.system}\n\n{query}"
-    content = [{"type": "text", "text": query}]
-    if request.image is not None:
-        content.insert(0, {"type": "image", "image": request.image.convert("RGB")})
-    messages.append({"role": "user", "content": content})
-    return messages
+        return [text_message("system", request.system), user_message(request.query, request.image)]
+    query = f"{request.system}\n\n{request.query}" if request.system else request.query
+    return [user_message(query, request.image)]
 
 
 def _generation_config(settings: GenerationSettings, processor: ProcessorMixin) -> GenerationConfig:

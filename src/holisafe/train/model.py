@@ -11,6 +11,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
 from holisafe.hub import local_or_hub
+from holisafe.models.hf import gpu_half_dtype
 from holisafe.train.record import read_record
 from holisafe.train.settings import TrainError, TrainSettings
 from holisafe.vgm import VGMSettings, attach_visual_guard, is_safe_vlm, load_safe_vlm
@@ -37,7 +38,7 @@ def load_processor(source: str):
 
 def training_dtype(settings: TrainSettings) -> torch.dtype:
     """LoRA on a bfloat16 GPU keeps the frozen base in bfloat16; anything trained is float32."""
-    on_bf16_gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    on_bf16_gpu = torch.cuda.is_available() and gpu_half_dtype() == torch.bfloat16
     return torch.bfloat16 if settings.lora and on_bf16_gpu else torch.float32
 
 

@@ -15,6 +15,7 @@ import torch
 from transformers import Trainer, TrainingArguments
 
 from holisafe.data import Sample, load_samples
+from holisafe.models.hf import gpu_half_dtype
 from holisafe.train.collate import IGNORE, collator_for, require_responses
 from holisafe.train.model import load_processor, merge_lora, source_of, trainable_model
 from holisafe.train.record import TrainRecord, write_record
@@ -150,8 +151,7 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
 def training_arguments(
     settings: TrainSettings, checkpoints: Path, *, has_eval: bool, progress: bool
 ) -> TrainingArguments:
-    cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    half = gpu_half_dtype() if torch.cuda.is_available() else None
     return TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=settings.batch_size,
@@ -169,9 +169,9 @@ def training_arguments(
         eval_strategy="epoch" if has_eval else "no",
         prediction_loss_only=True,
         seed=settings.seed,
-        use_cpu=not cuda,
-        bf16=bf16,
-        fp16=cuda and not bf16,
+        use_cpu=half is None,
+        bf16=half == torch.bfloat16,
+        fp16=half == torch.float16,
         remove_unused_columns=False,
         # With the vision encoder frozen every trained parameter takes part in each step (the
         # safety loss keeps the head in the graph even without labels), so DDP need not search
