@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from holisafe.errors import HolisafeError
+from holisafe.threads import limit_threads
 
 app = typer.Typer(
     help="HoliSafe: holistic safety benchmarking and modelling for vision-language models.",
@@ -981,6 +982,9 @@ def demo_command(
         bool, typer.Option(help="A smaller run (under a minute on 2 cores), for CI.")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the data and the models.")] = 0,
+    threads: Annotated[
+        int, typer.Option(help="torch threads; with the seed, they fix the demo's outputs.")
+    ] = 1,
 ) -> None:
     """Generate HoliSafe-Mini, train three tiny VLMs, evaluate them and write the report."""
     from transformers.utils import logging as hf_logging
@@ -990,7 +994,7 @@ def demo_command(
     hf_logging.disable_progress_bar()  # loading and saving bars; training keeps its own
     hf_logging.set_verbosity_error()  # a new guard module's missing weights are expected
     console.print(SCALE_NOTE, style="yellow")
-    result = run_demo(out, quick=quick, seed=seed, say=console.print)
+    result = run_demo(out, quick=quick, seed=seed, threads=threads, say=console.print)
     print()
     for model in MODELS:
         console.print(f"{model.name}: {model.description}")
@@ -1007,6 +1011,7 @@ def main() -> None:
     transformers' load reports and notices are hidden unless TRANSFORMERS_VERBOSITY asks for them.
     """
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    limit_threads()
     try:
         app()
     except HolisafeError as exc:
