@@ -227,7 +227,8 @@ def test_an_unreachable_endpoint_is_one_clear_line(tmp_path):
         )
     )
     assert code == 2
-    assert err.startswith("error: ") and "cannot reach" in err and "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # after the progress lines of a redirected stderr
+    assert last.startswith("error: ") and "cannot reach" in last and "Traceback" not in err
 
 
 def test_a_sample_whose_image_breaks_after_loading_gets_an_error_response(tmp_path):
