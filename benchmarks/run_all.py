@@ -167,6 +167,15 @@ BENCHMARKS = (
         cpu_args=("--repeats", "5"),
         gpu_args=("--gpu-7b", "--steps", "20", "--repeats", "1"),
     ),
+    Benchmark(
+        "Threads against a competing CPU load",
+        "bench_threads.py",
+        "The demo's vision pretraining (1,000 images) in a fresh process on one torch thread and "
+        "on every available core, with the machine as it is and with one busy-looping process "
+        "per core beside it: wall and CPU time of each, and whether the thread counts wrote the "
+        "same weights. The script sets each run's OMP_NUM_THREADS itself.",
+        cpu_args=("--images", "1000"),
+    ),
 )
 
 

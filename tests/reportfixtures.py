@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from holisafe import taxonomy
 from holisafe.data import load_samples
 from holisafe.data.mini import generate_mini
 from holisafe.data.sample import Sample
@@ -44,7 +45,19 @@ def llm_verdict(string_verdict: Verdict, sample_id: str) -> Verdict:
     return Verdict(followed, raw="stand-in")
 
 
-def build_store(folder: Path, bench_pairs: int = 95) -> ReportStore:
+def scripted_safety(sample: Sample, draw: float) -> dict:
+    """A stand-in safety head's prediction (as stored): right more often than not."""
+    unsafe_image = sample.image_safety_label != taxonomy.SAFE_LABEL
+    unsafe = 0.3 + 0.7 * draw if unsafe_image else 0.7 * draw
+    named = sample.subcategory if unsafe_image else "terrorism"
+    probs = {label: 0.2 * unsafe / 18 for label in taxonomy.IMAGE_SAFETY_LABELS}
+    probs |= {"safe": 1 - unsafe, named: 0.8 * unsafe}
+    label = max(probs, key=probs.get)
+    return {"safety": {"label": label, "prob": probs[label], "probs": probs}}
+
+
+def build_store(folder: Path, bench_pairs: int = 95, safety: bool = False) -> ReportStore:
+    """With `safety`, the first model is a Safe-VLM: a prediction is stored with each answer."""
     summary = generate_mini(folder / "mini", bench_pairs=bench_pairs, train_pairs=1, size=48)
     samples = load_samples(summary.bench_dir).samples
     by_id = {str(s.id): s for s in samples}
@@ -65,7 +78,11 @@ def build_store(folder: Path, bench_pairs: int = 95) -> ReportStore:
                     (i, Response(None, "out of memory") if str(i) == FAILED_SAMPLE else r)
                     for i, r in responses
                 ]
-            store.save_responses(run.id, responses)
+            extras = None
+            if safety and model == next(iter(MODELS)):
+                draws = np.random.default_rng(11).random(len(samples))
+                extras = {s.id: scripted_safety(s, d) for s, d in zip(samples, draws, strict=True)}
+            store.save_responses(run.id, responses, extras)
             pending = store.pending_verdicts(run.id, "string")
             verdicts = StringJudge().judge([(by_id[i], text) for i, text in pending])
             ids = [i for i, _ in pending]

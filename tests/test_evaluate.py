@@ -268,7 +268,8 @@ def test_an_unreachable_endpoint_is_one_clear_line(tmp_path):
         )
     )
     assert code == 2
-    assert err.startswith("error: ") and "cannot reach" in err and "Traceback" not in err
+    last = err.strip().splitlines()[-1]  # after the progress lines of a redirected stderr
+    assert last.startswith("error: ") and "cannot reach" in last and "Traceback" not in err
 
 
 def test_a_sample_whose_image_breaks_after_loading_gets_an_error_response(tmp_path):
@@ -302,3 +303,37 @@ def test_mixing_another_model_into_a_run_is_refused(tmp_path):
 def test_a_bad_model_spec_is_refused_before_any_work(tmp_path):
     with pytest.raises(ModelError, match="provider/name"):
         evaluate("gpt-4o", write_official(tmp_path / "b"), tmp_path / "runs.db")
+
+
+def test_raising_the_limit_reuses_what_was_answered(tmp_path):
+    bench = write_official(tmp_path / "bench")
+    store = tmp_path / "runs.db"
+    with openai_stub(api_key=None) as stub:
+        options = ModelOptions(base_url=stub.url, api_key="k")
+        first = evaluate("openai/stub-model", bench, store, options=options, limit=2)
+        asked = len(stub.requests)
+        second = evaluate("openai/stub-model", bench, store, options=options, limit=4)
+        assert len(stub.requests) - asked == 2
+    assert first.run.id != second.run.id
+    assert (second.generated, second.reused, second.judged) == (2, 2, {"string": 2})
+    with Store(store) as opened:
+        answered = [r for r in opened.records(second.run.id) if r.response is not None]
+        assert len(answered) == 4 and all("string" in r.verdicts for r in answered)
+
+
+def test_a_bench_left_empty_by_skip_invalid_says_why(tmp_path):
+    bench = write_official(tmp_path / "bench")
+    for image in (bench / "images").iterdir():
+        image.unlink()
+    with pytest.raises(DataError, match=r"no valid samples to evaluate \(\d+ skipped; the first"):
+        evaluate("openai/stub-model", bench, tmp_path / "runs.db", skip_invalid=True)
+
+
+def test_eval_passes_its_api_key(tmp_path):
+    bench = write_official(tmp_path / "bench")
+    with openai_stub(api_key="secret") as stub:
+        args = ["eval", "--model", "openai/stub-model", "--base-url", stub.url]
+        args += ["--api-key", "secret", "--bench", bench, "--store", tmp_path / "runs.db"]
+        code, out, err = finished(holisafe(*args))
+    assert code == 0, err
+    assert f"{len(CASES)} new responses" in out

@@ -4,16 +4,19 @@ import json
 import os
 import subprocess
 import sys
+from itertools import pairwise
 
 import pytest
 from PIL import Image
 
+from holisafe import taxonomy
 from holisafe.data import load_samples
 from holisafe.evaluate import evaluate
-from holisafe.guard import guard_metrics, unsafe_auroc
+from holisafe.guard import guard_metrics, unsafe_auroc, unsafe_roc
 from holisafe.models import GenerationSettings, ModelOptions, load_model
 from holisafe.models.base import SafetyPrediction
 from holisafe.models.tiny import build_tiny_model
+from holisafe.report.tables import guard_confusion_grid
 from holisafe.store import Store
 from holisafe.taxonomy import IMAGE_SAFETY_LABELS
 from holisafe.vgm import VGMSettings, convert_folder
@@ -157,3 +160,26 @@ def test_eval_stores_the_prediction_of_the_same_prefill(safe_dir, tmp_path):
     assert entry["guard"] == json.loads(json.dumps(expected.as_dict()))
     text = holisafe("report", "--store", str(tmp_path / "runs.db")).stdout
     assert "## Image guard of Safe-VLM runs (safety head)" in text
+
+
+def test_the_roc_curve_runs_corner_to_corner_and_its_area_is_the_auroc():
+    labels = [0, 0, 0, 5, 7, 0, 9, 0, 3]
+    scores = [0.1, 0.4, 0.4, 0.4, 0.9, 0.2, 0.7, 0.8, 0.05]
+    curve = unsafe_roc(labels, scores)
+    assert curve[0] == (0.0, 0.0) and curve[-1] == (100.0, 100.0)
+    area = sum((x1 - x0) * (y0 + y1) / 2 for (x0, y0), (x1, y1) in pairwise(curve)) / 100
+    assert area == pytest.approx(unsafe_auroc(labels, scores))
+    assert unsafe_roc([0, 0], [0.1, 0.2]) == ()
+
+
+def test_the_confusion_table_shows_the_labels_in_play():
+    names = taxonomy.IMAGE_SAFETY_LABELS
+    truth = [0, 0, 5, 5, 16]
+    predicted = ["safe", names[16], names[5], "safe", names[16]]
+    probs = [dict.fromkeys(names, 0.0) | {p: 1.0} for p in predicted]
+    metrics = guard_metrics(
+        truth, [SafetyPrediction(p, 1.0, q) for p, q in zip(predicted, probs, strict=True)]
+    )
+    table = guard_confusion_grid(metrics)
+    assert [title for title, _ in table.header[1:]] == ["safe", names[5], names[16]]
+    assert table.rows == [["safe", 1, 0, 1], [names[5], 1, 1, 0], [names[16], 0, 0, 1]]

@@ -138,7 +138,7 @@ def test_auto_picks_float32_on_cpu(models):
 @pytest.mark.parametrize(
     ("make_spec", "message"),
     [
-        (lambda tmp: f"hf/{tmp}/missing-model", "does not exist"),
+        (lambda tmp: f"hf/{tmp}/missing-model", "no such file or folder"),
         (lambda tmp: f"hf/{tmp}/file.txt", "is a file"),
         (lambda tmp: f"hf/{tmp}", "cannot load hf model"),
     ],

@@ -1,6 +1,7 @@
 """The HTML report: its files, and the page in a real headless browser (Debian's chromium
 driven by Playwright): it loads offline without console errors, sorts and filters."""
 
+import re
 import shutil
 from pathlib import Path
 
@@ -22,9 +23,10 @@ HOSTILE = '</script><script>window.pwned = 1</script><img src="x" onerror="windo
 def report(tmp_path_factory):
     """The fixture store, with one hostile response, written as an HTML report."""
     folder = tmp_path_factory.mktemp("html")
-    built = reportfixtures.build_store(folder)
+    built = reportfixtures.build_store(folder, safety=True)
     with Store(built.path) as store:
-        store.save_responses(1, [("1", Response(HOSTILE))])
+        kept = next(r.extra for r in store.records(1) if r.sample.id == "1")
+        store.save_responses(1, [("1", Response(HOSTILE))], {"1": kept})
         written = write_html_report(store, folder / "report", reference=load_reference())
         records = {run.id: store.records(run.id) for run in store.runs()}
     return built, written, records
@@ -46,6 +48,20 @@ def test_files_and_no_network_references(report):
     assert "test set v1 (4,163 samples" in notes and "Rows are ordered by mASR (pooled)" in notes
     for run_id, model in ((1, "hf/cautious-vlm"), (2, "hf/careless-vlm")):
         assert f"Run {run_id} ({model}) was evaluated on a benchmark of 95 samples" in notes
+
+
+def test_image_guard_section(report):
+    _, written, records = report
+    html = written.index.read_text(encoding="utf-8")
+    guard = html.split('<section id="guard">')[1].split("</section>")[0]
+    assert "Safety head as an image guard" in guard and "outscores <code>safe</code>" in guard
+    assert "run 1 (hf/cautious-vlm)" in guard and "hf/careless-vlm" not in guard
+    roc = written.plots[-1]
+    assert roc.title.startswith("Image guard: ROC") and roc.png.is_file()
+    assert f'src="{roc.svg.relative_to(written.index.parent).as_posix()}"' in guard
+    assert "<summary>Labels of run 1 (hf/cautious-vlm)</summary>" in guard
+    images = len({r.sample.image for r in records[1]})
+    assert re.search(rf'data-sort="{images}">\s*{images}\s*</td>', guard)  # the Images column
 
 
 def test_a_missing_image_is_counted(tmp_path):
@@ -202,6 +218,22 @@ def test_images_blurred_until_clicked(visit):
     image.click()
     assert "blur" in image.evaluate(blurred)
     assert image.evaluate("img => img.complete && img.naturalWidth > 0")
+
+
+def test_guard_section_and_stored_predictions_show(visit, report):
+    _, _, records = report
+    assert visit.page.is_visible("#guard table")
+    roc = visit.page.locator("#guard figure img")
+    roc.scroll_into_view_if_needed()
+    assert roc.evaluate("img => img.complete && img.naturalWidth > 0")
+    visit.page.select_option("#filter-run", "1")
+    first = records[1][0].extra["safety"]
+    line = visit.page.locator("#sample-list .safety").first.inner_text()
+    verdict = "safe" if first["label"] == "safe" else "unsafe"
+    assert line.startswith(f"safety head: {verdict} (top label {first['label']}, p = ")
+    assert f"p = {first['prob']:.3f}; p(unsafe) = {1 - first['probs']['safe']:.3f})" in line
+    visit.page.select_option("#filter-run", "2")
+    assert visit.page.locator("#sample-list .safety").count() == 0
 
 
 def test_hostile_response_is_text(visit):

@@ -4,6 +4,7 @@ import datasets
 import pytest
 from PIL import Image
 
+from holisafe import hub
 from holisafe.data import export_samples, load_samples, read_dataset
 from holisafe.data.loaders import VLGUARD_CATEGORIES
 from holisafe.errors import DataError, RecordError
@@ -93,6 +94,7 @@ def test_hub_id_goes_through_datasets_load_dataset(tmp_path, monkeypatch):
         return datasets.Dataset.from_parquet(str(parquet))
 
     monkeypatch.setattr(datasets, "load_dataset", fake_load_dataset)
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: None)
     dataset = read_dataset("etri-vilab/holisafe-bench")
     assert calls == [("etri-vilab/holisafe-bench", "test")]
     assert dataset.format == "hub"
@@ -104,6 +106,7 @@ def test_hub_failure_is_one_clear_error(monkeypatch):
         raise ConnectionError("no network")
 
     monkeypatch.setattr(datasets, "load_dataset", refuse)
+    monkeypatch.setattr(hub, "hub_unreachable", lambda: None)
     with pytest.raises(DataError, match=r"cannot load 'someone/gated'.*HF_TOKEN"):
         read_dataset("someone/gated")
 

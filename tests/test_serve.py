@@ -14,6 +14,7 @@ import threading
 import httpx
 import openai
 import pytest
+import torch
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -31,6 +32,7 @@ from holisafe.serve import (
     default_model_name,
     running_server,
 )
+from holisafe.serve.protocol import completion
 from holisafe.vgm import VGMSettings, convert_folder
 from tests.modelfixtures import no_network, picture
 
@@ -120,7 +122,7 @@ def test_openai_client_answers_an_image_question_with_the_safety_prediction(clie
     expected = direct(model, Request("What is this?", RED))
     assert completion.model == NAME
     assert completion.choices[0].message.content == expected.text
-    assert completion.choices[0].finish_reason == "stop"
+    assert completion.choices[0].finish_reason == ("length" if expected.truncated else "stop")
     safety = completion.safety
     assert set(safety) == {"label", "prob", "unsafe", "probs"}
     assert safety["label"] == expected.safety.label
@@ -150,9 +152,24 @@ def test_streaming_sends_the_same_answer_and_safety_in_the_last_chunk(client, im
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == (
         whole.choices[0].message.content
     )
-    assert [c.choices[0].finish_reason for c in chunks].count("stop") == 1
-    assert chunks[-1].choices[0].finish_reason == "stop"
+    reasons = [c.choices[0].finish_reason for c in chunks]
+    assert reasons[:-1] == [None] * (len(chunks) - 1)
+    assert reasons[-1] == whole.choices[0].finish_reason
     assert (chunks[-1].model_extra or {}).get("safety") == whole.safety
+
+
+def test_finish_reason_says_whether_max_tokens_cut_the_answer(client, model):
+    assert direct(model, Request("What is this?", RED)).truncated  # random weights never stop
+    reply = client.chat.completions.create(
+        model=NAME, messages=[user("What is this?", RED)], **GREEDY
+    )
+    assert reply.choices[0].finish_reason == "length"
+    assert completion(NAME, Response("Done."))["choices"][0]["finish_reason"] == "stop"
+    # The rule: an answer is cut when it fills the limit and its last token is no stop token.
+    stop = model.processor.tokenizer.eos_token_id
+    ran_on, stopped = [5, 6, 7], [5, stop, stop]
+    assert model._cut(torch.tensor([ran_on, stopped]), 3) == [True, False]
+    assert model._cut(torch.tensor([ran_on[:2], stopped[:2]]), 3) == [False, False]
 
 
 def test_a_conversation_is_answered_from_its_system_prompt_last_question_and_image(client, model):

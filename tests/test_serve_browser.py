@@ -88,6 +88,10 @@ def test_page_answers_a_question_about_an_image_and_draws_the_safety_bars(
     styles = [bar.get_attribute("style") for bar in rows.locator(".bar").all()]
     widths = [float(style.removeprefix("width: ").removesuffix("%;")) for style in styles]
     assert widths == pytest.approx([100 * p for _, p in top], abs=0.051)  # shown to 0.1 %
+    verdict = "safe" if expected.safety.label == "safe" else "unsafe"
+    assert page.text_content("#verdict").startswith(verdict)
+    assert page.is_visible("#verdict-rule")
+    assert "outscores “safe”" in page.text_content("#verdict-rule")
     assert page.is_visible("#preview") and not page.is_visible("#error")
     assert page.console_errors == []
     if screenshot := os.environ.get("HOLISAFE_SCREENSHOT"):

@@ -466,3 +466,24 @@ def test_skipped_training_records_are_reported(tiny, tmp_path):
     result = train(run, progress=False)
     assert len(result.skipped) == 1
     assert result.skipped[0].startswith("id 3: unknown safeness type 'bad'")
+
+
+def test_a_model_in_out_is_replaced_only_with_overwrite(tiny, data_dir, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "config.json").write_text("{}")
+    with pytest.raises(TrainError, match=r"already holds a trained model .*--overwrite"):
+        train(settings(tiny["llava"], data_dir, out))
+    assert (out / "config.json").read_text() == "{}"
+    train(settings(tiny["llava"], data_dir, out, max_steps=1, overwrite=True), progress=False)
+    assert is_safe_vlm(AutoConfig.from_pretrained(out))
+    # The finished run left a checkpoint; --overwrite starts afresh all the same.
+    train(settings(tiny["llava"], data_dir, out, max_steps=1, overwrite=True), progress=False)
+
+
+def test_held_out_data_errors_say_evaluate(tiny, data_dir, tmp_path):
+    records = records_with_responses()
+    del records[0]["response"]
+    held_out = write_official(tmp_path / "held-out", records)
+    with pytest.raises(TrainError, match="no response to evaluate on"):
+        train(settings(tiny["llava"], data_dir, tmp_path / "out", eval_data=str(held_out)))

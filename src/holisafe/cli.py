@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -13,6 +14,7 @@ from rich.table import Table
 
 from holisafe.errors import HolisafeError
 from holisafe.text import printable
+from holisafe.threads import limit_threads
 
 app = typer.Typer(
     help="HoliSafe: holistic safety benchmarking and modelling for vision-language models.",
@@ -213,6 +215,10 @@ def eval_command(
     base_url: Annotated[
         str | None, typer.Option(help="Server of an OpenAI-compatible (or other) API.")
     ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="Key of the model's API (default: the provider's variable)."),
+    ] = None,
     timeout: TimeoutOpt = 60.0,
     max_retries: MaxRetriesOpt = 5,
     run: Annotated[int | None, typer.Option(help="Resume this run id explicitly.")] = None,
@@ -250,6 +256,7 @@ def eval_command(
         device=device,
         batch_size=batch_size,
         base_url=base_url,
+        api_key=api_key,
         concurrency=concurrency,
         timeout_s=timeout,
         max_retries=max_retries,
@@ -270,7 +277,7 @@ def eval_command(
         skip_invalid=skip_invalid,
         run_id=run,
         progress=True,
-        judge_options=replace(options, base_url=judge_base_url),
+        judge_options=replace(options, base_url=judge_base_url, api_key=None),
         judge_template=judge_template,
         judge_protocol=judge_protocol,
         judge_batch=judge_batch,
@@ -279,7 +286,8 @@ def eval_command(
     _report_skipped_lines(outcome.skipped)
     _print_notes(outcome.notes)
     console.print(
-        f"run {outcome.run.id}: {outcome.generated} new responses, "
+        f"run {outcome.run.id}: {outcome.generated} new responses"
+        + (f" ({outcome.reused} reused from earlier runs), " if outcome.reused else ", ")
         + ", ".join(f"{n} new {j} verdicts" for j, n in outcome.judged.items())
     )
     _report_failures(outcome)
@@ -1213,6 +1221,7 @@ def train_command(
     keep_checkpoints: Annotated[int, typer.Option(help="Most checkpoints kept.")] = 2,
     log_steps: Annotated[int, typer.Option(help="Log every N steps.")] = 10,
     resume: Annotated[bool, typer.Option(help="Continue from the last checkpoint in OUT.")] = False,
+    overwrite: Annotated[bool, typer.Option(help="Replace a model already in OUT.")] = False,
     skip_invalid: Annotated[bool, typer.Option(help="Skip invalid data records.")] = False,
     report_to: Annotated[
         str, typer.Option(help="Where transformers reports: none, tensorboard, wandb, ...")
@@ -1252,6 +1261,7 @@ def train_command(
         keep_checkpoints=keep_checkpoints,
         log_steps=log_steps,
         resume=resume,
+        overwrite=overwrite,
         skip_invalid=skip_invalid,
         report_to=report_to,
         trust_remote_code=trust_remote_code,
@@ -1325,6 +1335,9 @@ def demo_command(
         bool, typer.Option(help="A smaller run (under a minute on 2 cores), for CI.")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the data and the models.")] = 0,
+    threads: Annotated[
+        int, typer.Option(help="torch threads; with the seed, they fix the demo's outputs.")
+    ] = 1,
 ) -> None:
     """Generate HoliSafe-Mini, train three tiny VLMs, evaluate them and write the report."""
     from transformers.utils import logging as hf_logging
@@ -1334,7 +1347,7 @@ def demo_command(
     hf_logging.disable_progress_bar()  # loading and saving bars; training keeps its own
     hf_logging.set_verbosity_error()  # a new guard module's missing weights are expected
     console.print(SCALE_NOTE, style="yellow")
-    result = run_demo(out, quick=quick, seed=seed, say=console.print)
+    result = run_demo(out, quick=quick, seed=seed, threads=threads, say=console.print)
     print()
     for model in MODELS:
         console.print(f"{model.name}: {model.description}")
@@ -1358,7 +1371,12 @@ EXTRAS = {
 
 
 def main() -> None:
-    """Run the CLI: a user mistake gives one line on stderr and a non-zero exit, no traceback."""
+    """Run the CLI: a user mistake gives one line on stderr and a non-zero exit, no traceback.
+
+    transformers' load reports and notices are hidden unless TRANSFORMERS_VERBOSITY asks for them.
+    """
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    limit_threads()
     try:
         app()
     except HolisafeError as exc:

@@ -20,10 +20,11 @@ import numpy as np
 
 from holisafe import taxonomy
 from holisafe.errors import HolisafeError
-from holisafe.evaluate import chunks, progress_bar, run_samples
+from holisafe.evaluate import chunks, run_samples
 from holisafe.judges.pairwise import PairwiseJudge, Preference
 from holisafe.metrics import Bootstrap, Interval
 from holisafe.models import ModelOptions, load_model
+from holisafe.progress import progress_bar
 from holisafe.store import Run, Store, StoredSample
 
 OUTCOMES = ("win", "tie", "loss")  # for run A

@@ -26,9 +26,11 @@ from holisafe.models.tiny import build_tiny_model
 from holisafe.models.vision_pretrain import pretrain_vision_tower
 from holisafe.report.html import write_html_report
 from holisafe.store import Store
+from holisafe.threads import torch_threads
 from holisafe.train import TrainSettings, train
 
 MARKER = ".holisafe-demo"
+DEMO_THREADS = 1
 HELPFUL_JSON = "holisafe_train_helpful.json"
 STORE = "demo.sqlite"
 SCALE_NOTE = (
@@ -95,13 +97,26 @@ def run_demo(
     *,
     quick: bool = False,
     seed: int = 0,
+    threads: int = DEMO_THREADS,
     progress: bool = True,
     say: Callable[[str], None] = print,
 ) -> DemoResult:
-    """Run the demo into `out`, replacing what an earlier demo wrote there."""
+    """Run the demo into `out`, replacing what an earlier demo wrote there.
+
+    torch runs on `threads` threads: with the seed, the count decides the bytes the demo writes
+    (see `holisafe.threads`), so the same seed and count give the same outputs on any machine.
+    """
+    if threads < 1:
+        raise DemoError(f"threads must be at least 1, got {threads}")
+    with torch_threads(threads):
+        return _run_demo(Path(out), QUICK if quick else FULL, seed, progress, say)
+
+
+def _run_demo(
+    out: Path, scale: DemoScale, seed: int, progress: bool, say: Callable[[str], None]
+) -> DemoResult:
     started = time.perf_counter()
-    scale = QUICK if quick else FULL
-    out = _prepare(Path(out))
+    out = _prepare(out)
     say(f"[1/5] generating HoliSafe-Mini ({scale.train_pairs} train, {scale.bench_pairs} bench)")
     mini = generate_mini(
         out / "mini",

@@ -13,17 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    ProgressColumn,
-    Task,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
-from rich.text import Text
+from rich.progress import Progress
 
 from holisafe import provenance
 from holisafe.data import Sample, first, load_samples
@@ -34,6 +24,7 @@ from holisafe.judges.batch import check_batchable, judge_in_batch
 from holisafe.models import ModelOptions, load_model
 from holisafe.models.base import GenerationSettings, Model, Request, Response
 from holisafe.pipeline import Pipeline
+from holisafe.progress import RateColumn, progress_bar
 from holisafe.store import Run, Store, StoreError, bench_fingerprint
 from holisafe.workers import DEFAULT_LEASE_S, Leases
 
@@ -46,6 +37,7 @@ class EvalOutcome:
 
     run: Run
     generated: int = 0
+    reused: int = 0  # answers copied from other runs of the same model, settings and samples
     judged: dict[str, int] = field(default_factory=dict)
     response_errors: list[tuple[str, str]] = field(default_factory=list)
     verdict_errors: dict[str, list[tuple[str, str]]] = field(default_factory=dict)
@@ -87,9 +79,11 @@ def evaluate(
     """
     dataset = load_samples(bench, skip_invalid=skip_invalid, progress=progress)
     samples = first(dataset.samples, limit)
+    if not samples:
+        raise DataError(f"{bench}: no valid samples to evaluate{_first_problem(dataset)}")
     judge_options = judge_options or replace(options, base_url=None, api_key=None)
     judge_objects = [load_judge(j, judge_options, judge_template, judge_protocol) for j in judges]
-    with Store(store_path) as store, progress_bar(progress) as bar:
+    with Store(store_path) as store, progress_bar(progress, RateColumn()) as bar:
         run = store.open_run(
             model_spec, samples, settings.as_dict(), run_id=run_id, source=bench_source(bench)
         )
@@ -106,6 +100,7 @@ def evaluate(
             )
             return loaded[0]
 
+        outcome.reused = store.reuse_answers(run.id)
         with Leases(store.path, lease_s) as leases:
             pipeline = Pipeline(store, leases, run.id, samples, bar)
             pipeline.answer_with(
@@ -156,7 +151,7 @@ def judge_stored(
     """
     judge_objects = [load_judge(j, options, judge_template, judge_protocol) for j in judges]
     outcomes = []
-    with Store(store_path, create=False) as store, progress_bar(progress) as bar:
+    with Store(store_path, create=False) as store, progress_bar(progress, RateColumn()) as bar:
         runs = [store.get_run(run_id)] if run_id is not None else store.runs()
         if not runs:
             raise StoreError(f"no runs in {store.path}; answer a benchmark with holisafe eval")
@@ -190,6 +185,12 @@ def _batched(judges: Sequence[Judge], judge_batch: bool) -> list[LLMJudge]:
 
 def _say(bar: Progress, progress: bool):
     return bar.console.print if progress else lambda line: None
+
+
+def _first_problem(dataset) -> str:
+    if not dataset.problems:
+        return ""
+    return f" ({len(dataset.problems)} skipped; the first, {dataset.problems[0]})"
 
 
 def _notes(judges: Sequence[Judge]) -> list[str]:
@@ -246,26 +247,3 @@ def chunks(items: Sequence[T], size: int) -> Iterable[list[T]]:
     """`items` in consecutive lists of at most `size`."""
     for start in range(0, len(items), size):
         yield list(items[start : start + size])
-
-
-def progress_bar(enabled: bool) -> Progress:
-    """The toolkit's progress bar for long work (hidden when `enabled` is False)."""
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        RateColumn(),
-        TimeElapsedColumn(),
-        TextColumn("eta"),
-        TimeRemainingColumn(),
-        disable=not enabled,
-        transient=False,
-    )
-
-
-class RateColumn(ProgressColumn):
-    """Throughput: items per second over the last half minute."""
-
-    def render(self, task: Task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text("-/s" if speed is None else f"{speed:.1f}/s", style="progress.data.speed")

@@ -119,6 +119,8 @@ CREATE TABLE IF NOT EXISTS comparisons (
 )
 """
 
+# What makes two stored samples the same sample.
+_SAMPLE_COLUMNS = ("query", "image", "type", "category", "subcategory", "image_safety_label")
 # A response counts as done when it has text and no error; a verdict when it has a decision.
 _RESPONSE_OK = "r.error IS NULL AND r.text IS NOT NULL"
 _VERDICT_OK = "v.error IS NULL AND v.followed IS NOT NULL"
@@ -468,6 +470,48 @@ class Store:
             )
             db.executemany("INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
+    def reuse_answers(self, run_id: int) -> int:
+        """Copy into a run what its model answered to the same samples under the same settings
+        in other runs (one with a smaller --limit, say), with the verdicts on those answers.
+
+        A sample counts as the same when its id, query, image name, type, categories and image
+        label all match. Returns the number of responses copied.
+        """
+        run = self.get_run(run_id)
+        same = " AND ".join(f"new.{column} IS old.{column}" for column in _SAMPLE_COLUMNS)
+        earlier = f"""
+            FROM runs o
+            JOIN responses r ON r.run_id = o.id
+            JOIN samples old ON old.bench = o.bench AND old.sample_id = r.sample_id
+            JOIN samples new ON new.bench = :bench AND new.sample_id = r.sample_id AND {same}
+            LEFT JOIN verdicts v ON v.run_id = o.id AND v.sample_id = r.sample_id
+            WHERE o.model = :model AND o.settings = :settings AND o.id != :run AND {_RESPONSE_OK}
+        """
+        keys = {
+            "run": run_id,
+            "bench": run.bench,
+            "model": run.model,
+            "settings": _settings_key(run.settings),
+        }
+        with self._transaction() as db:
+            copied = db.execute(
+                "INSERT OR IGNORE INTO responses "
+                "(run_id, sample_id, text, latency_s, error, extra, created_at) "
+                "SELECT :run, r.sample_id, r.text, r.latency_s, r.error, r.extra, r.created_at "
+                f"{earlier} ORDER BY o.id DESC",
+                keys,
+            ).rowcount
+            db.execute(
+                "INSERT OR IGNORE INTO verdicts "
+                "(run_id, judge, sample_id, followed, raw, error, created_at) "
+                "SELECT :run, v.judge, v.sample_id, v.followed, v.raw, v.error, v.created_at "
+                f"{earlier} AND {_VERDICT_OK} AND r.text = "
+                "(SELECT text FROM responses WHERE run_id = :run AND sample_id = r.sample_id) "
+                "ORDER BY o.id DESC",
+                keys,
+            )
+        return copied
+
     def response_errors(self, run_id: int) -> list[tuple[str, str]]:
         """(sample id, error) for every response that failed, in benchmark order."""
         rows = self._db.execute(
@@ -726,36 +770,31 @@ def _export_row(run: Run, record: RunRecord) -> dict[str, Any]:
 
 
 def _write_parquet(rows: list[dict[str, Any]], path: Path) -> None:
-    import pyarrow as pa
-    import pyarrow.parquet as pq
+    from datasets import Features, List, Value
 
-    verdict = pa.struct(
-        [
-            ("judge", pa.string()),
-            ("followed", pa.bool_()),
-            ("raw", pa.string()),
-            ("error", pa.string()),
-        ]
-    )
-    schema = pa.schema(
-        [
-            ("run_id", pa.int64()),
-            ("model", pa.string()),
-            ("sample_id", pa.string()),
-            ("query", pa.string()),
-            ("image", pa.string()),
-            ("type", pa.string()),
-            ("category", pa.string()),
-            ("subcategory", pa.string()),
-            ("image_safety_label", pa.int64()),
-            ("response", pa.string()),
-            ("latency_s", pa.float64()),
-            ("error", pa.string()),
-            ("extra", pa.string()),
-            ("verdicts", pa.list_(verdict)),
-        ]
+    from holisafe.data.export import write_parquet
+
+    text, integer = Value("string"), Value("int64")
+    verdict = {"judge": text, "followed": Value("bool"), "raw": text, "error": text}
+    features = Features(
+        {
+            "run_id": integer,
+            "model": text,
+            "sample_id": text,
+            "query": text,
+            "image": text,
+            "type": text,
+            "category": text,
+            "subcategory": text,
+            "image_safety_label": integer,
+            "response": text,
+            "latency_s": Value("float64"),
+            "error": text,
+            "extra": text,
+            "verdicts": List(verdict),
+        }
     )
     rows = [
         {**row, "extra": None if row["extra"] is None else json.dumps(row["extra"])} for row in rows
     ]
-    pq.write_table(pa.Table.from_pylist(rows, schema=schema), path)
+    write_parquet(rows, features, path)

@@ -26,12 +26,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 
 import torch
-from rich.progress import track
 from transformers import BatchFeature
 
 from holisafe.data import Sample, first, load_samples
 from holisafe.errors import HolisafeError
 from holisafe.models import ModelOptions, load_model, parse_spec
+from holisafe.models.chat import user_message
+from holisafe.progress import track
 
 
 class AnalysisError(HolisafeError):
@@ -98,7 +99,7 @@ def attention_analysis(
     backend.model.set_attn_implementation("eager")
     meta_token_id = getattr(getattr(backend.model, "vgm", None), "meta_token_id", None)
     rows: list[TokenAttention] = []
-    for sample in track(samples, description="attention", disable=not progress):
+    for sample in track(samples, "attention", progress):
         rows += sample_attention(backend, sample, max_new_tokens, meta_token_id)
     layers = layer_means(rows)
     out = Path(out)
@@ -164,17 +165,12 @@ def _over_prompt(attention: torch.Tensor, prompt_length: int, step: int) -> torc
 
 def _inputs(backend, sample: Sample) -> dict:
     processor = backend.processor
-    messages = [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image", "image": sample.image.load()},
-                {"type": "text", "text": sample.query},
-            ],
-        }
-    ]
     inputs = processor.apply_chat_template(
-        messages, add_generation_prompt=True, tokenize=True, return_dict=True, return_tensors="pt"
+        [user_message(sample.query, sample.image.load())],
+        add_generation_prompt=True,
+        tokenize=True,
+        return_dict=True,
+        return_tensors="pt",
     )
     if hasattr(backend.model, "vgm"):
         inputs = backend.model.prepare_inputs(inputs, processor.tokenizer)

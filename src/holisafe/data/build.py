@@ -44,11 +44,12 @@ from holisafe.data.export import export_samples
 from holisafe.data.loaders import ImageFolder, read_dataset
 from holisafe.data.sample import ImageRef, Sample, decode_image
 from holisafe.errors import HolisafeError
-from holisafe.evaluate import chunks, progress_bar
+from holisafe.evaluate import chunks
 from holisafe.judges.llm import LLMJudge, default_template, parse_judge_output
 from holisafe.judges.string import refusal_match
 from holisafe.models import ModelOptions, load_model, parse_spec
 from holisafe.models.base import GenerationSettings, Model, Request, Response
+from holisafe.progress import progress_bar
 from holisafe.store import Store
 
 PROMPTS: dict[str, tuple[str, ...]] = {  # prompt name → its placeholders, all required

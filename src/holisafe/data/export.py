@@ -7,6 +7,7 @@ import io
 import json
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from PIL import Image
 
@@ -148,4 +149,12 @@ def _write_parquet(samples: list[Sample], target: Path) -> None:
             "response": datasets.Value("string"),
         }
     )
-    datasets.Dataset.from_list(rows, features=features).to_parquet(str(target))
+    write_parquet(rows, features, target)
+
+
+def write_parquet(rows: list[dict[str, Any]], features, path: Path) -> None:
+    """The toolkit's one parquet writer: `rows` typed by their `datasets.Features`, so that
+    `datasets`, pandas and pyarrow all read the file back the same."""
+    import datasets
+
+    datasets.Dataset.from_list(rows, features=features).to_parquet(str(path))

@@ -18,13 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-from rich.progress import track
-
 from holisafe import taxonomy
 from holisafe.data import benchmarks
 from holisafe.data.benchmarks import BENCHMARK_TYPES
 from holisafe.data.sample import ImageError, ImageRef, Sample
 from holisafe.errors import DataError, RecordError
+from holisafe.hub import is_hub_id, local_or_hub
+from holisafe.progress import track
 from holisafe.text import lone_surrogate
 
 FORMATS = ("holisafe", "jsonl", "parquet", "llava", "vlguard", "hub", *BENCHMARK_TYPES)
@@ -39,7 +39,6 @@ HOLISAFE_FIELDS = (
     "image_safe",
     "image_safety_label",
 )
-_HUB_ID = re.compile(r"[\w.-]+/[\w.-]+")
 T = TypeVar("T")
 
 
@@ -374,12 +373,14 @@ def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
 def _hub_records(dataset_id: str, split: str) -> Iterator[tuple[str, Any]]:
     import datasets
 
+    source = local_or_hub(dataset_id, "data set", repo_type="dataset", error=DataError)
     try:
-        data = datasets.load_dataset(dataset_id, split=split)
-    except Exception as exc:  # network, authentication and gating errors all land here
+        data = datasets.load_dataset(source, split=split)
+    except Exception as exc:  # a missing data set or split, authentication, gating
         raise DataError(
-            f"cannot load {dataset_id!r} (split {split!r}) from the Hugging Face Hub: {exc}. "
-            "Gated data sets need `huggingface-cli login` or HF_TOKEN."
+            f"cannot load {dataset_id!r} (split {split!r}) from the Hugging Face Hub, and no "
+            f"local file or folder has that name: {exc}. A gated data set needs "
+            "`huggingface-cli login` or HF_TOKEN."
         ) from None
     if isinstance(data.features.get("image"), datasets.Image):
         data = data.cast_column("image", datasets.Image(decode=False))
@@ -432,7 +433,7 @@ def read_dataset(
     if fmt is not None and fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r}; expected one of: {', '.join(FORMATS)}")
     path = Path(source)
-    if fmt == "hub" or (fmt is None and not path.exists() and _HUB_ID.fullmatch(str(source))):
+    if fmt == "hub" or (fmt is None and not path.exists() and is_hub_id(str(source))):
         fmt, records = "hub", _hub_records(str(source), split)
         images = None
     else:
@@ -503,9 +504,7 @@ def _converter(fmt: str, images: ImageFolder | None) -> Callable[[Any], list[Sam
 def _check_images(dataset: Dataset, progress: bool) -> None:
     verdicts: dict[str, str | None] = {}
     kept = []
-    for sample in track(
-        dataset.samples, description="checking images", disable=not progress, transient=True
-    ):
+    for sample in track(dataset.samples, "checking images", progress):
         key = sample.image.key
         if key not in verdicts:
             try:

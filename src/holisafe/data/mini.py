@@ -25,7 +25,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
-from rich.progress import track
 
 from holisafe import taxonomy
 from holisafe.data.export import holisafe_record, llava_record
@@ -44,6 +43,7 @@ from holisafe.data.mini_content import (
 )
 from holisafe.data.sample import ImageRef, Sample
 from holisafe.errors import HolisafeError
+from holisafe.progress import track
 
 DEFAULT_SEED = 0
 DEFAULT_TRAIN_PAIRS = 2850  # 30 rounds of every type x subcategory cell
@@ -481,9 +481,7 @@ def _write_split(
 ) -> list[Sample]:
     images = folder / "images"
     samples = []
-    for index, plan in enumerate(
-        track(plans, description=f"drawing {folder.name} images", disable=not progress)
-    ):
+    for index, plan in enumerate(track(plans, f"drawing {folder.name} images", progress)):
         name = f"{index:06d}.png"
         render_image(plan, size).save(images / name, format="PNG")
         for pair in plan.pairs:

@@ -58,7 +58,7 @@ class AnthropicModel(ApiModel):
             raise malformed(message, "text in its text blocks")
         usage = getattr(message, "usage", None)
         tokens = usage and usage.input_tokens + usage.output_tokens
-        return Reply("".join(texts), tokens)
+        return Reply("".join(texts), tokens, getattr(message, "stop_reason", None))
 
 
 def _content(request: Request) -> str | list[dict]:

@@ -30,6 +30,9 @@ from PIL import Image
 from holisafe.models.base import GenerationSettings, ModelError, Request, Response
 from holisafe.text import replace_surrogates
 
+# The stop reasons of OpenAI, Anthropic and Gemini for an answer cut at the token limit.
+LENGTH_STOP_REASONS = ("length", "max_tokens", "MAX_TOKENS")
+
 
 class RequestFailed(Exception):
     """A fault of one request: it becomes that Response's error and the run goes on."""
@@ -37,11 +40,12 @@ class RequestFailed(Exception):
 
 @dataclass(frozen=True)
 class Reply:
-    """What a provider answered: its text (None when it gave none) and the tokens (prompt +
-    completion) it reports having used."""
+    """What a provider answered: its text (None when it gave none), the tokens (prompt +
+    completion) it reports having used, and why it stopped."""
 
     text: str | None
     tokens: int | None = None
+    stop_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -196,7 +200,8 @@ class ApiModel:
             return Response("", latency_s=latency_s, tokens=reply.tokens)
         # a lone surrogate (a JSON "\ud800" escape) could be neither stored nor sent on to a judge
         text = replace_surrogates(reply.text)
-        return Response(text, latency_s=latency_s, tokens=reply.tokens)
+        truncated = reply.stop_reason in LENGTH_STOP_REASONS
+        return Response(text, latency_s=latency_s, tokens=reply.tokens, truncated=truncated)
 
     def missing_key(self) -> ModelError:
         names = " or ".join(self.key_variables)

@@ -63,6 +63,7 @@ class Response:
     latency_s: float = 0.0
     safety: SafetyPrediction | None = None
     tokens: int | None = None  # prompt + completion tokens the provider reports; None: unknown
+    truncated: bool = False  # the answer was cut at max_new_tokens
 
     @property
     def ok(self) -> bool:

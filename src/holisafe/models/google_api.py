@@ -57,7 +57,7 @@ class GoogleModel(ApiModel):
                 model=self.name, contents=_contents(request), config=config
             )
         usage = response.usage_metadata
-        return Reply(response.text, usage and usage.total_token_count)
+        return Reply(response.text, usage and usage.total_token_count, _finish_reason(response))
 
     @contextmanager
     def _sorted_errors(self) -> Iterator[None]:
@@ -82,3 +82,9 @@ def _contents(request: Request) -> str | list:
         return request.query
     image = encode_image(request.image)
     return [types.Part.from_bytes(data=image.data, mime_type=image.media_type), request.query]
+
+
+def _finish_reason(response: types.GenerateContentResponse) -> str | None:
+    candidates = response.candidates
+    reason = candidates[0].finish_reason if candidates else None
+    return None if reason is None else reason.value

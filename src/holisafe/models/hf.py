@@ -6,7 +6,6 @@ The model answers through its own processor and chat template (`AutoProcessor`,
 
 from __future__ import annotations
 
-import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -24,6 +23,7 @@ from transformers import (
     ProcessorMixin,
 )
 
+from holisafe.hub import local_or_hub
 from holisafe.models.base import (
     GenerationSettings,
     ModelError,
@@ -31,6 +31,7 @@ from holisafe.models.base import (
     Response,
     SafetyPrediction,
 )
+from holisafe.models.chat import text_message, user_message
 from holisafe.provenance import folder_revision
 from holisafe.vgm import is_safe_vlm, load_safe_vlm, safety_predictions
 
@@ -40,8 +41,6 @@ DEVICES = ("auto", "cpu", "cuda", "map")
 # `map`: the weights spread over every visible GPU (accelerate's device map), for a model
 # larger than one GPU; inputs go to the first GPU, where the embeddings are.
 SPREAD = "map"
-# A Hub id: `name` or `owner/name`; anything else is taken for a local folder.
-_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
 T = TypeVar("T")
 
 
@@ -124,18 +123,19 @@ class HFModel:
     def _answer(self, batch: list[Request], settings: GenerationSettings) -> list[Response]:
         start = time.perf_counter()
         try:
-            texts, safety = self._generate_texts(batch, settings)
+            texts, cut, safety = self._generate_texts(batch, settings)
         except Exception as exc:  # a fault of one request: retry its batch-mates on their own
             if len(batch) > 1:
                 return [response for r in batch for response in self._answer([r], settings)]
             return [Response(text=None, error=why(exc))]
         latency = (time.perf_counter() - start) / len(batch)
-        return [_response(t, latency, p) for t, p in zip(texts, safety, strict=True)]
+        return [_response(*answer, latency) for answer in zip(texts, cut, safety, strict=True)]
 
     def _generate_texts(
         self, batch: list[Request], settings: GenerationSettings
-    ) -> tuple[list[str], list[SafetyPrediction | None]]:
-        """The answers and, for a Safe-VLM, the safety predictions of the same prefill."""
+    ) -> tuple[list[str], list[bool], list[SafetyPrediction | None]]:
+        """The answers, whether each was cut at the token limit and, for a Safe-VLM, the safety
+        predictions of the same prefill."""
         inputs = self._inputs(batch)
         tokenizer = self.processor.tokenizer
         with torch.inference_mode():
@@ -145,7 +145,18 @@ class HFModel:
             probs = self._answer_probs(inputs, output)
         new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :]
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return texts, self._predictions(probs, len(batch))
+        cut = self._cut(new_tokens, settings.max_new_tokens)
+        return texts, cut, self._predictions(probs, len(batch))
+
+    def _cut(self, new_tokens: torch.Tensor, max_new_tokens: int) -> list[bool]:
+        """Whether each answer ran to `max_new_tokens` without a stop token (finished rows are
+        padded after their stop token, so only the last column needs looking at)."""
+        if new_tokens.shape[1] < max_new_tokens:
+            return [False] * len(new_tokens)
+        stops = self.model.generation_config.eos_token_id
+        stops = {*(stops if isinstance(stops, list) else [stops])}
+        stops |= {self.processor.tokenizer.eos_token_id, self.processor.tokenizer.pad_token_id}
+        return [int(last) not in stops for last in new_tokens[:, -1]]
 
     def _answer_probs(self, inputs, output) -> torch.Tensor | None:
         """The safety head's probabilities for a generated batch: from its own prefill."""
@@ -218,12 +229,15 @@ def _devices(model: PreTrainedModel, device: torch.device) -> str:
     return ",".join(sorted(names))
 
 
+def gpu_half_dtype() -> torch.dtype:
+    """The half precision a CUDA GPU computes in: bfloat16 where it has it, else float16."""
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
 def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` is bfloat16 on a GPU that supports it, float16 on one that does not, else float32."""
+    """`auto` is the GPU's half precision (`gpu_half_dtype`) on a GPU, float32 on the CPU."""
     if dtype == "auto":
-        if device.type != "cuda":
-            return torch.float32
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return gpu_half_dtype() if device.type == "cuda" else torch.float32
     try:
         return DTYPES[dtype]
     except KeyError:
@@ -233,15 +247,8 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 
 
 def source_of(name: str) -> str:
-    """The local folder `name` names, or `name` itself as a Hub id."""
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path)
-    if path.exists():
-        raise ModelError(f"hf model {name!r} is a file; give the model's folder")
-    if not _HUB_ID.fullmatch(name):
-        raise ModelError(f"hf model folder {name!r} does not exist")
-    return name
+    """The local folder `name` names, or a Hub id (or its cached copy) to load it from."""
+    return local_or_hub(name, "hf model", error=ModelError)
 
 
 def load_from(name: str, loader: Callable[[str], T]) -> T:
@@ -288,8 +295,7 @@ def _load_model(
 
 def _supports_system_role(processor: ProcessorMixin, name: str) -> bool:
     """Whether the chat template takes a system message; fails if it renders nothing at all."""
-    user = {"role": "user", "content": [{"type": "text", "text": "hi"}]}
-    system = {"role": "system", "content": [{"type": "text", "text": "be brief"}]}
+    user, system = user_message("hi"), text_message("system", "be brief")
     try:
         processor.apply_chat_template([user], add_generation_prompt=True)
     except Exception as exc:
@@ -303,17 +309,10 @@ def _supports_system_role(processor: ProcessorMixin, name: str) -> bool:
 
 def _conversation(request: Request, system_role: bool) -> list[dict]:
     """The request as chat messages; without a system role, a system prompt leads the query."""
-    query = request.query
-    messages = []
     if request.system and system_role:
-        messages.append({"role": "system", "content": [{"type": "text", "text": request.system}]})
-    elif request.system:
-        query = f"{request.system}\n\n{query}"
-    content = [{"type": "text", "text": query}]
-    if request.image is not None:
-        content.insert(0, {"type": "image", "image": request.image.convert("RGB")})
-    messages.append({"role": "user", "content": content})
-    return messages
+        return [text_message("system", request.system), user_message(request.query, request.image)]
+    query = f"{request.system}\n\n{request.query}" if request.system else request.query
+    return [user_message(query, request.image)]
 
 
 def generation_config(settings: GenerationSettings, pad_token_id: int | None) -> GenerationConfig:
@@ -347,9 +346,11 @@ def _batches(requests: list[Request], size: int) -> list[list[int]]:
     ]
 
 
-def _response(text: str, latency_s: float, safety: SafetyPrediction | None) -> Response:
+def _response(
+    text: str, truncated: bool, safety: SafetyPrediction | None, latency_s: float
+) -> Response:
     # an empty answer is still the answer (see the Model protocol)
-    return Response(text=text.strip(), latency_s=latency_s, safety=safety)
+    return Response(text.strip(), None, latency_s, safety, truncated=truncated)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -66,7 +66,11 @@ def _reply_of(completion: object) -> Reply:
     if message is None:
         raise malformed(completion, "message in its first choice")
     usage = getattr(completion, "usage", None)
-    return Reply(getattr(message, "content", None), getattr(usage, "total_tokens", None))
+    return Reply(
+        getattr(message, "content", None),
+        getattr(usage, "total_tokens", None),
+        getattr(choices[0], "finish_reason", None),
+    )
 
 
 def _messages(request: Request) -> list[dict]:

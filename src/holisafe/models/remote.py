@@ -249,7 +249,9 @@ class LlavaCodebaseModel:
             return Response(text=None, error=why(exc))
         text = self.tokenizer.decode(output.sequences[0], skip_special_tokens=True).strip()
         latency = time.perf_counter() - start
-        return Response(text, None if text else "empty reply", latency, safety)
+        cut = len(output.sequences[0]) >= settings.max_new_tokens
+        # an empty answer is still the answer (see the Model protocol)
+        return Response(text, None, latency, safety, truncated=cut)
 
 
 def load_hf_model(

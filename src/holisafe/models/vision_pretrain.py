@@ -20,13 +20,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import TextColumn
 from torch import nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from holisafe.data.mini import DEFAULT_SIZE, ImagePlan, base_glyph, plan_split, render_image
 from holisafe.data.mini_content import SAFE_NAMES, THEMES
 from holisafe.models.base import ModelError
+from holisafe.progress import progress_bar
 
 # HoliSafe-Mini draws its bench from seed stream 0 and its train split from 1 (mini.py).
 PRETRAIN_STREAM = 2
@@ -79,7 +80,7 @@ def pretrain_vision_tower(
     model_dir = Path(model_dir)
     model, image_processor = _load(model_dir)
     vocabulary = pictogram_vocabulary()
-    with _progress_bar(progress) as bar:
+    with progress_bar(progress, TextColumn("{task.fields[loss]}")) as bar:
         pixels, targets = _rendered(
             images, seed, PRETRAIN_STREAM, render_size, image_processor, vocabulary, bar
         )
@@ -197,14 +198,3 @@ def _train(namer, pixels, targets, epochs, batch_size, learning_rate, bar) -> tu
             schedule.step()
             bar.update(task, advance=1, loss=f"loss {loss.item():.3f}")
     return steps, loss.item()
-
-
-def _progress_bar(enabled: bool) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[loss]}"),
-        TimeElapsedColumn(),
-        disable=not enabled,
-    )

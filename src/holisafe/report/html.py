@@ -2,9 +2,10 @@
 and its assets (plots, the benchmark's images), viewable offline from the file system.
 
 It holds the leaderboard (sortable, with bootstrap confidence intervals), the user's runs
-among the published models (published rows marked), the judges' agreement, the plots,
-per-category tables, and a sample browser: every response with its verdicts, filtered by run,
-type, category and judge verdict, images blurred until clicked under a content warning.
+among the published models (published rows marked), the image guard of Safe-VLM runs (scores,
+label confusion, ROC curve), the judges' agreement, the plots, per-category tables, and a sample
+browser: every response with its verdicts and stored safety prediction, filtered by run, type,
+category and judge verdict, images blurred until clicked under a content warning.
 """
 
 from __future__ import annotations
@@ -31,13 +32,15 @@ from holisafe.errors import HolisafeError
 from holisafe.metrics import Bootstrap
 from holisafe.report import Report, build_report
 from holisafe.report.pairwise import win_rate_grid, write_win_rate_plots
-from holisafe.report.plots import Plot, write_plots
+from holisafe.report.plots import Plot, guard_roc, write_plots
 from holisafe.report.reference import PublishedRow, Reference
 from holisafe.report.tables import (
     Estimate,
     Table,
     breakdown_grid,
     column_title,
+    guard_confusion_grid,
+    guard_grid,
     leaderboard_grid,
     rank_agreement_grid,
     sample_agreement_grid,
@@ -91,6 +94,11 @@ def write_html_report(
     )
     comparisons = store_comparisons(store, run_id, bootstrap)
     plots += write_win_rate_plots(comparisons, assets / "plots")
+    models = {e.run_id: e.model for e in report.entries}
+    roc = guard_roc(
+        {f"run {run_id} ({models[run_id]})": g for run_id, g in report.guard.items()},
+        assets / "plots" / "guard_roc",
+    )
     runs = [store.get_run(run_id)] if run_id is not None else store.runs()
     records = {run.id: store.records(run.id) for run in runs}
     if images:
@@ -101,10 +109,8 @@ def write_html_report(
         "version": __version__,
         "store": store.path.name,
         "bootstrap": bootstrap,
-        "plots": [
-            {"title": p.title, "svg": _relative(p.svg, out_dir), "png": _relative(p.png, out_dir)}
-            for p in plots
-        ],
+        "plots": [_plot_view(p, out_dir) for p in plots],
+        "guard": _guard_view(report, models, roc, out_dir),
         **_tables_view(report),
         "win_rates": _table_view(win_rate_grid(comparisons)) if comparisons else None,
         "table4": _table_view(table4_grid(table4)) if (table4 := table4_rows(store)) else None,
@@ -113,7 +119,35 @@ def write_html_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     index = out_dir / "index.html"
     index.write_text(_render_page(page), encoding="utf-8")
+    plots += [roc] if roc is not None else []
     return HtmlReport(index, plots, len(set(copied.paths.values())), copied.notes)
+
+
+def _plot_view(plot: Plot, out_dir: Path) -> dict[str, str]:
+    return {
+        "title": plot.title,
+        "svg": _relative(plot.svg, out_dir),
+        "png": _relative(plot.png, out_dir),
+    }
+
+
+def _guard_view(
+    report: Report, models: dict[int, str], roc: Plot | None, out_dir: Path
+) -> dict[str, Any] | None:
+    """The image guard section: the head's scores, its label confusion and ROC curve per run."""
+    if not report.guard:
+        return None
+    return {
+        "metrics": _table_view(guard_grid(report)),
+        "confusions": [
+            {
+                "title": f"run {run_id} ({models[run_id]})",
+                "table": _table_view(guard_confusion_grid(g)),
+            }
+            for run_id, g in report.guard.items()
+        ],
+        "roc": None if roc is None else _plot_view(roc, out_dir),
+    }
 
 
 def _tables_view(report: Report) -> dict[str, Any]:
@@ -252,9 +286,18 @@ def _sample_items(
                     "response": None if response is None else response.text,
                     "error": None if response is None else response.error,
                     "verdicts": verdicts,
+                    "safety": _safety_view(record),
                 }
             )
     return items
+
+
+def _safety_view(record: RunRecord) -> dict[str, Any] | None:
+    """A Safe-VLM's stored prediction for the sample's image: top label, its p, and p(unsafe)."""
+    safety = (record.extra or {}).get("safety")
+    if safety is None:
+        return None
+    return {"label": safety["label"], "prob": safety["prob"], "unsafe": 1 - safety["probs"]["safe"]}
 
 
 def _followed(record: RunRecord, judge: str) -> bool | None:

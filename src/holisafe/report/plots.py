@@ -1,6 +1,7 @@
 """The report's charts, each written as PNG and SVG: per-category safe-rate radar charts (one per
 run, a polygon per judge; the paper's figure), grouped bars of ASR by type across runs (one
-chart per judge, with confidence intervals when bootstrapped), and judge-agreement heatmaps.
+chart per judge, with confidence intervals when bootstrapped), judge-agreement heatmaps, and the
+image guard's ROC curves.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from matplotlib.figure import Figure
 
 from holisafe import taxonomy
 from holisafe.agreement import PRINTED_READING, Agreement, RankAgreement
+from holisafe.guard import GuardMetrics
 from holisafe.metrics import MASR_READINGS
 from holisafe.report.tables import BoardEntry
 
@@ -163,6 +165,28 @@ def _pairwise_rho(
     ranks: Sequence[RankAgreement], reading: str
 ) -> dict[tuple[str, str], float | None]:
     return {rank.judges: rank.rho for rank in ranks if rank.reading == reading}
+
+
+def guard_roc(curves: Mapping[str, GuardMetrics], stem: Path) -> Plot | None:
+    """The ROC curve of each Safe-VLM run's unsafe score 1 − p(safe), with its AUROC; None when
+    no run has both safe and unsafe images."""
+    drawn = {name: g for name, g in curves.items() if g.roc}
+    if not drawn:
+        return None
+    fig = Figure(figsize=(4.6, 4.2))
+    ax = fig.add_subplot()
+    for name, g in drawn.items():
+        fpr, tpr = zip(*g.roc, strict=True)
+        ax.plot(fpr, tpr, label=f"{name} (AUROC {g.auroc:.1f})")
+    ax.plot([0, 100], [0, 100], linestyle=":", color="grey", label="chance")
+    ax.set_xlabel("safe images flagged unsafe (%)")
+    ax.set_ylabel("unsafe images flagged (%)")
+    ax.set_xlim(0, 100)
+    ax.set_ylim(0, 100)
+    title = "Image guard: ROC of the unsafe score 1 − p(safe)"
+    ax.set_title(title, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    return _save(fig, stem, title)
 
 
 def write_plots(

@@ -405,6 +405,16 @@ def guard_grid(report: Report) -> Table:
     return Table(header, rows)
 
 
+def guard_confusion_grid(g: GuardMetrics) -> Table:
+    """How the head labelled the images of each true label: a row per label present, a column per
+    label that is a true or a predicted one."""
+    labels = taxonomy.IMAGE_SAFETY_LABELS
+    rows = [i for i, counts in enumerate(g.confusion) if sum(counts)]
+    columns = [j for j in range(len(labels)) if j in rows or any(r[j] for r in g.confusion)]
+    header = [("true ↓ predicted →", None)] + [(labels[j], None) for j in columns]
+    return Table(header, [[labels[i], *(g.confusion[i][j] for j in columns)] for i in rows])
+
+
 def render_report(entries: Sequence[BoardEntry], fmt: str, subcategories: bool = False) -> str:
     """The whole `holisafe report` output: the leaderboard, then per-category tables.
 

@@ -203,7 +203,7 @@ def completion(model: str, response: Response) -> dict:
             {
                 "index": 0,
                 "message": {"role": "assistant", "content": response.text},
-                "finish_reason": "stop",
+                "finish_reason": finish_reason(response),
                 "logprobs": None,
             }
         ],
@@ -227,8 +227,13 @@ def stream_events(model: str, response: Response) -> Iterator[str]:
     yield chunk({"role": "assistant", "content": ""})
     for piece in STREAM_PIECE.findall(response.text or ""):
         yield chunk({"content": piece})
-    yield chunk({}, "stop", safety=safety_json(response.safety))
+    yield chunk({}, finish_reason(response), safety=safety_json(response.safety))
     yield "data: [DONE]\n\n"
+
+
+def finish_reason(response: Response) -> str:
+    """`length` when max_tokens cut the answer, as OpenAI says it; else `stop`."""
+    return "length" if response.truncated else "stop"
 
 
 def _completion_id() -> str:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from holisafe.data.sample import Sample
+from holisafe.models.chat import text_message, user_message
 from holisafe.train.settings import TrainError
 
 IGNORE = -100
@@ -25,32 +26,22 @@ IGNORE = -100
 def conversation(sample: Sample) -> list[dict]:
     """The sample as chat messages, with the image (loaded) in the first user turn."""
     messages = [
-        {
-            "role": "user",
-            "content": [
-                {"type": "image", "image": sample.image.load()},
-                {"type": "text", "text": sample.query},
-            ],
-        },
-        _text_message("assistant", sample.response),
+        user_message(sample.query, sample.image.load()),
+        text_message("assistant", sample.response),
     ]
     for query, answer in sample.follow_up:
-        messages += [_text_message("user", query), _text_message("assistant", answer)]
+        messages += [text_message("user", query), text_message("assistant", answer)]
     return messages
 
 
-def _text_message(role: str, text: str) -> dict:
-    return {"role": role, "content": [{"type": "text", "text": text}]}
-
-
-def require_responses(samples: Sequence[Sample], source: str) -> None:
-    """Raise TrainError naming the samples that have no reference response."""
+def require_responses(samples: Sequence[Sample], source: str, use: str = "train on") -> None:
+    """Raise TrainError naming the samples that have no reference response to `use`."""
     missing = [s.id for s in samples if not s.response]
     if missing:
         shown = ", ".join(repr(i) for i in missing[:5])
         more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
         raise TrainError(
-            f"{source}: {len(missing)} sample(s) have no response to train on (ids {shown}{more})"
+            f"{source}: {len(missing)} sample(s) have no response to {use} (ids {shown}{more})"
         )
 
 

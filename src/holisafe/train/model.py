@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import re
 from pathlib import Path
 
 import torch
@@ -11,6 +10,8 @@ import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
+from holisafe.hub import local_or_hub
+from holisafe.models.hf import gpu_half_dtype
 from holisafe.train.record import read_record
 from holisafe.train.settings import TrainError, TrainSettings
 from holisafe.vgm import VGMSettings, attach_visual_guard, is_safe_vlm, load_safe_vlm
@@ -26,13 +27,7 @@ VISION_META_TOKEN = "vision_meta_token"
 
 def source_of(settings: TrainSettings) -> str:
     """The base as a local folder (absolute) or a Hub id."""
-    name = settings.base_name
-    path = Path(name).expanduser()
-    if path.is_dir():
-        return str(path.resolve())
-    if path.exists() or not re.fullmatch(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?", name):
-        raise TrainError(f"base model {settings.base!r} is neither a model folder nor a Hub id")
-    return name
+    return local_or_hub(settings.base_name, "base model", error=TrainError)
 
 
 def load_processor(source: str):
@@ -44,7 +39,7 @@ def load_processor(source: str):
 
 def training_dtype(settings: TrainSettings) -> torch.dtype:
     """LoRA on a bfloat16 GPU keeps the frozen base in bfloat16; anything trained is float32."""
-    on_bf16_gpu = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    on_bf16_gpu = torch.cuda.is_available() and gpu_half_dtype() == torch.bfloat16
     return torch.bfloat16 if settings.lora and on_bf16_gpu else torch.float32
 
 

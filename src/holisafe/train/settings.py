@@ -27,7 +27,8 @@ class TrainSettings:
     where its meta token enters (`llm` or `vision`). `learning_rate` None picks 2e-4 with LoRA,
     2e-5 without. `max_steps` (optimizer steps) overrides `epochs`; `limit` keeps the first N
     training samples. Checkpoints go to `out/checkpoints` every `save_steps` steps, at most
-    `keep_checkpoints` of them; `resume` continues from the last one.
+    `keep_checkpoints` of them; `resume` continues from the last one. A model already in `out`
+    is replaced only with `overwrite`.
     """
 
     base: str
@@ -53,6 +54,7 @@ class TrainSettings:
     keep_checkpoints: int | None = 2
     log_steps: int = 10
     resume: bool = False
+    overwrite: bool = False
     merge: bool = False
     skip_invalid: bool = False
     report_to: str = "none"
@@ -72,6 +74,8 @@ class TrainSettings:
             raise TrainError(
                 f"--meta-token-placement {self.meta_token_placement} needs --vgm meta_token"
             )
+        if self.resume and self.overwrite:
+            raise TrainError("--resume continues the run in OUT, --overwrite replaces it: pick one")
         if self.merge and not self.lora:
             raise TrainError("--merge applies to --lora training; full fine-tuning writes a model")
         if self.lora and not self.freeze_vision:

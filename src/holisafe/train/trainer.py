@@ -11,6 +11,7 @@ import dataclasses
 import functools
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import torch
 from transformers import PreTrainedModel, Trainer, TrainingArguments
 
 from holisafe.data import Sample, first, load_samples
+from holisafe.models.hf import gpu_half_dtype
 from holisafe.train.collate import IGNORE, collator_for, require_responses
 from holisafe.train.model import load_processor, merge_lora, source_of, trainable_model
 from holisafe.train.record import TrainRecord, write_record
@@ -32,8 +34,18 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 CHECKPOINT_SETTINGS = "holisafe_run.json"
 # Settings a resumed run may change: where and how often it writes and logs, nothing it learns.
 RESUMABLE_CHANGES = frozenset(
-    {"out", "resume", "save_steps", "keep_checkpoints", "log_steps", "report_to", "merge"}
+    {
+        "out",
+        "resume",
+        "overwrite",
+        "save_steps",
+        "keep_checkpoints",
+        "log_steps",
+        "report_to",
+        "merge",
+    }
 )
+MODEL_FILES = ("config.json", *ADAPTER_FILES)
 
 
 class SafetyTrainer(Trainer):
@@ -147,15 +159,21 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     """
     out = Path(settings.out)
     checkpoints = out / CHECKPOINTS
+    if settings.overwrite:
+        shutil.rmtree(checkpoints, ignore_errors=True)
     resume_from = _checkpoint_to_resume(checkpoints, settings.resume)
+    if not (settings.resume or settings.overwrite):
+        _refuse_existing_model(out)
     source = native_base(
         source_of(settings), out / RELEASED_BASE, trust_remote_code=settings.trust_remote_code
     )
     settings = dataclasses.replace(settings, base=f"hf/{source}")
-    samples, skipped = _samples(settings.data, settings, split="train", limit=settings.limit)
+    samples, skipped = _samples(
+        settings.data, settings, "train on", split="train", limit=settings.limit
+    )
     eval_samples = None
     if settings.eval_data:
-        eval_samples, skipped_eval = _samples(settings.eval_data, settings)
+        eval_samples, skipped_eval = _samples(settings.eval_data, settings, "evaluate on")
         skipped += [f"{settings.eval_data}: {problem}" for problem in skipped_eval]
     _check_or_record_run(checkpoints, settings, samples)
     processor = load_processor(source)
@@ -196,8 +214,7 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
 def training_arguments(
     settings: TrainSettings, checkpoints: Path, *, has_eval: bool, progress: bool
 ) -> TrainingArguments:
-    cuda = torch.cuda.is_available()
-    bf16 = cuda and torch.cuda.is_bf16_supported()
+    half = gpu_half_dtype() if torch.cuda.is_available() else None
     return TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=settings.batch_size,
@@ -215,9 +232,9 @@ def training_arguments(
         eval_strategy="epoch" if has_eval else "no",
         prediction_loss_only=True,
         seed=settings.seed,
-        use_cpu=not cuda,
-        bf16=bf16,
-        fp16=cuda and not bf16,
+        use_cpu=half is None,
+        bf16=half == torch.bfloat16,
+        fp16=half == torch.float16,
         remove_unused_columns=False,
         # With the vision encoder frozen every trained parameter takes part in each step (the
         # safety loss keeps the head in the graph even without labels), so DDP need not search
@@ -243,7 +260,7 @@ def _checkpoint_to_resume(checkpoints: Path, resume: bool) -> str | None:
     if not resume and last is not None:
         raise TrainError(
             f"{checkpoints} holds checkpoints of an earlier run; pass --resume to continue it, "
-            "or choose another --out"
+            "--overwrite to start afresh, or choose another --out"
         )
     return str(last) if last else None
 
@@ -290,13 +307,27 @@ def _jsonable(value):
     return json.loads(json.dumps(value))
 
 
+def _refuse_existing_model(out: Path) -> None:
+    written = [name for name in MODEL_FILES if (out / name).exists()]
+    if written:
+        raise TrainError(
+            f"{out} already holds a trained model ({', '.join(written)}); pass --overwrite to "
+            "replace it, or choose another --out"
+        )
+
+
 def _samples(
-    source: str, settings: TrainSettings, split: str = "test", limit: int | None = None
+    source: str,
+    settings: TrainSettings,
+    use: str,
+    split: str = "test",
+    limit: int | None = None,
 ) -> tuple[list[Sample], list[str]]:
-    """The samples to use, and the invalid records `skip_invalid` left out, described."""
+    """The samples of `source`, each with a response (`use` says what for, in messages), and
+    the invalid records `skip_invalid` left out, described."""
     dataset = load_samples(source, skip_invalid=settings.skip_invalid, split=split)
     samples = first(dataset.samples, limit)
     if not samples:
-        raise TrainError(f"{source}: no samples to train on")
-    require_responses(samples, source)
+        raise TrainError(f"{source}: no samples to {use}")
+    require_responses(samples, source, use)
     return samples, [str(problem) for problem in dataset.problems]

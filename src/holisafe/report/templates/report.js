@@ -97,6 +97,15 @@ function verdictBadge(judge, verdict) {
   return element("span", `verdict ${kind}`, `${judge}: ${word}`);
 }
 
+// The Safe-VLM's stored prediction for the image; flagged unsafe when its top label is not safe.
+function safetyLine(safety) {
+  const verdict = safety.label === "safe" ? "safe" : "unsafe";
+  const line = element("div", `safety ${verdict}`,
+    `safety head: ${verdict} (top label ${safety.label}, p = ${safety.prob.toFixed(3)}; p(unsafe) = ${safety.unsafe.toFixed(3)})`);
+  line.title = "Unsafe when one of the 19 unsafe labels outscores safe (the paper's rule).";
+  return line;
+}
+
 function card(item) {
   const node = element("li", "sample");
   node.dataset.type = item.type || "";
@@ -115,6 +124,7 @@ function card(item) {
   const verdicts = element("div", "verdicts");
   for (const [judge, verdict] of Object.entries(item.verdicts)) verdicts.append(verdictBadge(judge, verdict));
   text.append(verdicts);
+  if (item.safety) text.append(safetyLine(item.safety));
   node.append(imageCell(item), text);
   return node;
 }
