@@ -17,9 +17,6 @@ import argparse
 import base64
 import io
 import os
-import socket
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -30,43 +27,16 @@ import openai
 from benchkit import (
     build_7b_shaped_llava,
     build_llava,
+    free_port,
     machine_lines,
     parameter_count,
     parse_with_gpu_7b,
+    start_server,
 )
 from PIL import Image
 
 NAME = "bench-llava"
 STARTUP_TIMEOUT_S = 600
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(
-    folder: Path, port: int, batch_size: int, threads: int | None, gpu: bool
-) -> subprocess.Popen:
-    command = [sys.executable, "-m", "holisafe", "serve", "--model", f"hf/{folder}"]
-    command += ["--port", str(port), "--batch-size", str(batch_size)]
-    command += ["--device", "cuda", "--dtype", "bfloat16"] if gpu else ["--device", "cpu"]
-    env = os.environ | ({"OMP_NUM_THREADS": str(threads)} if threads else {})
-    server = subprocess.Popen(
-        [*command, "--log-level", "warning"], stdout=subprocess.DEVNULL, env=env
-    )
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited with status {server.returncode}")
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).raise_for_status()
-            return server
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    server.kill()
-    raise SystemExit(f"the server did not answer within {STARTUP_TIMEOUT_S} s")
 
 
 def messages(i: int) -> list[dict]:
@@ -152,7 +122,10 @@ def main() -> None:
             "greedy, through the openai client on loopback"
         )
         port = free_port()
-        server = start_server(folder, port, args.batch_size, args.threads, args.gpu_7b)
+        device = ["--device", "cuda", "--dtype", "bfloat16"] if args.gpu_7b else ["--device", "cpu"]
+        arguments = ["--model", f"hf/{folder}", "--batch-size", str(args.batch_size), *device]
+        threads = {"OMP_NUM_THREADS": str(args.threads)} if args.threads else {}
+        server = start_server(arguments, port, STARTUP_TIMEOUT_S, env=os.environ | threads)
         try:
             root = f"http://127.0.0.1:{port}"
             client = openai.OpenAI(base_url=f"{root}/v1", api_key="unused", timeout=600)

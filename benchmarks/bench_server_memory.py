@@ -19,7 +19,6 @@ import base64
 import io
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -30,7 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
-from benchkit import machine_lines
+from benchkit import free_port, machine_lines, start_server
 from PIL import Image
 
 from holisafe.models.tiny import build_tiny_model
@@ -42,12 +41,6 @@ LOAD_TIMEOUT_S = 900  # the whole burst must be answered within this
 SAMPLE_S = 0.02
 HEALTH_EVERY_S = 0.1
 MiB = 2**20
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def largest_image(limits: ServeLimits) -> bytes:
@@ -79,25 +72,6 @@ def memory_kib(pid: int) -> dict[str, int]:
         if name in ("VmRSS", "VmHWM"):
             fields[name] = int(value.split()[0])
     return fields
-
-
-def start_server(folder: Path, port: int, max_pending: int) -> subprocess.Popen:
-    command = [sys.executable, "-m", "holisafe", "serve", "--model", f"hf/{folder}"]
-    command += ["--port", str(port), "--device", "cpu", "--max-pending", str(max_pending)]
-    server = subprocess.Popen(
-        [*command, "--log-level", "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
-    )
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        if server.poll() is not None:
-            raise SystemExit(f"the server exited: {server.stderr.read().decode()[-2000:]}")
-        try:
-            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).raise_for_status()
-            return server
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    server.kill()
-    raise SystemExit(f"the server did not answer within {STARTUP_TIMEOUT_S} s")
 
 
 class Watch:
@@ -186,7 +160,9 @@ def main() -> None:
         folder = build_tiny_model(Path(tmp) / NAME, "llava", seed=0)
         port = free_port()
         root = f"http://127.0.0.1:{port}"
-        server = start_server(folder, port, args.max_pending)
+        arguments = ["--model", f"hf/{folder}", "--device", "cpu"]
+        arguments += ["--max-pending", str(args.max_pending)]
+        server = start_server(arguments, port, STARTUP_TIMEOUT_S, stderr=subprocess.PIPE)
         try:
             warm_up = burst(root, body, 1)  # one maximum-size request: the model's own work
             if warm_up[200] != 1:

@@ -9,12 +9,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import socket
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
+import httpx
 import torch
 import transformers
 from transformers import AutoConfig, AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
@@ -153,3 +157,29 @@ def add_visual_guard(plain: Path, out: Path, settings: VGMSettings) -> Path:
     """A Safe-VLM copy of the model in `plain`: the same weights plus a new, seeded module."""
     convert_folder(str(plain), str(out), settings)
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(arguments: list[str], port: int, timeout_s: float, **popen) -> subprocess.Popen:
+    """`holisafe serve ARGUMENTS --port PORT` in a child process, once its /health answers."""
+    command = [sys.executable, "-m", "holisafe", "serve", *arguments, "--port", str(port)]
+    server = subprocess.Popen(
+        [*command, "--log-level", "warning"], stdout=subprocess.DEVNULL, **popen
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            why = server.stderr.read().decode()[-2000:] if server.stderr else ""
+            raise SystemExit(f"the server exited with status {server.returncode}: {why}")
+        try:
+            httpx.get(f"http://127.0.0.1:{port}/health", timeout=1).raise_for_status()
+            return server
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    server.kill()
+    raise SystemExit(f"the server did not answer within {timeout_s} s")

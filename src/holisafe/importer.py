@@ -282,10 +282,7 @@ def _read_official(path: Path, content: bytes) -> Iterator[Prediction | Problem]
 
 
 def _official_prediction(where: str, record: dict) -> Prediction:
-    sample_id = _id(record)
-    claims = {name: record[name] for name in _CHECKED_FIELDS if name in record}
-    text = _text(record.get("prediction"), "prediction")
-    return Prediction(f"{where} (id {sample_id!r})", ("id", sample_id), text, claims)
+    return _record_prediction(where, record, "prediction")
 
 
 def _read_jsonl(path: Path, content: bytes) -> Iterator[Prediction | Problem]:
@@ -294,9 +291,14 @@ def _read_jsonl(path: Path, content: bytes) -> Iterator[Prediction | Problem]:
 
 
 def _jsonl_prediction(where: str, record: dict) -> Prediction:
+    return _record_prediction(where, record, "response")
+
+
+def _record_prediction(where: str, record: dict, text_field: str) -> Prediction:
+    """A record that names its sample by `id` and holds its answer in `text_field`."""
     sample_id = _id(record)
     claims = {name: record[name] for name in _CHECKED_FIELDS if name in record}
-    text = _text(record.get("response"), "response")
+    text = _text(record.get(text_field), text_field)
     return Prediction(f"{where} (id {sample_id!r})", ("id", sample_id), text, claims)
 
 
