@@ -1332,7 +1332,7 @@ def demo_command(
         "runs/demo"
     ),
     quick: Annotated[
-        bool, typer.Option(help="A smaller run (under a minute on 2 cores), for CI.")
+        bool, typer.Option(help="A smaller run (about a minute on 2 cores), for CI.")
     ] = False,
     seed: Annotated[int, typer.Option(help="Seed of the data and the models.")] = 0,
     threads: Annotated[
