@@ -5,7 +5,7 @@ content), Anthropic's Message Batches (create, retrieve, results) and Gemini's b
 A batch stays in progress for its first `polls_before_done` retrievals, then ends: each request
 is answered by `reply(body)` (body: the chat completion's body, the message's params, or the
 GenerateContentRequest), or fails when `reply` returns None. It records the batches created;
-each creation takes `create_latency_s`.
+each creation takes `create_latency_s`, and is refused (400) while `refuse_batches` is set.
 
     with batch_stub(reply=lambda body: "VERDICT: FOLLOWED") as stub:
         client = OpenAI(base_url=stub.url, api_key="k")
@@ -37,6 +37,7 @@ class BatchStub:
         self.reply = reply
         self.polls_before_done = polls_before_done
         self.create_latency_s = create_latency_s
+        self.refuse_batches = False
         self._uploads: dict[str, bytes] = {}  # Gemini's resumable uploads under way
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
@@ -227,8 +228,12 @@ def _handler_for(stub: BatchStub) -> type[BaseHTTPRequestHandler]:
             raw = self.rfile.read(int(self.headers.get("content-length") or 0))
             path, _, query = self.path.partition("?")
             creating = path in ("/v1/batches", "/v1/messages/batches")
-            if stub.create_latency_s and (creating or path.endswith(":batchGenerateContent")):
-                time.sleep(stub.create_latency_s)
+            if creating or path.endswith(":batchGenerateContent"):
+                if stub.refuse_batches:
+                    self._send(400, {"error": {"code": 400, "message": "stub refuses batches"}})
+                    return
+                if stub.create_latency_s:
+                    time.sleep(stub.create_latency_s)
             gemini = GEMINI_PATH.fullmatch(path)
             if gemini and gemini["upload"] and query.startswith("upload_id="):
                 command = self.headers.get("x-goog-upload-command", "")

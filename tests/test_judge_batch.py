@@ -97,6 +97,26 @@ def test_a_judge_without_a_batch_api_is_refused():
         check_batchable(LLMJudge(LocalModel()))
 
 
+@pytest.mark.parametrize("judge", [JUDGE, "anthropic/judge-model", "google/judge-model"])
+def test_a_refused_batch_stops_with_a_clear_message_and_a_rerun_sends_it(tmp_path, judge):
+    bench = write_official(tmp_path / "bench")
+    store = tmp_path / "runs.db"
+    with openai_stub(api_key=None) as answers, batch_stub(reply=judge_reply) as batches:
+        evaluate("openai/stub-model", bench, store, options=ModelOptions(base_url=answers.url))
+        url = batches.url if judge == JUDGE else batches.url.removesuffix("/v1")
+        options = ModelOptions(base_url=url, api_key="k", max_retries=0)
+        batches.refuse_batches = True
+        refused = rf"^{judge}: the batch API failed: request rejected \(400\): stub refuses"
+        with pytest.raises(JudgeError, match=refused + " batches; .* run the same command"):
+            judge_stored(store, [judge], options=options, judge_batch=True, batch_poll_s=0.01)
+        batches.refuse_batches = False
+        (outcome,) = judge_stored(
+            store, [judge], options=options, judge_batch=True, batch_poll_s=0.01
+        )
+        assert len(batches.batches) == 1
+    assert outcome.judged == {judge: 7}
+
+
 def test_judging_a_stored_run_can_go_through_a_batch(tmp_path):
     bench = write_official(tmp_path / "bench")
     store = tmp_path / "runs.db"
