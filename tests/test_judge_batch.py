@@ -250,3 +250,20 @@ def test_a_keeper_that_died_or_lapsed_does_not_hold_the_batches(tmp_path, holder
         )  # fmt: skip
         assert len(batches.batches) == 1
     assert outcome.judged == {JUDGE: 7}
+
+
+def test_a_keeper_whose_lease_ran_out_stops_before_sending_more(tmp_path):
+    store = tmp_path / "runs.db"
+    with (
+        closing(sqlite3.connect(store, isolation_level=None)) as first_db,
+        closing(sqlite3.connect(store, isolation_level=None)) as second_db,
+    ):
+        first_db.executescript(batch_module._SCHEMA)
+        first = batch_module._Keeper(first_db, 1, JUDGE, lease_s=0.05)
+        second = batch_module._Keeper(second_db, 1, JUDGE, lease_s=60)
+        assert first.take() and not second.take()  # held, and its process lives
+        time.sleep(0.1)  # as if the first process was suspended past its lease
+        assert second.take()
+        with pytest.raises(JudgeError, match="another process took over"):
+            first.renew()
+        assert not first.take()

@@ -296,21 +296,30 @@ class _Keeper:
                 self.key,
             ).fetchone()
             free = holder is None or holder[0] == self.worker or holder[1] <= now
-            if free or not alive(holder[0]):
+            free = free or not alive(holder[0])
+            if free:
                 self.db.execute(
                     "INSERT OR REPLACE INTO judge_batch_keepers VALUES (?, ?, ?, ?)",
                     (*self.key, self.worker, now + self.lease_s),
                 )
-                free = True
-        finally:
-            self.db.execute("COMMIT")
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
         return free
 
     def renew(self) -> None:
-        self.db.execute(
+        """Extend the lease; JudgeError if another process has taken it meanwhile (this one
+        was stopped, or its machine slept, longer than the lease)."""
+        renewed = self.db.execute(
             "UPDATE judge_batch_keepers SET expires_at = ? WHERE worker = ?",
             (time.time() + self.lease_s, self.worker),
-        )
+        ).rowcount
+        if not renewed:
+            raise JudgeError(
+                f"{self.key[1]}: another process took over this judge's batches while this one "
+                "was stopped; it sends and collects them (or run the same command again)"
+            )
 
     def release(self) -> None:
         self.db.execute("DELETE FROM judge_batch_keepers WHERE worker = ?", (self.worker,))
