@@ -248,7 +248,7 @@ def judge_in_batch(
         db.executescript(_SCHEMA)
         keeper = _Keeper(db, run_id, judge.id, lease_s)
         batches = _Batches(store, db, run_id, judge, service, keeper, poll_s, say)
-        collected_before = batches.count("collected = 1")
+        collected_before = batches.count(collected_only=True)
         stored, sent = 0, False
         try:
             with _batch_errors(judge):
@@ -258,7 +258,7 @@ def judge_in_batch(
                         time.sleep(poll_s)
                     elif uncollected := batches.uncollected():
                         stored += sum(batches.collect(*batch) for batch in uncollected)
-                    elif sent or batches.count("1") > collected_before:
+                    elif sent or batches.count() > collected_before:
                         return stored
                     else:
                         stored += batches.submit(samples)
@@ -338,8 +338,10 @@ class _Batches:
     poll_s: float
     say: Callable[[str], None]
 
-    def count(self, condition: str) -> int:
-        query = f"SELECT COUNT(*) FROM judge_batches WHERE run_id = ? AND judge = ? AND {condition}"
+    def count(self, collected_only: bool = False) -> int:
+        query = "SELECT COUNT(*) FROM judge_batches WHERE run_id = ? AND judge = ?"
+        if collected_only:
+            query += " AND collected = 1"
         return self.db.execute(query, (self.run_id, self.judge.id)).fetchone()[0]
 
     def uncollected(self) -> list[tuple[str, list[str]]]:
