@@ -5,7 +5,6 @@ import socket
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from contextlib import closing
 
@@ -192,33 +191,48 @@ def test_a_google_judge_goes_through_gemini_batch_mode(tmp_path):
     assert sum(v is not None and v.followed is True for v in verdicts) == 6
 
 
+JUDGE_PROCESS = """
+import pathlib, sys, time
+from holisafe.evaluate import judge_stored
+from holisafe.models import ModelOptions
+judge, store, url, gate, name = sys.argv[1:]
+pathlib.Path(gate, name).touch()
+while len(list(pathlib.Path(gate).iterdir())) < 2:  # start together
+    time.sleep(0.005)
+options = ModelOptions(base_url=url, api_key="k")
+(outcome,) = judge_stored(store, [judge], options=options, judge_batch=True, batch_poll_s=0.01)
+print(outcome.judged[judge])
+"""
+
+
 def test_two_processes_on_one_store_share_one_batch(tmp_path):
     bench = write_official(tmp_path / "bench")
     store = tmp_path / "runs.db"
+    gate = tmp_path / "gate"
+    gate.mkdir()
     # the batch takes 0.3 s to create, so the second judge arrives while the first submits
     with (
         openai_stub(api_key=None) as answers,
         batch_stub(reply=judge_reply, polls_before_done=5, create_latency_s=0.3) as batches,
     ):
         evaluate("openai/stub-model", bench, store, options=ModelOptions(base_url=answers.url))
-        start = threading.Barrier(2)
-        outcomes = []
-
-        def judge_run():  # each thread opens its own store connections, as a process would
-            start.wait()
-            outcomes.extend(judge_stored(
-                store, [JUDGE], options=ModelOptions(base_url=batches.url, api_key="k"),
-                judge_batch=True, batch_poll_s=0.01,
-            ))  # fmt: skip
-
-        threads = [threading.Thread(target=judge_run) for _ in range(2)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=120)
+        arguments = [JUDGE, str(store), batches.url, str(gate)]
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-c", JUDGE_PROCESS, *arguments, name],
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for name in ("a", "b")
+        ]
+        results = [process.communicate(timeout=120) for process in processes]
         created = list(batches.batches.values())
-    assert len(outcomes) == 2 and len(created) == 1
-    assert sorted(o.judged[JUDGE] for o in outcomes) == [0, 7]  # one kept it; the other waited
+    for process, (_, err) in zip(processes, results, strict=True):
+        assert process.returncode == 0, err
+    assert len(created) == 1
+    stored = sorted(int(out) for out, _ in results)
+    assert stored == [0, 7]  # one process kept the batch; the other waited for its verdicts
     with Store(store) as opened:
         assert sum(v is not None for _, v in opened.results(1, JUDGE)) == 7
         assert opened.verdict_errors(1, JUDGE) == [("3", "judge model failed: batch: stub "
