@@ -1,9 +1,11 @@
 """A loopback server for OpenAI's Batch API (file upload, batch create and retrieve, file
-content) and Anthropic's Message Batches (create, retrieve, results).
+content), Anthropic's Message Batches (create, retrieve, results) and Gemini's batch mode
+(resumable file upload, batchGenerateContent, batch get, file download).
 
 A batch stays in progress for its first `polls_before_done` retrievals, then ends: each request
-is answered by `reply(body)` (body: the chat completion's body, or the message's params), or
-fails when `reply` returns None. It records the batches created.
+is answered by `reply(body)` (body: the chat completion's body, the message's params, or the
+GenerateContentRequest), or fails when `reply` returns None. It records the batches created;
+each creation takes `create_latency_s`, and is refused (400) while `refuse_batches` is set.
 
     with batch_stub(reply=lambda body: "VERDICT: FOLLOWED") as stub:
         client = OpenAI(base_url=stub.url, api_key="k")
@@ -14,17 +16,29 @@ from __future__ import annotations
 import contextlib
 import email
 import json
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+# The Gemini API's paths, under any API version: /[upload/]<version>/<rest>
+GEMINI_PATH = re.compile(r"/(?P<upload>upload/)?v1(?:beta|alpha)?/(?P<rest>.+)")
+
 
 class BatchStub:
-    def __init__(self, reply: Callable[[dict], str | None], polls_before_done: int = 1):
+    def __init__(
+        self,
+        reply: Callable[[dict], str | None],
+        polls_before_done: int = 1,
+        create_latency_s: float = 0.0,
+    ):
         self.reply = reply
         self.polls_before_done = polls_before_done
+        self.create_latency_s = create_latency_s
+        self.refuse_batches = False
+        self._uploads: dict[str, bytes] = {}  # Gemini's resumable uploads under way
         self.files: dict[str, bytes] = {}
         self.batches: dict[str, dict] = {}
         self._polls: dict[str, int] = {}
@@ -121,6 +135,69 @@ class BatchStub:
             result = {"type": "succeeded", "message": message}
         return {"custom_id": request["custom_id"], "result": result}
 
+    def start_gemini_upload(self, path: str) -> str:
+        with self._lock:
+            upload_id = f"u{len(self._uploads) + 1}"
+            self._uploads[upload_id] = b""
+        return f"{self.url.removesuffix('/v1')}{path}?upload_id={upload_id}"
+
+    def continue_gemini_upload(self, upload_id: str, data: bytes, final: bool) -> dict | None:
+        with self._lock:
+            self._uploads[upload_id] += data
+            if not final:
+                return None
+            name = f"files/in{len(self.files) + 1}"
+            self.files[name] = self._uploads.pop(upload_id)
+        return {"file": {"name": name, "mimeType": "jsonl", "sizeBytes": str(len(self.files[name])),
+                         "state": "ACTIVE", "source": "UPLOADED"}}  # fmt: skip
+
+    def create_gemini(self, model: str, body: dict) -> dict:
+        with self._lock:
+            name = f"batches/g{len(self.batches) + 1}"
+            self.batches[name] = {
+                "name": name,
+                "model": f"models/{model}",
+                "inputConfig": body["batch"]["inputConfig"],
+                "state": "BATCH_STATE_PENDING",
+                "createTime": "2026-01-01T00:00:00Z",
+            }
+            self._polls[name] = 0
+            return self._gemini_operation(name)
+
+    def get_gemini(self, name: str) -> dict | None:
+        with self._lock:
+            batch = self.batches.get(name)
+            if batch is None:
+                return None
+            self._polls[name] += 1
+            pending = batch["state"] == "BATCH_STATE_PENDING"
+            if pending and self._polls[name] > self.polls_before_done:
+                self._complete_gemini(batch)
+            return self._gemini_operation(name)
+
+    def _gemini_operation(self, name: str) -> dict:
+        metadata = {"@type": "type.googleapis.com/google.ai.generativelanguage.v1beta."
+                    "GenerateContentBatch", **self.batches[name]}  # fmt: skip
+        return {"name": name, "metadata": metadata, "done": "output" in metadata}
+
+    def _complete_gemini(self, batch: dict) -> None:
+        lines = []
+        for line in self.files[batch["inputConfig"]["fileName"]].decode().splitlines():
+            task = json.loads(line)
+            text = self.reply(task["request"])
+            if text is None:
+                error = {"code": 400, "message": "stub refused this request",
+                         "status": "INVALID_ARGUMENT"}  # fmt: skip
+                lines.append({"key": task["key"], "error": error})
+                continue
+            candidate = {"content": {"role": "model", "parts": [{"text": text}]},
+                         "finishReason": "STOP", "index": 0}  # fmt: skip
+            lines.append({"key": task["key"], "response": {"candidates": [candidate]}})
+        name = f"files/out{len(self.files) + 1}"
+        self.files[name] = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        batch["output"] = {"responsesFile": name}
+        batch["state"] = "BATCH_STATE_SUCCEEDED"
+
     def _complete(self, batch: dict) -> None:
         answers, errors = [], []
         for line in self.files[batch["input_file_id"]].decode().splitlines():
@@ -149,7 +226,26 @@ def _handler_for(stub: BatchStub) -> type[BaseHTTPRequestHandler]:
 
         def do_POST(self) -> None:
             raw = self.rfile.read(int(self.headers.get("content-length") or 0))
-            if self.path == "/v1/files":
+            path, _, query = self.path.partition("?")
+            creating = path in ("/v1/batches", "/v1/messages/batches")
+            if creating or path.endswith(":batchGenerateContent"):
+                if stub.refuse_batches:
+                    self._send(400, {"error": {"code": 400, "message": "stub refuses batches"}})
+                    return
+                if stub.create_latency_s:
+                    time.sleep(stub.create_latency_s)
+            gemini = GEMINI_PATH.fullmatch(path)
+            if gemini and gemini["upload"] and query.startswith("upload_id="):
+                command = self.headers.get("x-goog-upload-command", "")
+                answer = stub.continue_gemini_upload(query[10:], raw, "finalize" in command)
+                status = "active" if answer is None else "final"
+                self._send(200, answer or {}, {"x-goog-upload-status": status})
+            elif gemini and gemini["upload"] and gemini["rest"] == "files":
+                self._send(200, {}, {"x-goog-upload-url": stub.start_gemini_upload(path)})
+            elif gemini and gemini["rest"].endswith(":batchGenerateContent"):
+                model = gemini["rest"].removeprefix("models/").removesuffix(":batchGenerateContent")
+                self._send(200, stub.create_gemini(model, json.loads(raw)))
+            elif self.path == "/v1/files":
                 self._send(200, stub.upload(_uploaded_file(self.headers["content-type"], raw)))
             elif self.path == "/v1/batches":
                 self._send(200, stub.create(json.loads(raw)))
@@ -159,8 +255,16 @@ def _handler_for(stub: BatchStub) -> type[BaseHTTPRequestHandler]:
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
 
         def do_GET(self) -> None:
-            parts = self.path.split("?")[0].strip("/").split("/")
-            if parts[:3] == ["v1", "messages", "batches"] and len(parts) == 4:
+            path = self.path.split("?")[0]
+            parts = path.strip("/").split("/")
+            gemini = GEMINI_PATH.fullmatch(path)
+            if gemini and gemini["rest"] in stub.batches:  # OpenAI's ids are not batches/…
+                operation = stub.get_gemini(gemini["rest"])
+                self._send(200 if operation else 404, operation or {"error": {"code": 404}})
+            elif gemini and gemini["rest"].endswith(":download"):
+                name = gemini["rest"].removesuffix(":download")
+                self._send_bytes(200, stub.files[name], "application/octet-stream")
+            elif parts[:3] == ["v1", "messages", "batches"] and len(parts) == 4:
                 batch = stub.retrieve_messages(parts[3])
                 self._send(200 if batch else 404, batch or {"error": {"message": "no batch"}})
             elif parts[:3] == ["v1", "messages", "batches"] and parts[4:] == ["results"]:
@@ -173,11 +277,15 @@ def _handler_for(stub: BatchStub) -> type[BaseHTTPRequestHandler]:
             else:
                 self._send(404, {"error": {"message": f"no route {self.path}"}})
 
-        def _send(self, status: int, body: dict) -> None:
-            self._send_bytes(status, json.dumps(body).encode(), "application/json")
+        def _send(self, status: int, body: dict, headers: dict | None = None) -> None:
+            self._send_bytes(status, json.dumps(body).encode(), "application/json", headers)
 
-        def _send_bytes(self, status: int, data: bytes, content_type: str) -> None:
+        def _send_bytes(
+            self, status: int, data: bytes, content_type: str, headers: dict | None = None
+        ) -> None:
             self.send_response(status)
+            for name, value in (headers or {}).items():
+                self.send_header(name, value)
             self.send_header("content-type", content_type)
             self.send_header("content-length", str(len(data)))
             self.end_headers()

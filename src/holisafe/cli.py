@@ -47,8 +47,8 @@ JudgeBatchOpt = Annotated[
     bool,
     typer.Option(
         "--judge-batch",
-        help="Send openai/ and anthropic/ judges' requests through their batch APIs (about "
-        "half the price, within 24 h; rerun to collect).",
+        help="Send openai/, anthropic/ and google/ judges' requests through their batch APIs "
+        "(about half the price, within 24 h; rerun to collect).",
     ),
 ]
 ConcurrencyOpt = Annotated[int, typer.Option(help="Requests at once (API models).")]

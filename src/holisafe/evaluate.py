@@ -113,8 +113,9 @@ def evaluate(
             counts = pipeline.run()
         for judge in batched:
             counts.judged[judge.id] = judge_in_batch(
-                store, run.id, judge, samples, poll_s=batch_poll_s, say=_say(bar, progress)
-            )
+                store, run.id, judge, samples,
+                poll_s=batch_poll_s, lease_s=lease_s, say=_say(bar, progress),
+            )  # fmt: skip
         if not loaded:
             provenance.record(
                 store.path, run.id, provenance.describe(None, judge_ids, judge_protocol)

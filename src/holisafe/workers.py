@@ -55,7 +55,8 @@ def new_worker_id() -> str:
     return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
 
 
-def _alive(worker: str) -> bool:
+def alive(worker: str) -> bool:
+    """False only for a worker of this machine whose process no longer exists."""
     host, _, rest = worker.partition("/")
     if host != socket.gethostname():
         return True  # only its lease can tell
@@ -147,7 +148,7 @@ class Leases:
             f"AND worker <> ? AND expires_at > ? AND sample_id IN ({marks})",
             (run_id, task, self.worker, now, *ids),
         )
-        return {sample_id for sample_id, worker in rows if _alive(worker)}
+        return {sample_id for sample_id, worker in rows if alive(worker)}
 
     def release(self, run_id: int, task: str, sample_ids: Sequence[str]) -> None:
         """Give up claims on samples now done; written with the next claim (one write)."""
@@ -185,7 +186,7 @@ class Leases:
             "AND expires_at > ?",
             (run_id, self.worker, time.time()),
         )
-        return any(_alive(worker) for (worker,) in rows)
+        return any(alive(worker) for (worker,) in rows)
 
 
 def evaluate_in_workers(workers: int, **arguments: Any) -> EvalOutcome:

@@ -1,31 +1,42 @@
 """LLM judges through the providers' batch APIs (OpenAI's Batch API, Anthropic's Message
-Batches): the same requests at about half the price, answered within 24 hours, resumable.
+Batches, Gemini's batch mode): the same requests at about half the price, answered within 24
+hours, resumable.
 
-The judge's pending requests go up as one JSONL file and one batch; its id is kept in the
-store's `judge_batches` table before anything else happens, so a process stopped while the
-batch runs (Ctrl-C, a crash, a closed laptop) picks it up again when the same command runs
-again, instead of paying for a second one. The results are read by the judge's own parser and
-stored as any verdict; a request the batch failed is stored with its error and asked again by
-the next run.
+The judge's pending requests go up as one batch (a JSONL file for OpenAI and Gemini); its id is
+kept in the store's `judge_batches` table before anything else happens, so a process stopped
+while the batch runs (Ctrl-C, a crash, a closed laptop) picks it up again when the same command
+runs again, instead of paying for a second one. The results are read by the judge's own parser
+and stored as any verdict; a request the batch failed is stored with its error and asked again
+by the next run.
 
-`openai/` judges (OpenAI, or a server that offers its Batch API) and `anthropic/` judges can go
-this way; Gemini's batch mode is not done.
+Several processes on one store (`--workers N`, or commands started by hand) share a judge's
+batches: one at a time keeps them (submits, waits, collects) under a lease in the
+`judge_batch_keepers` table, taken in one transaction and renewed while it works; the others
+wait and then find the verdicts stored. A keeper that dies loses its lease as a worker's claims
+expire (see `holisafe.workers`), and the next process collects the batches it recorded.
+
+`openai/` judges (OpenAI, or a server that offers its Batch API), `anthropic/` and `google/`
+judges can go this way.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
-from contextlib import closing
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import closing, contextmanager
+from dataclasses import dataclass
 from typing import Protocol
 
 from holisafe.data.sample import Sample
 from holisafe.judges.base import JudgeError
 from holisafe.judges.llm import LLMJudge
+from holisafe.models.api import RequestFailed
 from holisafe.models.base import GenerationSettings, Request, Response
 from holisafe.store import Store
+from holisafe.workers import DEFAULT_LEASE_S, alive, new_worker_id
 
 ENDPOINT = "/v1/chat/completions"
 
@@ -36,6 +47,13 @@ CREATE TABLE IF NOT EXISTS judge_batches (
     batch_id TEXT NOT NULL PRIMARY KEY,
     sample_ids TEXT NOT NULL,
     collected INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS judge_batch_keepers (
+    run_id INTEGER NOT NULL,
+    judge TEXT NOT NULL,
+    worker TEXT NOT NULL,
+    expires_at REAL NOT NULL,
+    PRIMARY KEY (run_id, judge)
 )
 """
 
@@ -122,6 +140,44 @@ class _AnthropicBatches:
         return found
 
 
+class _GeminiBatches:
+    # The Files API takes files of up to 2 GB; a quarter of that bounds the memory one batch
+    # takes here. Gemini documents no limit on the number of requests.
+    max_bytes = 500_000_000
+    max_requests = 10_000_000
+    ended = ("JOB_STATE_SUCCEEDED", "JOB_STATE_FAILED", "JOB_STATE_CANCELLED", "JOB_STATE_EXPIRED")
+
+    def __init__(self, model):
+        self.model = model
+        self.client = model.client
+
+    def line(self, sample_id: str, request: Request, settings: GenerationSettings) -> dict:
+        return {"key": sample_id, "request": self.model.batch_request(request, settings)}
+
+    def submit(self, lines: list[dict]) -> str:
+        data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        uploaded = self.client.files.upload(
+            file=io.BytesIO(data),
+            config={"mime_type": "jsonl", "display_name": "judge-requests.jsonl"},
+        )
+        return self.client.batches.create(model=self.model.name, src=uploaded.name).name
+
+    def status(self, batch_id: str) -> str | None:
+        state = self.client.batches.get(name=batch_id).state
+        return state.value if state is not None and state.value in self.ended else None
+
+    def results(self, batch_id: str) -> dict[str, Response]:
+        output = self.client.batches.get(name=batch_id).dest
+        if output is None or output.file_name is None:
+            return {}
+        found: dict[str, Response] = {}
+        for line in self.client.files.download(file=output.file_name).decode().splitlines():
+            if line.strip():
+                item = json.loads(line)
+                found[item["key"]] = _gemini_response(item)
+        return found
+
+
 def _empty(text: str) -> str | None:
     return None if text and text.strip() else "empty reply"
 
@@ -137,12 +193,26 @@ def _openai_response(item: dict) -> Response:
     return Response(text=text or None, error=_empty(text))
 
 
+def _gemini_response(item: dict) -> Response:
+    """A line of a Gemini batch's results: a GenerateContentResponse, or a status."""
+    from google.genai import types  # here: the SDK is slow to import
+
+    if item.get("error") or "response" not in item:
+        error = item.get("error") or {}
+        message = error.get("message") if isinstance(error, dict) else str(error)
+        return Response(text=None, error=f"batch: {message or 'no response'}")
+    text = types.GenerateContentResponse.model_validate(item["response"]).text or ""
+    return Response(text=text or None, error=_empty(text))
+
+
 def _service(judge: object) -> _Service | None:
     model = getattr(judge, "model", None)
     if hasattr(model, "chat_body"):
         return _OpenAIBatches(model)
     if hasattr(model, "message_params"):
         return _AnthropicBatches(model)
+    if hasattr(model, "batch_request"):
+        return _GeminiBatches(model)
     return None
 
 
@@ -150,8 +220,8 @@ def check_batchable(judge: object) -> LLMJudge:
     """The judge, if it can go through a batch API; JudgeError otherwise."""
     if not isinstance(judge, LLMJudge) or _service(judge) is None:
         raise JudgeError(
-            f"judge {getattr(judge, 'id', judge)!r} cannot use a batch API: only openai/ and "
-            "anthropic/ LLM judges can so far"
+            f"judge {getattr(judge, 'id', judge)!r} cannot use a batch API: only openai/, "
+            "anthropic/ and google/ LLM judges can"
         )
     return judge
 
@@ -163,85 +233,177 @@ def judge_in_batch(
     samples: Sequence[Sample],
     *,
     poll_s: float = 30.0,
+    lease_s: float = DEFAULT_LEASE_S,
     say: Callable[[str], None] = lambda line: None,
 ) -> int:
     """Judge the run's pending responses in batches (or collect the batches already sent) and
-    store the verdicts; waits for each batch, checking every `poll_s` seconds. Returns how many
-    verdicts were stored."""
+    store the verdicts; waits for each batch, checking every `poll_s` seconds. Another process
+    keeping this judge's batches is waited for (its lease lasts `lease_s` seconds unless
+    renewed). Returns how many verdicts this call stored.
+
+    A call sends batches only if no batch of this judge and run was sent or collected since
+    it began: what a batch failed waits for the next call, so a call never pays twice."""
     service = _service(check_batchable(judge))
-    with closing(sqlite3.connect(store.path, timeout=30)) as db:
-        db.execute(_SCHEMA)
-        stored = 0
-        batches = _uncollected(db, run_id, judge.id)
-        if batches:
-            say(f"{judge.id}: collecting {len(batches)} batch(es) sent earlier")
-        else:
-            stored = _submit(store, run_id, judge, service, samples, db)
-            batches = _uncollected(db, run_id, judge.id)
-        for batch_id, sample_ids in batches:
-            status = _wait(service, judge.id, batch_id, poll_s, say)
-            answered = service.results(batch_id)
-            missing = Response(None, error=f"batch {batch_id} ended {status} without an answer")
-            verdicts = {i: judge.verdict(answered.get(i, missing)) for i in sample_ids}
-            store.save_verdicts(run_id, judge.id, verdicts.items())
-            with db:
-                db.execute("UPDATE judge_batches SET collected = 1 WHERE batch_id = ?", (batch_id,))
-            stored += len(verdicts)
-    return stored
+    with closing(sqlite3.connect(store.path, timeout=30, isolation_level=None)) as db:
+        db.executescript(_SCHEMA)
+        keeper = _Keeper(db, run_id, judge.id, lease_s)
+        batches = _Batches(store, db, run_id, judge, service, keeper, poll_s, say)
+        collected_before = batches.count(collected_only=True)
+        stored, sent = 0, False
+        try:
+            with _batch_errors(judge):
+                while True:
+                    if not keeper.take():
+                        say(f"{judge.id}: another process keeps this judge's batches; waiting")
+                        time.sleep(poll_s)
+                    elif uncollected := batches.uncollected():
+                        stored += sum(batches.collect(*batch) for batch in uncollected)
+                    elif sent or batches.count() > collected_before:
+                        return stored
+                    else:
+                        stored += batches.submit(samples)
+                        sent = True
+        finally:
+            keeper.release()
 
 
-def _uncollected(db: sqlite3.Connection, run_id: int, judge_id: str) -> list[tuple[str, list]]:
-    rows = db.execute(
-        "SELECT batch_id, sample_ids FROM judge_batches "
-        "WHERE run_id = ? AND judge = ? AND collected = 0 ORDER BY rowid",
-        (run_id, judge_id),
-    )
-    return [(batch_id, json.loads(ids)) for batch_id, ids in rows]
+@contextmanager
+def _batch_errors(judge: LLMJudge) -> Iterator[None]:
+    try:
+        with judge.model.provider_errors():
+            yield
+    except RequestFailed as failure:
+        raise JudgeError(
+            f"{judge.id}: the batch API failed: {failure}; the batches sent are kept in the "
+            "store: run the same command again"
+        ) from None
 
 
-def _submit(store, run_id, judge: LLMJudge, service: _Service, samples, db) -> int:
-    """Send the pending items in batches within the provider's limits, each recorded as it
-    is sent; returns the error verdicts stored for items that cannot be asked about. Images
-    are read a few at a time, so memory holds at most one batch."""
-    from holisafe.evaluate import chunks  # here: evaluate imports this module
+class _Keeper:
+    """The lease on one judge's batches in one run, held by at most one process at a time."""
 
-    by_id = {str(s.id): s for s in samples}
-    failures = 0
-    lines: list[dict] = []
-    size = 0
-    for group in chunks(store.pending_verdicts(run_id, judge.id), 64):
-        requests, failed = judge.prepare([(by_id[i], text) for i, text in group])
-        store.save_verdicts(run_id, judge.id, [(group[i][0], v) for i, v in failed.items()])
-        failures += len(failed)
-        for i, request in requests.items():
-            line = service.line(group[i][0], request, judge.settings)
-            line_size = len(json.dumps(line)) + 1
-            if lines and (
-                size + line_size > service.max_bytes or len(lines) == service.max_requests
-            ):
-                _send(service, lines, run_id, judge.id, db)
-                lines, size = [], 0
-            lines.append(line)
-            size += line_size
-    if lines:
-        _send(service, lines, run_id, judge.id, db)
-    return failures
+    def __init__(self, db: sqlite3.Connection, run_id: int, judge_id: str, lease_s: float):
+        self.db, self.key, self.lease_s = db, (run_id, judge_id), lease_s
+        self.worker = new_worker_id()
+
+    def take(self) -> bool:
+        """Take (or keep) the lease, unless another live process holds it."""
+        now = time.time()
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            holder = self.db.execute(
+                "SELECT worker, expires_at FROM judge_batch_keepers WHERE run_id = ? AND judge = ?",
+                self.key,
+            ).fetchone()
+            free = holder is None or holder[0] == self.worker or holder[1] <= now
+            free = free or not alive(holder[0])
+            if free:
+                self.db.execute(
+                    "INSERT OR REPLACE INTO judge_batch_keepers VALUES (?, ?, ?, ?)",
+                    (*self.key, self.worker, now + self.lease_s),
+                )
+        except BaseException:
+            self.db.execute("ROLLBACK")
+            raise
+        self.db.execute("COMMIT")
+        return free
+
+    def renew(self) -> None:
+        """Extend the lease; JudgeError if another process has taken it meanwhile (this one
+        was stopped, or its machine slept, longer than the lease)."""
+        renewed = self.db.execute(
+            "UPDATE judge_batch_keepers SET expires_at = ? WHERE worker = ?",
+            (time.time() + self.lease_s, self.worker),
+        ).rowcount
+        if not renewed:
+            raise JudgeError(
+                f"{self.key[1]}: another process took over this judge's batches while this one "
+                "was stopped; it sends and collects them (or run the same command again)"
+            )
+
+    def release(self) -> None:
+        self.db.execute("DELETE FROM judge_batch_keepers WHERE worker = ?", (self.worker,))
 
 
-def _send(service: _Service, lines: list[dict], run_id: int, judge_id: str, db) -> None:
-    batch_id = service.submit(lines)
-    with db:
-        db.execute(
+@dataclass
+class _Batches:
+    """One judge's batches in one run, as recorded in the store's `judge_batches` table."""
+
+    store: Store
+    db: sqlite3.Connection
+    run_id: int
+    judge: LLMJudge
+    service: _Service
+    keeper: _Keeper
+    poll_s: float
+    say: Callable[[str], None]
+
+    def count(self, collected_only: bool = False) -> int:
+        query = "SELECT COUNT(*) FROM judge_batches WHERE run_id = ? AND judge = ?"
+        if collected_only:
+            query += " AND collected = 1"
+        return self.db.execute(query, (self.run_id, self.judge.id)).fetchone()[0]
+
+    def uncollected(self) -> list[tuple[str, list[str]]]:
+        rows = self.db.execute(
+            "SELECT batch_id, sample_ids FROM judge_batches "
+            "WHERE run_id = ? AND judge = ? AND collected = 0 ORDER BY rowid",
+            (self.run_id, self.judge.id),
+        )
+        return [(batch_id, json.loads(ids)) for batch_id, ids in rows]
+
+    def collect(self, batch_id: str, sample_ids: list[str]) -> int:
+        """Wait for the batch, store its verdicts; returns how many."""
+        status = self._wait(batch_id)
+        answered = self.service.results(batch_id)
+        missing = Response(None, error=f"batch {batch_id} ended {status} without an answer")
+        verdicts = {i: self.judge.verdict(answered.get(i, missing)) for i in sample_ids}
+        self.store.save_verdicts(self.run_id, self.judge.id, verdicts.items())
+        self.db.execute("UPDATE judge_batches SET collected = 1 WHERE batch_id = ?", (batch_id,))
+        return len(verdicts)
+
+    def submit(self, samples: Sequence[Sample]) -> int:
+        """Send the pending items in batches within the provider's limits, each recorded as
+        it is sent; returns the error verdicts stored for items that cannot be asked about.
+        Images are read a few at a time, so memory holds at most one batch."""
+        from holisafe.evaluate import chunks  # here: evaluate imports this module
+
+        by_id = {str(s.id): s for s in samples}
+        failures = 0
+        lines: dict[str, dict] = {}  # sample id → its request line
+        size = 0
+        for group in chunks(self.store.pending_verdicts(self.run_id, self.judge.id), 64):
+            self.keeper.renew()
+            requests, failed = self.judge.prepare([(by_id[i], text) for i, text in group])
+            failed_verdicts = [(group[i][0], v) for i, v in failed.items()]
+            self.store.save_verdicts(self.run_id, self.judge.id, failed_verdicts)
+            failures += len(failed)
+            for i, request in requests.items():
+                line = self.service.line(group[i][0], request, self.judge.settings)
+                line_size = len(json.dumps(line)) + 1
+                full = size + line_size > self.service.max_bytes
+                if lines and (full or len(lines) == self.service.max_requests):
+                    self._send(lines)
+                    lines, size = {}, 0
+                lines[group[i][0]] = line
+                size += line_size
+        if lines:
+            self._send(lines)
+        return failures
+
+    def _send(self, lines: dict[str, dict]) -> None:
+        batch_id = self.service.submit(list(lines.values()))
+        self.db.execute(
             "INSERT INTO judge_batches (run_id, judge, batch_id, sample_ids) VALUES (?, ?, ?, ?)",
-            (run_id, judge_id, batch_id, json.dumps([line["custom_id"] for line in lines])),
+            (self.run_id, self.judge.id, batch_id, json.dumps(list(lines))),
         )
 
-
-def _wait(service: _Service, judge_id: str, batch_id: str, poll_s: float, say) -> str:
-    while (status := service.status(batch_id)) is None:
-        say(
-            f"{judge_id}: batch {batch_id} is running; waiting (stop at any time: the same "
-            "command collects it later)"
-        )
-        time.sleep(poll_s)
-    return status
+    def _wait(self, batch_id: str) -> str:
+        while (status := self.service.status(batch_id)) is None:
+            self.say(
+                f"{self.judge.id}: batch {batch_id} is running; waiting (stop at any time: the "
+                "same command collects it later)"
+            )
+            self.keeper.renew()
+            time.sleep(self.poll_s)
+        return status

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 import anthropic
 
 from holisafe.models.api import ApiModel, Reply, encode_image, malformed
@@ -32,6 +34,9 @@ class AnthropicModel(ApiModel):
         # sampling parameter with a 400, so settings.temperature cannot be honoured.
         return super().details | {"temperature": "not sent: the Messages API refuses it"}
 
+    def provider_errors(self) -> AbstractContextManager[None]:
+        return self.stainless_errors(anthropic)
+
     @property
     def client(self) -> anthropic.Anthropic:
         return self._client
@@ -47,7 +52,7 @@ class AnthropicModel(ApiModel):
         }
 
     def _send(self, request: Request, settings: GenerationSettings) -> Reply:
-        with self.stainless_errors(anthropic):
+        with self.provider_errors():
             message = self._client.messages.create(**self.message_params(request, settings))
         # the SDK builds replies without validating them: each field is looked up, not assumed
         content = getattr(message, "content", None)

@@ -20,7 +20,7 @@ import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from types import ModuleType
 from typing import ClassVar
@@ -243,6 +243,11 @@ class ApiModel:
             f"{self.provider}: cannot reach {self.endpoint}: {root_cause(error)} "
             f"(after {_retries(self.max_retries)})"
         )
+
+    def provider_errors(self) -> AbstractContextManager[None]:
+        """A context that sorts the SDK's exceptions into ModelError (fatal) and
+        RequestFailed (this request's fault)."""
+        raise NotImplementedError
 
     @contextmanager
     def stainless_errors(self, sdk: ModuleType) -> Iterator[None]:

@@ -46,13 +46,36 @@ class GoogleModel(ApiModel):
         self._client = genai.Client(api_key=key, http_options=options)
         self.endpoint = base_url or os.environ.get("GOOGLE_GEMINI_BASE_URL") or GEMINI_API_URL
 
+    @property
+    def client(self) -> genai.Client:
+        return self._client
+
+    def batch_request(self, request: Request, settings: GenerationSettings) -> dict:
+        """The REST API's GenerateContentRequest for one Request, as JSON (a batch file's line
+        carries one); the same content and settings as `_send` gives the SDK."""
+        parts: list[dict] = []
+        if request.image is not None:
+            image = encode_image(request.image)
+            parts.append({"inlineData": {"mimeType": image.media_type, "data": image.base64}})
+        parts.append({"text": request.query})
+        body: dict = {
+            "contents": [{"role": "user", "parts": parts}],
+            "generationConfig": {
+                "maxOutputTokens": settings.max_new_tokens,
+                "temperature": settings.temperature,
+            },
+        }
+        if request.system:
+            body["systemInstruction"] = {"parts": [{"text": request.system}]}
+        return body
+
     def _send(self, request: Request, settings: GenerationSettings) -> Reply:
         config = types.GenerateContentConfig(
             system_instruction=request.system,
             max_output_tokens=settings.max_new_tokens,
             temperature=settings.temperature,
         )
-        with self._sorted_errors():
+        with self.provider_errors():
             response = self._client.models.generate_content(
                 model=self.name, contents=_contents(request), config=config
             )
@@ -60,7 +83,8 @@ class GoogleModel(ApiModel):
         return Reply(response.text, usage and usage.total_token_count, _finish_reason(response))
 
     @contextmanager
-    def _sorted_errors(self) -> Iterator[None]:
+    def provider_errors(self) -> Iterator[None]:
+        """The google-genai SDK's exceptions sorted into ModelError and RequestFailed."""
         try:
             yield
         except errors.APIError as error:

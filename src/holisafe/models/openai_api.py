@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
+
 import openai
 
 from holisafe.models.api import ApiModel, Reply, encode_image, malformed
@@ -34,6 +36,9 @@ class OpenAIModel(ApiModel):
         if self._official and key is None:
             raise self.missing_key()
 
+    def provider_errors(self) -> AbstractContextManager[None]:
+        return self.stainless_errors(openai)
+
     @property
     def client(self) -> openai.OpenAI:
         return self._client
@@ -51,7 +56,7 @@ class OpenAIModel(ApiModel):
         }
 
     def _send(self, request: Request, settings: GenerationSettings) -> Reply:
-        with self.stainless_errors(openai):
+        with self.provider_errors():
             completion = self._client.chat.completions.create(**self.chat_body(request, settings))
         return _reply_of(completion)
 
