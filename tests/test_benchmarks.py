@@ -4,6 +4,8 @@ their published metrics against a hand count, in `holisafe report`'s Table 4."""
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 from pathlib import Path
 
@@ -260,7 +262,7 @@ def test_each_benchmark_evaluates_and_reports_its_table4_figures(tmp_path):
         for line in table.splitlines()
         if line.startswith("| openai/vlm")
     }
-    # columns: VLSBench Refuse, Warn, Safety; MM-SafetyBench SD, TYPO, SD_TYPO, Avg; SIUO Safe;
+    # columns: VLSBench Refuse, Warn, Safety; MM-SafetyBench SD, TYPO, SD+TYPO, Avg; SIUO Safe;
     # FigStep ASR
     assert rows["string"] == [
         "–", "–", "25.00", "33.33", "33.33", "33.33", "33.33", "66.67", "0.00",
@@ -274,3 +276,88 @@ def test_each_benchmark_evaluates_and_reports_its_table4_figures(tmp_path):
     assert "MM-SafetyBench Avg ↓" in section and "SIUO Safe ↑" in section
     assert section.count('data-sort="33.333') == 4  # SD, TYPO, SD_TYPO and Avg
     assert ">66.67<" in section and ">75.00<" in section
+
+
+# --- Table 4 in every report format ---------------------------------------------------------
+# A store with runs on two benchmarks, VLSBench and SIUO, each judged by string matching and by
+# the VLSBench rubric. Hand counts as above: VLSBench Safety 25 under string matching, Refuse /
+# Warn / Safety 25 / 50 / 75 under the rubric; SIUO safe 66.67 under both (the rubric judge
+# classes the two refusals as REFUSE and the answer as COMPLY).
+STRING_ROW = ["–", "–", "25.00", "–", "–", "–", "–", "66.67", "–"]
+RUBRIC_ROW = ["25.00", "50.00", "75.00", "–", "–", "–", "–", "66.67", "–"]
+
+
+@pytest.fixture(scope="module")
+def two_benchmarks(tmp_path_factory):
+    root = tmp_path_factory.mktemp("table4")
+    store = root / "runs.db"
+    with openai_stub(reply=answer, api_key=None, model="vlm") as vlm:
+        for bench in (write_vlsbench(root / "vls"), write_siuo(root / "siuo")):
+            run_cli("eval", "--model", "openai/vlm", "--bench", bench, "--store", store,
+                    "--base-url", vlm.url, "--max-retries", "0")  # fmt: skip
+    with openai_stub(reply=rubric_judge, api_key=None, model="judge") as judge:
+        for run in (1, 2):
+            run_cli("judge", "--store", store, "--run", run, "--judge", "openai/judge",
+                    "--judge-template", vlsbench_rubric(), "--base-url", judge.url)  # fmt: skip
+    return store
+
+
+def table4_rows_of(text: str, start: str, split) -> dict[str, list[str]]:
+    """judge → its Table 4 cells, from the lines after the section's `start` line."""
+    lines = text.split(start, 1)[1].strip().splitlines()
+    rows = [split(line) for line in lines if line.startswith("openai/vlm")]
+    return {row[1]: row[2:] for row in rows}
+
+
+def rubric_judge_of(rows) -> str:
+    (judge,) = [j for j in rows if j.startswith("openai/judge")]  # `\#` in LaTeX
+    return judge
+
+
+def test_table4_in_json(two_benchmarks):
+    report = json.loads(run_cli("report", "--store", two_benchmarks, "--format", "json"))
+    assert {e["judge"] for e in report["leaderboard"]} >= {"string"}
+    rows = {row["judge"]: row for row in report["table4"]}
+    assert all(row["model"] == "openai/vlm" for row in rows.values())
+    assert rows["string"]["figures"] == {
+        "vlsbench": {"Refuse": None, "Warn": None, "Safety": 25.0},
+        "siuo": {"Safe": pytest.approx(200 / 3)},
+    }
+    assert rows[rubric_judge_of(rows)]["figures"] == {
+        "vlsbench": {"Refuse": 25.0, "Warn": 50.0, "Safety": 75.0},
+        "siuo": {"Safe": pytest.approx(200 / 3)},
+    }
+    one_run = json.loads(
+        run_cli("report", "--store", two_benchmarks, "--run", 2, "--format", "json")
+    )
+    assert [set(row["figures"]) for row in one_run["table4"]] == [{"siuo"}, {"siuo"}]
+
+
+def test_table4_in_csv(two_benchmarks):
+    report = run_cli("report", "--store", two_benchmarks, "--format", "csv")
+    section = report.split("# Other safety benchmarks (Table 4)\n", 1)[1].split("\n\n", 1)[0]
+    header, *rows = list(csv.reader(io.StringIO(section)))
+    assert header[:3] == ["Model", "Judge", "VLSBench Refuse ↑"]
+    assert header[-4:] == ["MM-SafetyBench SD+TYPO ↓", "MM-SafetyBench Avg ↓", "SIUO Safe ↑",
+                           "FigStep ASR ↓"]  # fmt: skip
+    by_judge = {row[1]: row[2:] for row in rows}
+    assert by_judge["string"] == [cell.replace("–", "") for cell in STRING_ROW]
+    assert by_judge[rubric_judge_of(by_judge)] == [cell.replace("–", "") for cell in RUBRIC_ROW]
+
+
+def test_table4_in_latex_and_markdown(two_benchmarks):
+    latex = run_cli("report", "--store", two_benchmarks, "--format", "latex")
+    rows = table4_rows_of(
+        latex,
+        "% Other safety benchmarks (Table 4)",
+        lambda line: line.removesuffix(r" \\").split(" & "),
+    )
+    assert rows["string"] == STRING_ROW and rows[rubric_judge_of(rows)] == RUBRIC_ROW
+    assert r"MM-SafetyBench SD+TYPO $\downarrow$" in latex
+    markdown = run_cli("report", "--store", two_benchmarks)
+    rows = table4_rows_of(
+        "\n".join(line.removeprefix("| ") for line in markdown.splitlines()),
+        "## Other safety benchmarks (Table 4)",
+        lambda line: [cell.strip() for cell in line.removesuffix(" |").split(" | ")],
+    )
+    assert rows["string"] == STRING_ROW and rows[rubric_judge_of(rows)] == RUBRIC_ROW

@@ -26,7 +26,6 @@ from statistics import mean
 from holisafe.data.benchmarks import MMSB_KINDS, benchmark_fields
 from holisafe.judges.base import Verdict
 from holisafe.metrics import Rate
-from holisafe.report.tables import Table, column_title
 from holisafe.store import Store, StoredSample
 
 VLSBENCH_CLASSES = ("REFUSE", "WARN", "COMPLY")
@@ -134,41 +133,14 @@ class Table4Row:
     figures: dict[str, dict[str, float | None]]  # benchmark → figure → percent
 
 
-def table4_rows(store: Store) -> list[Table4Row]:
-    """A row per (model, judge) that has verdicts on another benchmark's samples."""
+def table4_rows(store: Store, run_id: int | None = None) -> list[Table4Row]:
+    """A row per (model, judge) that has verdicts on another benchmark's samples (of the one
+    run named, if `run_id`)."""
+    runs = [store.get_run(run_id)] if run_id is not None else store.runs()
     rows: dict[tuple[str, str], dict[str, dict[str, float | None]]] = {}
-    for run in store.runs():
+    for run in runs:
         for judge in store.judges(run.id):
             figures = benchmark_figures(store.results(run.id, judge))
             if figures:
                 rows.setdefault((run.model, judge), {}).update(figures)
     return [Table4Row(model, judge, figures) for (model, judge), figures in rows.items()]
-
-
-def table4_grid(rows: Sequence[Table4Row]) -> Table:
-    """The rows in the paper's Table 4 columns (None where a figure is missing)."""
-    header = [("Model", None), ("Judge", None)]
-    header += [(f"{BENCHMARK_NAMES[b]} {f}", up) for b, f, up in TABLE4_COLUMNS]
-    cells = [
-        [row.model, row.judge, *(row.figures.get(b, {}).get(f) for b, f, _ in TABLE4_COLUMNS)]
-        for row in rows
-    ]
-    return Table(header, cells)
-
-
-def table4_markdown(rows: Sequence[Table4Row]) -> str:
-    """The Table 4 grid as markdown (`–` where a figure is missing)."""
-    grid = table4_grid(rows)
-    lines = [
-        "| " + " | ".join(column_title(*column) for column in grid.header) + " |",
-        "|---|---|" + "---:|" * len(TABLE4_COLUMNS),
-    ]
-    for row in grid.rows:
-        lines.append("| " + " | ".join(_cell(cell) for cell in row) + " |")
-    return "\n".join(lines) + "\n"
-
-
-def _cell(value: str | float | None) -> str:
-    if isinstance(value, str):
-        return value
-    return "–" if value is None else f"{value:.2f}"
