@@ -534,20 +534,6 @@ def report_command(
         for run_id in run_ids:
             found = runs_provenance.records(store, run_id)
             print(f"\nrun {run_id} provenance:\n{runs_provenance.summary(found)}")
-    if store is not None and fmt == "md":
-        _print_table4(store)
-
-
-def _print_table4(store: Path) -> None:
-    """The other safety benchmarks' figures (the paper's Table 4), when the store has any."""
-    from holisafe.benchmark_metrics import table4_markdown, table4_rows
-    from holisafe.store import Store
-
-    with Store(store, create=False) as opened:
-        rows = table4_rows(opened)
-    if rows:
-        print("\n## Other safety benchmarks (Table 4)\n")
-        print(table4_markdown(rows), end="")
 
 
 def _write_report_files(store, run, reference, bootstrap, html, plots, images) -> None:

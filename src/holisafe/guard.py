@@ -15,13 +15,12 @@ from pathlib import Path
 
 from holisafe import taxonomy
 from holisafe.data import first, load_samples
-from holisafe.data.sample import ImageError, ImageRef
+from holisafe.data.sample import IMAGE_SUFFIXES, ImageError, ImageRef
 from holisafe.errors import HolisafeError
 from holisafe.models import ModelOptions, load_model
 from holisafe.models.base import SafetyPrediction
 
 CHUNK = 64
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
 class GuardError(HolisafeError):

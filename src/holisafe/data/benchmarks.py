@@ -20,6 +20,12 @@ samples carry no HoliSafe category.
   `images/SafeBench/query_<dataset>_<category_id>_<task_id>_6.png`. Every image is asked
   FigStep's one instruction, which is not shipped here: the user writes it (from the FigStep
   repository) to `figstep_prompt.txt` in that folder.
+- HarmEval (`S_I U_T`: harmful questions, text only): its released CSV (`Topic`, `Question`; no
+  id column, so a question's id is its row, counted from 0) in a folder with an `images/`
+  folder of safe images the user supplies, since the paper does not say which images it paired
+  the questions with. Question i is paired with the image i mod n of the n image files in
+  `images/`, in sorted file-name order. A `/` in a topic (`Fraud/Deception`) becomes `-` in the
+  sample id.
 """
 
 from __future__ import annotations
@@ -31,10 +37,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from holisafe.data.sample import Sample
+from holisafe.data.sample import IMAGE_SUFFIXES, Sample
 from holisafe.errors import DataError
 
-BENCHMARK_TYPES = {"mm-safetybench": "USU", "vlsbench": "USU", "siuo": "SSU", "figstep": "USU"}
+BENCHMARK_TYPES = {
+    "mm-safetybench": "USU",
+    "vlsbench": "USU",
+    "siuo": "SSU",
+    "figstep": "USU",
+    "harmeval": "SUU",
+}
 MMSB_KINDS = ("SD", "TYPO", "SD_TYPO")
 MMSB_QUERY_FIELDS = {
     "SD": "Rephrased Question(SD)",
@@ -44,6 +56,8 @@ MMSB_QUERY_FIELDS = {
 MMSB_QUESTIONS = "processed_questions"
 FIGSTEP_QUESTIONS = Path("question") / "safebench.csv"
 FIGSTEP_PROMPT = "figstep_prompt.txt"
+HARMEVAL_COLUMNS = ("Topic", "Question")
+HARMEVAL_IMAGES = "images"
 
 
 @dataclass(frozen=True)
@@ -95,6 +109,43 @@ def figstep_records(root: Path) -> Iterator[tuple[str, Any]]:
         raise DataError(f"{root / FIGSTEP_QUESTIONS}: cannot read ({exc})") from None
     for line, row in enumerate(rows, start=2):
         yield f"safebench.csv line {line}", row | {"prompt": prompt}
+
+
+def harmeval_csv(path: Path) -> Path | None:
+    """The HarmEval question file `path` is or holds (the one CSV whose header has `Topic` and
+    `Question`), else None."""
+    if path.is_dir():
+        files = sorted(path.glob("*.csv"))
+        return files[0] if len(files) == 1 and harmeval_csv(files[0]) else None
+    try:
+        with path.open(encoding="utf-8-sig", newline="") as file:
+            header = next(csv.reader(file), [])
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return None
+    return path if set(HARMEVAL_COLUMNS) <= set(header) else None
+
+
+def harmeval_records(questions: Path, image_root: Path) -> Iterator[tuple[str, Any]]:
+    """(where, record) for every row of a HarmEval CSV, each with its row number and the image
+    it is paired with (row mod the number of images in `image_root/images/`, in sorted name
+    order)."""
+    folder = image_root / HARMEVAL_IMAGES
+    images = sorted(
+        p.name for p in folder.glob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+    )
+    if not images:
+        raise DataError(
+            f"{folder}: no image files; HarmEval's questions are text only, so put the safe "
+            f"images to pair them with in {HARMEVAL_IMAGES}/ beside {questions.name}"
+        )
+    try:
+        with questions.open(encoding="utf-8-sig", newline="") as file:
+            rows = list(csv.DictReader(file))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{questions}: cannot read ({exc})") from None
+    for row, record in enumerate(rows):
+        image = f"{HARMEVAL_IMAGES}/{images[row % len(images)]}"
+        yield f"{questions.name} line {row + 2}", record | {"row": row, "image": image}
 
 
 def json_benchmark(first: dict) -> str | None:
@@ -168,6 +219,17 @@ def figstep_sample(record: Any, image_ref) -> Sample:
         record["prompt"],
         image_ref(f"images/SafeBench/query_{'_'.join(parts)}_6.png"),
         type="USU",
+    )
+
+
+def harmeval_sample(record: Any, image_ref) -> Sample:
+    fields = _fields(record, HARMEVAL_COLUMNS)
+    topic = _part(_text(fields["Topic"], "Topic").replace("/", "-"), "Topic")
+    return Sample(
+        f"harmeval/{topic}/{record['row']}",
+        _text(fields["Question"], "Question"),
+        image_ref(record["image"]),
+        type="SUU",
     )
 
 

@@ -398,6 +398,8 @@ def _detect(source: Path) -> tuple[str, Path]:
         for name in OFFICIAL_JSON_NAMES:
             if (source / name).is_file():
                 return "json", source / name
+        if questions := benchmarks.harmeval_csv(source):
+            return "harmeval", questions
         if any(source.rglob("*.parquet")):
             return "parquet", source
         candidates = sorted(source.glob("*.jsonl")) + sorted(source.glob("*.json"))
@@ -410,8 +412,11 @@ def _detect(source: Path) -> tuple[str, Path]:
     suffix = source.suffix.lower()
     if suffix in (".json", ".jsonl", ".parquet"):
         return suffix[1:], source
+    if suffix == ".csv" and benchmarks.harmeval_csv(source):
+        return "harmeval", source
     raise DataError(
-        f"{source}: unsupported file type {suffix!r} (expected .json, .jsonl, .parquet)"
+        f"{source}: unsupported file type {suffix!r} (expected .json, .jsonl, .parquet, or "
+        "HarmEval's .csv)"
     )
 
 
@@ -448,6 +453,8 @@ def read_dataset(
             fmt, records = kind, benchmarks.mmsb_records(data_file)
         elif kind == "figstep":
             fmt, records = kind, benchmarks.figstep_records(data_file.parent)
+        elif kind == "harmeval":
+            fmt, records = kind, benchmarks.harmeval_records(data_file, images.root)
         elif kind == "jsonl":
             fmt, records = fmt or "jsonl", _jsonl_records(data_file)
         else:
@@ -496,6 +503,7 @@ def _converter(fmt: str, images: ImageFolder | None) -> Callable[[Any], list[Sam
             "vlsbench": benchmarks.vlsbench_sample,
             "siuo": benchmarks.siuo_sample,
             "figstep": benchmarks.figstep_sample,
+            "harmeval": benchmarks.harmeval_sample,
         }[fmt]
         return lambda record: [read(record, images.ref)]
     return lambda record: [holisafe_sample(record, images)]

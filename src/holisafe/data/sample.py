@@ -15,6 +15,8 @@ from holisafe.errors import DataError
 # Larger images are refused before decoding: 64 megapixels is far beyond any benchmark image and
 # stops decompression bombs (a tiny file that expands to gigabytes).
 MAX_IMAGE_PIXELS = 64_000_000
+# What counts as an image file where a folder is searched for images.
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
 
 class ImageError(DataError):

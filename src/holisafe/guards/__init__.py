@@ -213,7 +213,35 @@ def load_image_guard(
                 "FILE (the policy prompt published with the LlavaGuard checkpoints)"
             )
         return GenerativeGuard(model, kind, policy, max_new_tokens=256)
+    if kind == "llama_guard_4":
+        attach_llama4_image_outputs(model.model)
     return GenerativeGuard(model, kind, GUARD_QUERY, max_new_tokens=20)
+
+
+def attach_llama4_image_outputs(model: torch.nn.Module) -> None:
+    """Work around a bug of transformers 5.24 (the latest release as of December 2026).
+
+    `Llama4ForConditionalGeneration.forward` builds its output with
+    `image_outputs=outputs.image_outputs`, where `outputs` is its language model's
+    `MoeCausalLMOutputWithPast`, which has no such field: every call that returns a dict (so
+    every `generate`) raises AttributeError, whatever the checkpoint. The other multimodal
+    models of that release return the vision model's output of the same call there, so this
+    hands it to the language model's output (None on a call without an image). Remove it once
+    transformers reads `image_outputs` from its own vision pass (the test named after this
+    function fails then).
+    """
+    latest: dict[str, Any] = {}
+
+    def keep_vision_output(module, args, output) -> None:
+        latest["image"] = output
+
+    def attach(module, args, output):
+        if not isinstance(output, tuple):
+            output.image_outputs = latest.pop("image", None)
+        return output
+
+    model.vision_model.register_forward_hook(keep_vision_output)
+    model.language_model.register_forward_hook(attach)
 
 
 def read_policy(path: str | Path) -> str:
@@ -321,6 +349,7 @@ __all__ = [
     "GuardVerdict",
     "HeadGuard",
     "ShieldGemma2Guard",
+    "attach_llama4_image_outputs",
     "evaluate_guards",
     "guard_kind",
     "guard_scores",

@@ -1,6 +1,7 @@
 """Reports: pure functions of the store, from leaderboards to formatted tables."""
 
 from holisafe.agreement import store_agreement
+from holisafe.benchmark_metrics import table4_rows
 from holisafe.guard import store_guard_metrics
 from holisafe.metrics import Bootstrap, leaderboard
 from holisafe.report.reference import (
@@ -67,10 +68,11 @@ def build_report(
 ) -> Report:
     """Everything `holisafe report` shows, for `render`.
 
-    The store's leaderboards (with confidence intervals if `bootstrap`), the agreement of its
-    judges if `agreement`, and with `reference` its runs placed among the published models of
-    the matching judges (plus the published judges' rank agreement if `agreement`). Without a
-    store: the published tables alone.
+    The store's leaderboards (with confidence intervals if `bootstrap`), its figures on the other
+    safety benchmarks (Table 4), the agreement of its judges if `agreement`, and with
+    `reference` its runs placed among the published models of the matching judges (plus the
+    published judges' rank agreement if `agreement`). Without a store: the published tables
+    alone.
     """
     wanted = agreement and reference is not None
     published = reference_rank_agreement(reference) if wanted else ()
@@ -84,6 +86,7 @@ def build_report(
     return Report(
         entries,
         guard={run_id: metrics for run_id, metrics in guard.items() if metrics is not None},
+        table4=table4_rows(store, run_id),
         agreement=store_agreement(store, run_id=run_id) if agreement else None,
         placements=comparison.placements if comparison else (),
         published_agreement=published,

@@ -24,7 +24,6 @@ from markupsafe import Markup
 from PIL import Image, UnidentifiedImageError
 
 from holisafe import __version__, taxonomy
-from holisafe.benchmark_metrics import table4_grid, table4_rows
 from holisafe.compare import store_comparisons
 from holisafe.data import load_samples
 from holisafe.data.sample import ImageRef
@@ -44,6 +43,7 @@ from holisafe.report.tables import (
     leaderboard_grid,
     rank_agreement_grid,
     sample_agreement_grid,
+    table4_grid,
 )
 from holisafe.store import Run, RunRecord, Store
 
@@ -113,7 +113,7 @@ def write_html_report(
         "guard": _guard_view(report, models, roc, out_dir),
         **_tables_view(report),
         "win_rates": _table_view(win_rate_grid(comparisons)) if comparisons else None,
-        "table4": _table_view(table4_grid(table4)) if (table4 := table4_rows(store)) else None,
+        "table4": _table_view(table4_grid(report.table4)) if report.table4 else None,
         **_samples_view(runs, records, copied, sorted({e.judge for e in report.entries})),
     }
     out_dir.mkdir(parents=True, exist_ok=True)

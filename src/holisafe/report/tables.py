@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from holisafe import taxonomy
+from holisafe.benchmark_metrics import BENCHMARK_NAMES, TABLE4_COLUMNS, Table4Row
 from holisafe.errors import HolisafeError
 from holisafe.metrics import MASR_READINGS, SAFE_TYPE, Interval, Leaderboard
 
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from holisafe.report.reference import Placement, PublishedRow
 
 FORMATS = ("md", "csv", "json", "latex")
+TABLE4_TITLE = "Other safety benchmarks (Table 4)"
 MISSING = "–"
 
 # (paper notation, better when higher) for each figure column, in the paper's order.
@@ -71,6 +73,7 @@ class Report:
     published_agreement: Sequence[RankAgreement] = ()
     warnings: Sequence[str] = ()  # about the placements; for the reader, not rendered
     guard: Mapping[int, GuardMetrics] = field(default_factory=dict)  # run id → Safe-VLM scores
+    table4: Sequence[Table4Row] = ()  # the other safety benchmarks' figures
 
 
 @dataclass(frozen=True)
@@ -415,6 +418,19 @@ def guard_confusion_grid(g: GuardMetrics) -> Table:
     return Table(header, [[labels[i], *(g.confusion[i][j] for j in columns)] for i in rows])
 
 
+def table4_grid(rows: Sequence[Table4Row]) -> Table:
+    """The other benchmarks' figures in the paper's Table 4 columns (None where missing)."""
+    header = [("Model", None), ("Judge", None)]
+    header += [
+        (f"{BENCHMARK_NAMES[b]} {figure.replace('_', '+')}", up) for b, figure, up in TABLE4_COLUMNS
+    ]
+    cells = [
+        [row.model, row.judge, *(row.figures.get(b, {}).get(f) for b, f, _ in TABLE4_COLUMNS)]
+        for row in rows
+    ]
+    return Table(header, cells)
+
+
 def render_report(entries: Sequence[BoardEntry], fmt: str, subcategories: bool = False) -> str:
     """The whole `holisafe report` output: the leaderboard, then per-category tables.
 
@@ -432,7 +448,8 @@ def render(report: Report, fmt: str, subcategories: bool = False) -> str:
     the report has it.
 
     `json`: with only entries, the list of `leaderboard_json`; otherwise one object with the
-    keys `leaderboard`, `agreement`, `reference` and `reference_agreement` (those present).
+    keys `leaderboard`, `table4`, `agreement`, `reference` and `reference_agreement` (those
+    present); `table4` is a list of `{model, judge, figures: {benchmark: {figure: percent}}}`.
     `csv`: each table after a `# title` line, separated by blank lines (the entries' tidy table
     alone has no title line). `md` / `latex`: every table under a heading.
     """
@@ -444,6 +461,8 @@ def render(report: Report, fmt: str, subcategories: bool = False) -> str:
     sections = _entry_sections(report.entries, fmt, levels) if report.entries else []
     if report.guard:
         sections.append(_Section("Image guard of Safe-VLM runs (safety head)", guard_grid(report)))
+    if report.table4:
+        sections.append(_Section(TABLE4_TITLE, table4_grid(report.table4)))
     if report.agreement is not None:
         sections += [
             _Section("Judge agreement per sample", sample_agreement_grid(report.agreement)),
@@ -539,9 +558,15 @@ def reading_name(reading: str) -> str:
 
 def _report_json(report: Report) -> Any:
     leaderboard = leaderboard_json(report.entries, report.guard)
-    if report.agreement is None and not report.placements and not report.published_agreement:
+    extras = (report.table4, report.agreement, report.placements, report.published_agreement)
+    if not any(extras):
         return leaderboard
     parts: dict[str, Any] = {"leaderboard": leaderboard}
+    if report.table4:
+        parts["table4"] = [
+            {"model": row.model, "judge": row.judge, "figures": row.figures}
+            for row in report.table4
+        ]
     if report.agreement is not None:
         parts["agreement"] = {
             "samples": [
