@@ -4,13 +4,15 @@ The rules (the README states them too):
 - a name that exists on disk is local;
 - a name that starts with `.`, `/` or `~`, or has more than one `/`, is a path, never a Hub id;
 - otherwise `name` or `owner/name` (letters, digits, `-`, `_`, `.`, as the Hub spells ids) is
-  a Hub id. Before anything is downloaded the Hub is asked once, with a short timeout, whether
-  it answers; when it does not (or `HF_HUB_OFFLINE` is set) the id is served from the local
-  cache or refused at once, instead of after minutes of retries.
+  a Hub id. Before anything is downloaded the Hub is asked, with a short timeout, whether it
+  answers (once per process: a model's load reads several files); when it does not (or
+  `HF_HUB_OFFLINE` is set) the id is served from the local cache or refused at once, instead
+  of after minutes of retries.
 """
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import httpx
@@ -79,8 +81,13 @@ def _from_hub(repo_id: str, what: str, repo_type: str, error: type[HolisafeError
 
 def hub_unreachable() -> str | None:
     """Why the Hub endpoint does not answer (None when it does), found out within seconds."""
+    return _probe(constants.ENDPOINT)
+
+
+@functools.cache
+def _probe(endpoint: str) -> str | None:
     try:
-        httpx.head(constants.ENDPOINT, timeout=PROBE_TIMEOUT_S)
+        httpx.head(endpoint, timeout=PROBE_TIMEOUT_S)
     except httpx.HTTPError as exc:
-        return f"{constants.ENDPOINT} does not answer: {type(exc).__name__}: {exc}"
+        return f"{endpoint} does not answer: {type(exc).__name__}: {exc}"
     return None
