@@ -80,7 +80,7 @@ def measure(base: Path, data: Path, out: Path, vgm: str, args) -> Throughput:
     clock = StepClock()
     trainer = SafetyTrainer(
         model=model,
-        args=training_arguments(settings, out, has_eval=False, progress=False),
+        args=training_arguments(settings, out, has_eval=False),
         data_collator=collator_for(model, processor),
         train_dataset=load_samples(data).samples,
         callbacks=[clock],

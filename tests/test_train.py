@@ -18,6 +18,7 @@ import torch
 from peft import PeftModel
 from safetensors.torch import load_file
 from transformers import AutoConfig, AutoProcessor
+from transformers.utils import logging as hf_logging
 
 from holisafe.data import load_samples
 from holisafe.data.mini import PAIRS_PER_ROUND, generate_mini
@@ -487,3 +488,18 @@ def test_held_out_data_errors_say_evaluate(tiny, data_dir, tmp_path):
     held_out = write_official(tmp_path / "held-out", records)
     with pytest.raises(TrainError, match="no response to evaluate on"):
         train(settings(tiny["llava"], data_dir, tmp_path / "out", eval_data=str(held_out)))
+
+
+def test_redirected_training_prints_progress_lines_and_keeps_stdout_clean(
+    tiny, data_dir, tmp_path, capfd
+):
+    hf_logging.disable_progress_bar()  # loading and saving bars, as the CLI does
+    try:
+        train(settings(tiny["llava"], data_dir, tmp_path / "out", max_steps=4, log_steps=1))
+    finally:
+        hf_logging.enable_progress_bar()
+    out, err = capfd.readouterr()
+    assert "loss" not in out  # Trainer's own printer would put every log dict here
+    lines = [line for line in err.splitlines() if line.startswith("training: ")]
+    assert lines[0].startswith("training: 0/4 (") and lines[-1].startswith("training: 4/4 loss ")
+    assert "it/s" not in err  # no tqdm bar

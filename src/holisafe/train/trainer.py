@@ -16,10 +16,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from transformers import PreTrainedModel, Trainer, TrainingArguments
+from rich.progress import TextColumn
+from transformers import (
+    PreTrainedModel,
+    PrinterCallback,
+    Trainer,
+    TrainerCallback,
+    TrainingArguments,
+)
 
 from holisafe.data import Sample, first, load_samples
 from holisafe.models.hf import gpu_half_dtype
+from holisafe.progress import progress_bar
 from holisafe.train.collate import IGNORE, collator_for, require_responses
 from holisafe.train.model import load_processor, merge_lora, source_of, trainable_model
 from holisafe.train.record import TrainRecord, write_record
@@ -180,14 +188,15 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     model = trainable_model(settings, source, processor)
     trainer = SafetyTrainer(
         model=model,
-        args=training_arguments(
-            settings, checkpoints, has_eval=bool(eval_samples), progress=progress
-        ),
+        args=training_arguments(settings, checkpoints, has_eval=bool(eval_samples)),
         data_collator=collator_for(model, processor),
         train_dataset=samples,
         eval_dataset=eval_samples,
         processing_class=processor,
     )
+    trainer.remove_callback(PrinterCallback)  # it prints every log line to stdout
+    if progress:
+        trainer.add_callback(TrainingProgress())
     output = trainer.train(resume_from_checkpoint=resume_from)
     target = out / ADAPTER if settings.merge else out
     trainer.save_model(str(target))
@@ -212,7 +221,7 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
 
 
 def training_arguments(
-    settings: TrainSettings, checkpoints: Path, *, has_eval: bool, progress: bool
+    settings: TrainSettings, checkpoints: Path, *, has_eval: bool
 ) -> TrainingArguments:
     half = gpu_half_dtype() if torch.cuda.is_available() else None
     return TrainingArguments(
@@ -242,8 +251,38 @@ def training_arguments(
         ddp_find_unused_parameters=not settings.freeze_vision,
         label_names=["labels", "safety_labels"] if settings.vgm != "none" else ["labels"],
         report_to=settings.report_to,
-        disable_tqdm=not progress,
+        disable_tqdm=True,  # progress goes to the toolkit's own display (TrainingProgress)
     )
+
+
+class TrainingProgress(TrainerCallback):
+    """Training steps and the latest loss on the toolkit's progress display: a bar on a
+    terminal, a line at every tenth of the way when the output is redirected."""
+
+    def __init__(self):
+        self.bar = None
+        self.task = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            self.bar = progress_bar(True, TextColumn("{task.fields[loss]}"))
+            self.bar.start()
+            self.task = self.bar.add_task(
+                "training", total=state.max_steps, completed=state.global_step, loss=""
+            )
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar:
+            self.bar.update(self.task, completed=state.global_step)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar and logs and "loss" in logs:
+            self.bar.update(self.task, loss=f"loss {logs['loss']:.3f}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar:
+            self.bar.stop()
+            self.bar = None
 
 
 def last_checkpoint(checkpoints: Path) -> Path | None:
