@@ -4,6 +4,7 @@ HolisafeError, never another exception, and nothing already stored is lost."""
 
 from __future__ import annotations
 
+import csv
 import io
 import json
 from pathlib import Path
@@ -26,6 +27,7 @@ from holisafe.models.openai_api import OpenAIModel
 from holisafe.store import Store, StoreError
 from holisafe.text import replace_surrogates
 from tests import evalfixtures
+from tests import test_benchmarks as benchmarks
 from tests.datafixtures import official_records, write_official
 from tests.stub_servers import anthropic_stub, openai_stub
 
@@ -230,3 +232,57 @@ def test_an_anthropic_reply_of_any_shape_is_an_answer_or_a_failed_request(
         assert isinstance(response.text, str)
     else:
         assert response.error.startswith("malformed reply")
+
+
+@pytest.fixture(scope="module")
+def benchmark_dirs(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("benchmarks")
+    return {
+        "vlsbench": benchmarks.write_vlsbench(root / "vlsbench"),
+        "siuo": benchmarks.write_siuo(root / "siuo"),
+        "harmeval": benchmarks.write_harmeval(root / "harmeval"),
+    }
+
+
+@QUICK
+@given(
+    benchmark=st.sampled_from(("vlsbench", "siuo")),
+    changes=st.lists(st.tuples(st.integers(0, 3), ANY_TEXT, JSON), max_size=3),
+    extra=st.lists(JSON, max_size=2),
+)
+def test_any_vlsbench_or_siuo_records_give_samples_and_problems(
+    benchmark_dirs, benchmark, changes, extra
+):
+    folder = benchmark_dirs[benchmark]
+    path = next(folder.glob("*.json"))
+    original = path.read_text(encoding="utf-8")
+    records = json.loads(original)
+    fields = list(records[0])
+    for row, name, value in changes:  # a field of a record replaced, or a new one added
+        records[row % len(records)][fields[len(name) % len(fields)] if name else "x"] = value
+    try:
+        path.write_text(json.dumps(records + extra), encoding="utf-8")
+        dataset = read_dataset(folder)
+    finally:
+        path.write_text(original, encoding="utf-8")
+    assert dataset.records == len(dataset.samples) + len(dataset.problems) == len(records) + len(
+        extra
+    )
+
+
+@QUICK
+@given(rows=st.lists(st.lists(ANY_TEXT, max_size=3), max_size=4))
+def test_any_harmeval_rows_give_samples_and_problems(benchmark_dirs, rows):
+    path = benchmark_dirs["harmeval"] / "harmeval.csv"
+    original = path.read_bytes()
+    try:
+        with path.open("a", encoding="utf-8", errors="surrogatepass", newline="") as file:
+            csv.writer(file).writerows(rows)
+        dataset = read_dataset(benchmark_dirs["harmeval"])
+    except HolisafeError:
+        return  # e.g. a lone surrogate makes the file not UTF-8: one clear error
+    finally:
+        path.write_bytes(original)
+    assert dataset.records == len(dataset.samples) + len(dataset.problems)
+    for sample in dataset.samples:
+        json.dumps([sample.id, sample.query], ensure_ascii=False).encode()
