@@ -132,18 +132,22 @@ def test_judging_a_stored_run_can_go_through_a_batch(tmp_path):
     assert outcome.judged == {JUDGE: 7} and len(outcome.verdict_errors[JUDGE]) == 1
 
 
+def evaluate_with_batch_judge(tmp_path, judge, answers, batches):
+    """Answer the official fixture with the stub model and judge it with `judge` in batches
+    sent to the batch stub at its provider's root URL."""
+    return evaluate(
+        "openai/stub-model", write_official(tmp_path / "bench"), tmp_path / "runs.db",
+        judges=[judge],
+        options=ModelOptions(base_url=answers.url, api_key="k"),
+        judge_options=ModelOptions(base_url=batches.url.removesuffix("/v1"), api_key="k"),
+        judge_batch=True, batch_poll_s=0.01,
+    )  # fmt: skip
+
+
 def test_an_anthropic_judge_goes_through_message_batches(tmp_path):
-    bench = write_official(tmp_path / "bench")
-    store = tmp_path / "runs.db"
     judge = "anthropic/judge-model"
     with openai_stub(api_key=None) as answers, batch_stub(reply=judge_reply) as batches:
-        outcome = evaluate(
-            "openai/stub-model", bench, store,
-            judges=[judge],
-            options=ModelOptions(base_url=answers.url, api_key="k"),
-            judge_options=ModelOptions(base_url=batches.url.removesuffix("/v1"), api_key="k"),
-            judge_batch=True, batch_poll_s=0.01,
-        )  # fmt: skip
+        outcome = evaluate_with_batch_judge(tmp_path, judge, answers, batches)
         assert list(batches.batches) == ["msgbatch_1"]
     assert outcome.judged == {judge: 7}
     assert outcome.verdict_errors[judge] == [("3", "judge model failed: batch: stub refused "
@@ -164,17 +168,9 @@ def test_requests_past_a_providers_limit_go_in_several_batches(tmp_path, monkeyp
 
 
 def test_a_google_judge_goes_through_gemini_batch_mode(tmp_path):
-    bench = write_official(tmp_path / "bench")
-    store = tmp_path / "runs.db"
     judge = "google/judge-model"
     with openai_stub(api_key=None) as answers, batch_stub(reply=judge_reply) as batches:
-        outcome = evaluate(
-            "openai/stub-model", bench, store,
-            judges=[judge],
-            options=ModelOptions(base_url=answers.url, api_key="k"),
-            judge_options=ModelOptions(base_url=batches.url.removesuffix("/v1"), api_key="k"),
-            judge_batch=True, batch_poll_s=0.01,
-        )  # fmt: skip
+        outcome = evaluate_with_batch_judge(tmp_path, judge, answers, batches)
         (batch,) = batches.batches.values()
         lines = [json.loads(line) for line in batches.files[batch["inputConfig"]["fileName"]]
                  .decode().splitlines()]  # fmt: skip
@@ -186,7 +182,7 @@ def test_a_google_judge_goes_through_gemini_batch_mode(tmp_path):
     assert outcome.judged == {judge: 7}
     assert outcome.verdict_errors[judge] == [("3", "judge model failed: batch: stub refused "
                                               "this request")]  # fmt: skip
-    with Store(store) as opened:
+    with Store(tmp_path / "runs.db") as opened:
         verdicts = [v for _, v in opened.results(1, judge)]
     assert sum(v is not None and v.followed is True for v in verdicts) == 6
 
