@@ -28,11 +28,12 @@ from pathlib import Path
 
 import torch
 from benchkit import (
+    add_llava_size_options,
     add_visual_guard,
     build_7b_shaped_llava,
     build_llava,
+    llava_description,
     machine_lines,
-    parameter_count,
     parse_with_gpu_7b,
     timed,
 )
@@ -125,8 +126,7 @@ def generate(model: HFModel, inputs, tokens: int) -> Callable[[], object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--hidden", type=int, default=256, help="language model width (CPU)")
-    parser.add_argument("--layers", type=int, default=4, help="language model depth (CPU)")
+    add_llava_size_options(parser)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=30, help="timed rounds per figure")
     parser.add_argument("--max-new-tokens", type=int, default=16, help="answer length in 3.")
@@ -135,12 +135,7 @@ def main() -> None:
     print(*machine_lines(), sep="\n")
     with tempfile.TemporaryDirectory() as folder:
         models = load_models(Path(folder), args)
-        if args.gpu_7b:
-            shape = "LLaVA-1.5-7B-shaped, bfloat16 on the GPU"
-        else:
-            shape = f"LLaVA, text {args.hidden} wide x {args.layers} layers, float32 on the CPU"
-        parameters = parameter_count(Path(folder) / "plain")
-        print(f"model: {shape}, {parameters / 1e6:,.1f} M parameters, random weights")
+        print(f"model: {llava_description(Path(folder) / 'plain', args)}")
         batch = requests(args.batch)
         inputs = {name: model._inputs(batch) for name, model in models.items()}
         lengths = {name: tuple(i["input_ids"].shape) for name, i in inputs.items()}

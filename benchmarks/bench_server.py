@@ -25,6 +25,7 @@ from pathlib import Path
 import httpx
 import openai
 from benchkit import (
+    add_llava_size_options,
     build_7b_shaped_llava,
     build_llava,
     free_port,
@@ -96,8 +97,7 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=2)
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8, help="the server's max batch")
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
+    add_llava_size_options(parser)
     parser.add_argument(
         "--threads", type=int, help="torch threads in the server (default: torch's choice)"
     )

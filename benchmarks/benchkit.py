@@ -101,6 +101,21 @@ def parameter_count(folder: Path) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def add_llava_size_options(parser: argparse.ArgumentParser) -> None:
+    """`--hidden` and `--layers`: the CPU model's language model size (`build_llava`)."""
+    parser.add_argument("--hidden", type=int, default=256, help="language model width (CPU)")
+    parser.add_argument("--layers", type=int, default=4, help="language model depth (CPU)")
+
+
+def llava_description(folder: Path, args: argparse.Namespace) -> str:
+    """What the model a run built in `folder` is, for its `model:` line."""
+    if args.gpu_7b:
+        shape = "LLaVA-1.5-7B-shaped, bfloat16 on the GPU"
+    else:
+        shape = f"LLaVA, text {args.hidden} wide x {args.layers} layers, float32 on the CPU"
+    return f"{shape}, {parameter_count(folder) / 1e6:,.1f} M parameters, random weights"
+
+
 def build_llava(folder: Path, hidden: int, layers: int) -> Path:
     """A LLaVA with the tiny model's vision tower and tokenizer and a language model `hidden`
     wide and `layers` deep, random weights (seed 0), float32."""

@@ -31,6 +31,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from holisafe.data import Problem, Sample, read_dataset
+from holisafe.data.loaders import jsonl_records
 from holisafe.errors import DataError
 from holisafe.evaluate import bench_source
 from holisafe.models.base import Response
@@ -246,13 +247,7 @@ def _json_lines(path: Path, content: bytes) -> Iterator[tuple[str, Any]]:
         lines = content.decode("utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise PredictionsError(f"{path}: not UTF-8 text ({exc})") from None
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            yield f"line {number}", json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield f"line {number}", ValueError(f"malformed JSON at column {exc.colno}: {exc.msg}")
+    return jsonl_records(lines)
 
 
 def _object(record: Any) -> dict:

@@ -346,6 +346,12 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
         lines = path.read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
+    return jsonl_records(lines)
+
+
+def jsonl_records(lines: list[str]) -> Iterator[tuple[str, Any]]:
+    """(`line N`, the parsed value, or a ValueError saying why it is not JSON) for each
+    non-blank line."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
