@@ -86,7 +86,7 @@ class _OpenAIBatches:
         return {"custom_id": sample_id, "method": "POST", "url": ENDPOINT, "body": body}
 
     def submit(self, lines: list[dict]) -> str:
-        data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        data = _jsonl(lines)
         uploaded = self.client.files.create(file=("judge-requests.jsonl", data), purpose="batch")
         batch = self.client.batches.create(
             input_file_id=uploaded.id, endpoint=ENDPOINT, completion_window="24h"
@@ -155,7 +155,7 @@ class _GeminiBatches:
         return {"key": sample_id, "request": self.model.batch_request(request, settings)}
 
     def submit(self, lines: list[dict]) -> str:
-        data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+        data = _jsonl(lines)
         uploaded = self.client.files.upload(
             file=io.BytesIO(data),
             config={"mime_type": "jsonl", "display_name": "judge-requests.jsonl"},
@@ -176,6 +176,10 @@ class _GeminiBatches:
                 item = json.loads(line)
                 found[item["key"]] = _gemini_response(item)
         return found
+
+
+def _jsonl(lines: list[dict]) -> bytes:
+    return "".join(json.dumps(line) + "\n" for line in lines).encode()
 
 
 def _empty(text: str) -> str | None:
