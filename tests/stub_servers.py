@@ -348,6 +348,10 @@ def _handler_for(stub: StubServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:
             length = int(self.headers.get("content-length") or 0)
             raw = self.rfile.read(length)
+            if len(raw) < length:
+                # The client went away mid-body (a killed worker): no request was made.
+                self.close_connection = True
+                return
             body = json.loads(raw) if raw else {}
             headers = {name.lower(): value for name, value in self.headers.items()}
             path = self.path.split("?", 1)[0]

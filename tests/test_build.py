@@ -348,6 +348,7 @@ def stored_generations(store):
     return {key.split("|")[0].removeprefix("pics/") for (key,) in rows}
 
 
+@pytest.mark.slow
 def test_kill_9_mid_build_and_rerun_repeats_no_stored_request(tmp_path, mini_images):
     images = manifest_of(12)
     manifest = write_manifest(tmp_path, mini_images, images)

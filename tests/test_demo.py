@@ -23,6 +23,8 @@ from holisafe.demo import (
 from holisafe.store import Store
 from holisafe.threads import torch_threads
 
+pytestmark = pytest.mark.slow  # every test here runs a whole demo
+
 
 @pytest.fixture(scope="module")
 def tower_cache(tmp_path_factory):

@@ -89,6 +89,7 @@ def test_tiny_models_of_every_family_run_end_to_end(tmp_path, family):
     assert (again.generated, again.judged) == (0, {"string": 0})  # nothing left to do
 
 
+@pytest.mark.slow
 def test_cli_eval_then_report(tmp_path, mini_bench):
     model_dir = build_tiny_model(tmp_path / "llava", "llava")
     store = tmp_path / "runs.db"
@@ -121,6 +122,7 @@ def test_cli_eval_then_report(tmp_path, mini_bench):
     assert entry["n"] == 30 and set(entry["asr"]) == {"SSU", "USU", "UUU", "SUU"}
 
 
+@pytest.mark.slow
 def test_sigkill_mid_run_then_rerun_completes_without_duplicates(tmp_path, mini_bench):
     store = tmp_path / "runs.db"
     # slow enough answers (95 take 10 s) that the run cannot finish before the kill lands
@@ -158,6 +160,7 @@ def test_sigkill_mid_run_then_rerun_completes_without_duplicates(tmp_path, mini_
     assert asked <= 95 + 4
 
 
+@pytest.mark.slow
 def test_ctrl_c_mid_run_says_so_and_resumes(tmp_path, mini_bench):
     store = tmp_path / "runs.db"
     # slow enough answers (95 take 19 s) that the run cannot finish before the signal lands

@@ -74,6 +74,7 @@ def stock_answer(folder) -> dict:
 @pytest.mark.parametrize(
     ("family", "head_input"), [("llava", "meta_token"), ("qwen2_5_vl", "image_mean")]
 )
+@pytest.mark.slow
 def test_the_export_answers_as_the_safe_vlm_with_stock_classes(tmp_path, family, head_input):
     build_tiny_model(tmp_path / "plain", family, seed=2)
     convert_folder(

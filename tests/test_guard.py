@@ -81,6 +81,7 @@ def test_auroc_needs_both_kinds_of_image():
     assert unsafe_auroc([0, 3], [0.9, 0.2]) == 0.0
 
 
+@pytest.mark.slow
 def test_guard_cli_prints_each_image_and_reports_bad_files(safe_dir, tmp_path):
     Image.new("RGB", (40, 40), (250, 0, 0)).save(tmp_path / "red.png")
     Image.new("RGB", (40, 40), (0, 0, 250)).save(tmp_path / "blue.png")
@@ -105,6 +106,7 @@ def test_guard_cli_prints_each_image_and_reports_bad_files(safe_dir, tmp_path):
     assert text.stdout.count(",") >= 2 and "unsafe" in text.stdout
 
 
+@pytest.mark.slow
 def test_guard_needs_a_safety_head(safe_dir, tmp_path):
     Image.new("RGB", (8, 8)).save(tmp_path / "x.png")
     result = holisafe("guard", "--model", f"hf/{safe_dir / 'plain'}", str(tmp_path / "x.png"))
@@ -112,6 +114,7 @@ def test_guard_needs_a_safety_head(safe_dir, tmp_path):
     assert "has no safety head" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.slow
 def test_guard_eval_scores_distinct_images(safe_dir, tmp_path):
     bench = write_official(tmp_path / "bench")
     result = holisafe(

@@ -201,6 +201,7 @@ print(outcome.judged[judge])
 """
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_store_share_one_batch(tmp_path):
     bench = write_official(tmp_path / "bench")
     store = tmp_path / "runs.db"

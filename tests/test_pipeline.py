@@ -185,6 +185,7 @@ def asked_per_query(stub) -> Counter:
     return Counter(json.dumps(r.body["messages"][-1]["content"][-1]["text"]) for r in stub.requests)
 
 
+@pytest.mark.slow
 def test_two_eval_processes_on_one_store_answer_every_sample_exactly_once(tmp_path):
     bench = write_bench(tmp_path / "bench", 60)
     store = tmp_path / "runs.db"
@@ -204,6 +205,7 @@ def test_two_eval_processes_on_one_store_answer_every_sample_exactly_once(tmp_pa
         assert len(opened.pending_verdicts(run.id, "string")) == 0
 
 
+@pytest.mark.slow
 def test_a_killed_worker_loses_only_its_leased_samples(tmp_path):
     bench = write_bench(tmp_path / "bench", 60)
     store = tmp_path / "runs.db"
@@ -241,6 +243,7 @@ def test_a_killed_worker_loses_only_its_leased_samples(tmp_path):
     assert asked_twice <= leased_queries and len(leased) <= 8
 
 
+@pytest.mark.slow
 def test_eval_with_two_workers_shares_the_run_between_them(tmp_path):
     bench = write_bench(tmp_path / "bench", 60)
     store = tmp_path / "runs.db"

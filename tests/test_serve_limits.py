@@ -338,6 +338,7 @@ def test_serve_command_refuses_a_bad_timeout_before_loading_anything():
     assert "header_timeout_s must be over 0 seconds" in str(result.exception)
 
 
+@pytest.mark.slow
 def test_serve_command_prints_its_limits_hosts_and_key_at_start_up(tmp_path):
     with no_network():
         folder = build_tiny_model(tmp_path / "tiny", "llava", seed=1)

@@ -3,6 +3,7 @@ import subprocess
 import sys
 from collections import Counter
 
+import pytest
 from PIL import Image
 
 from holisafe.data import dataset_stats, read_dataset
@@ -31,6 +32,7 @@ def test_stats_count_everything(tmp_path):
 
 
 def test_cli_stats_json_has_exactly_the_documented_keys(tmp_path):
+    pytest.importorskip("matplotlib")  # for --plot
     root = write_official(tmp_path / "bench")
     chart = tmp_path / "chart.png"
     result = holisafe("data", "stats", str(root), "--json", "--plot", str(chart))

@@ -229,6 +229,7 @@ def test_cli_rejects_an_unknown_family(tmp_path):
     assert "llava, qwen2_5_vl, gemma3" in str(result.exception)
 
 
+@pytest.mark.slow
 def test_cli_works_in_a_fresh_offline_process(tmp_path):
     out = tmp_path / "tiny-llava"
     env = {**os.environ, "HF_HUB_OFFLINE": "1"}

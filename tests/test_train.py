@@ -326,6 +326,7 @@ def train_args(base: Path, data: Path, out: Path, *extra: str) -> list[str]:
     ]
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_from_its_last_checkpoint(tiny, data_dir, tmp_path):
     out = tmp_path / "out"
     command = [sys.executable, "-m", "holisafe", *train_args(tiny["llava"], data_dir, out)]
@@ -428,6 +429,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("vision", [(), ("--no-freeze-vision",)], ids=["frozen", "trained"])
 def test_accelerate_launch_trains_on_two_processes(tiny, data_dir, tmp_path, vision):
     """Trained vision makes DDP search for unused parameters and rebuild the model's output,

@@ -24,6 +24,7 @@ def pretrained(tmp_path_factory):
     return before, load_file(folder / "model.safetensors"), stats
 
 
+@pytest.mark.slow
 def test_naming_beats_the_most_common_pictogram(pretrained):
     _, _, stats = pretrained
     assert stats.images == SMALL["images"]
@@ -32,6 +33,7 @@ def test_naming_beats_the_most_common_pictogram(pretrained):
     assert stats.naming_accuracy > 2 * stats.chance
 
 
+@pytest.mark.slow
 def test_only_the_vision_tower_changes(pretrained):
     before, after, _ = pretrained
     assert before.keys() == after.keys()

@@ -24,7 +24,7 @@ app = typer.Typer(
 data_app = typer.Typer(help="Read, check, summarise and convert data sets.", no_args_is_help=True)
 app.add_typer(data_app, name="data")
 
-console = Console()
+console = Console(soft_wrap=True)  # a long path stays on one line, whole
 err_console = Console(stderr=True, soft_wrap=True)
 
 SourceArg = Annotated[

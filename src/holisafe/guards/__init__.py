@@ -214,22 +214,24 @@ def load_image_guard(
             )
         return GenerativeGuard(model, kind, policy, max_new_tokens=256)
     if kind == "llama_guard_4":
-        attach_llama4_image_outputs(model.model)
+        repair_llama4_image_outputs(model.model)
     return GenerativeGuard(model, kind, GUARD_QUERY, max_new_tokens=20)
 
 
-def attach_llama4_image_outputs(model: torch.nn.Module) -> None:
-    """Work around a bug of transformers 5.24 (the latest release as of December 2026).
+def repair_llama4_image_outputs(model: torch.nn.Module) -> bool:
+    """Repair a transformers bug in `model` (a `Llama4ForConditionalGeneration`) where it shows;
+    return whether it did.
 
-    `Llama4ForConditionalGeneration.forward` builds its output with
+    transformers 5.24's `Llama4ForConditionalGeneration.forward` builds its output with
     `image_outputs=outputs.image_outputs`, where `outputs` is its language model's
     `MoeCausalLMOutputWithPast`, which has no such field: every call that returns a dict (so
-    every `generate`) raises AttributeError, whatever the checkpoint. The other multimodal
-    models of that release return the vision model's output of the same call there, so this
-    hands it to the language model's output (None on a call without an image). Remove it once
-    transformers reads `image_outputs` from its own vision pass (the test named after this
-    function fails then).
+    every `generate`) raises AttributeError, whatever the checkpoint. 5.25 reads the vision pass
+    instead. One text-only forward of one token tells which kind this is; where the bug shows,
+    two forward hooks hand the vision model's output of the same call to the language model's
+    output (None on a call without an image). Where it does not, the model is left untouched.
     """
+    if not _loses_image_outputs(model):
+        return False
     latest: dict[str, Any] = {}
 
     def keep_vision_output(module, args, output) -> None:
@@ -242,6 +244,19 @@ def attach_llama4_image_outputs(model: torch.nn.Module) -> None:
 
     model.vision_model.register_forward_hook(keep_vision_output)
     model.language_model.register_forward_hook(attach)
+    return True
+
+
+def _loses_image_outputs(model: torch.nn.Module) -> bool:
+    token = torch.zeros((1, 1), dtype=torch.long, device=model.device)
+    try:
+        with torch.inference_mode():
+            model(input_ids=token)
+    except AttributeError as exc:
+        if "image_outputs" in str(exc):
+            return True
+        raise
+    return False
 
 
 def read_policy(path: str | Path) -> str:
@@ -349,11 +364,11 @@ __all__ = [
     "GuardVerdict",
     "HeadGuard",
     "ShieldGemma2Guard",
-    "attach_llama4_image_outputs",
     "evaluate_guards",
     "guard_kind",
     "guard_scores",
     "judge_files",
     "load_image_guard",
     "read_policy",
+    "repair_llama4_image_outputs",
 ]
