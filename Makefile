@@ -22,7 +22,7 @@ DEMO_OUT ?= runs/demo
 WORKERS ?= 2
 PYTEST_ARGS := -q -n $(WORKERS) --dist loadfile --durations=25
 
-.PHONY: install browser demo test test-fast test-latest test-min lint lean lock
+.PHONY: install browser demo docs test test-fast test-latest test-min lint lean lock
 
 install: $(VENV)/.installed
 
@@ -31,7 +31,7 @@ install: $(VENV)/.installed
 $(VENV)/.installed: pyproject.toml $(LOCK)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[all,test]"
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e ".[all,test,docs]"
 	touch $@
 
 demo: install
@@ -53,7 +53,7 @@ $(LEAN)/.installed: pyproject.toml $(LOCK)
 lean: $(LEAN)/.installed
 	$(LEAN)/bin/python .ci/lean_core_check.py
 
-test: install browser lean
+test: install browser lean docs
 	$(BIN)/ruff check src tests benchmarks
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -63,6 +63,10 @@ test-fast: install
 lint: install
 	$(BIN)/ruff check src tests benchmarks
 
+# The documentation site, built strictly: a broken link or anchor fails.
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir $$(mktemp -d)
+
 $(UV):
 	$(PYTHON) -m venv $(TOOLS)
 	$(TOOLS)/bin/python -m pip install --quiet "uv==0.13.9"
@@ -70,7 +74,7 @@ $(UV):
 # One lock for every platform (markers pick the wheels), within pyproject's ranges and the
 # pins in requirements/pins.txt; every version is refreshed to the newest that fits.
 lock: $(UV)
-	$(UV) pip compile pyproject.toml --extra all --extra test --universal --upgrade \
+	$(UV) pip compile pyproject.toml --extra all --extra test --extra docs --universal --upgrade \
 	  --constraint requirements/pins.txt -o $(LOCK)
 
 # The newest releases the ranges allow, torch included (PIP_CONSTRAINT="" lifts a machine-wide
@@ -79,7 +83,7 @@ test-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
-	PIP_CONSTRAINT="" $(LATEST)/bin/python -m pip install --quiet --upgrade -e ".[all,test]"
+	PIP_CONSTRAINT="" $(LATEST)/bin/python -m pip install --quiet --upgrade -e ".[all,test,docs]"
 	$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
 	$(LATEST)/bin/ruff check src tests benchmarks
 	OMP_NUM_THREADS=1 $(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
