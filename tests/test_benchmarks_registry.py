@@ -59,6 +59,12 @@ def test_a_fixture_is_recognised_by_its_own_benchmark_alone(fixtures, name):
     assert dataset.format == (name or "holisafe")
 
 
+def test_holisafe_own_file_wins_over_another_benchmark_layout(tmp_path):
+    root = released.write_harmeval(write_official(tmp_path))  # its images reused for HarmEval
+    assert read_dataset(root, check_images=False).format == "holisafe"
+    assert read_dataset(root / "harmeval.csv", check_images=False).format == "harmeval"
+
+
 @pytest.mark.parametrize("name", BENCHMARKS)
 def test_sample_ids_name_their_benchmark(fixtures, name):
     samples = read_dataset(fixtures[name], check_images=False).samples

@@ -404,11 +404,11 @@ def _hub_records(dataset_id: str, split: str) -> Iterator[tuple[str, Any]]:
 def _detect(source: Path) -> tuple[str, Path]:
     """The format of a local source and the file (or shard folder) to read."""
     if source.is_dir():
-        if found := benchmarks.find_layout(source):
-            return found
-        for name in OFFICIAL_JSON_NAMES:
+        for name in OFFICIAL_JSON_NAMES:  # HoliSafe's own file wins over another's layout
             if (source / name).is_file():
                 return "json", source / name
+        if found := benchmarks.find_layout(source):
+            return found
         if any(source.rglob("*.parquet")):
             return "parquet", source
         candidates = sorted(source.glob("*.jsonl")) + sorted(source.glob("*.json"))
