@@ -14,10 +14,11 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from holisafe.benchmark_metrics import benchmark_figures, vlsbench_class, vlsbench_rubric
+from holisafe.benchmark_metrics import benchmark_figures
 from holisafe.cli import app
 from holisafe.data import load_samples, read_dataset
 from holisafe.data.benchmarks import benchmark_fields
+from holisafe.data.benchmarks.vlsbench import vlsbench_class, vlsbench_rubric
 from holisafe.errors import DataError
 from holisafe.judges import is_refusal
 from holisafe.judges.base import Verdict

@@ -6,7 +6,8 @@ Sources, picked by `read_dataset` from what it is given:
 - `parquet`: a parquet file or a folder of shards with embedded images (the `datasets` form);
 - `llava`: LLaVA conversation JSON (`image`, `conversations` of `human`/`gpt` turns);
 - `vlguard`: VLGuard's released JSON (`safe`, `harmful_category`, `instr-resp`);
-- `hub`: a Hugging Face Hub dataset id, fetched with `datasets.load_dataset`.
+- `hub`: a Hugging Face Hub dataset id, fetched with `datasets.load_dataset`;
+- every other safety benchmark in the registry (`holisafe.data.benchmarks`), by its name.
 """
 
 from __future__ import annotations
@@ -20,14 +21,14 @@ from typing import Any, TypeVar
 
 from holisafe import taxonomy
 from holisafe.data import benchmarks
-from holisafe.data.benchmarks import BENCHMARK_TYPES
+from holisafe.data.benchmarks import BENCHMARKS, Benchmark
 from holisafe.data.sample import ImageError, ImageRef, Sample
 from holisafe.errors import DataError, RecordError
 from holisafe.hub import is_hub_id, local_or_hub
 from holisafe.progress import track
 from holisafe.text import lone_surrogate
 
-FORMATS = ("holisafe", "jsonl", "parquet", "llava", "vlguard", "hub", *BENCHMARK_TYPES)
+FORMATS = ("holisafe", "jsonl", "parquet", "llava", "vlguard", "hub", *BENCHMARKS)
 OFFICIAL_JSON_NAMES = ("holisafe_bench.json", "holisafe_train.json")
 HOLISAFE_FIELDS = (
     "id",
@@ -62,6 +63,11 @@ class Dataset:
     samples: list[Sample] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
     records: int = 0  # records read, valid or not
+
+    @property
+    def benchmark(self) -> Benchmark | None:
+        """The other safety benchmark the source is (None: HoliSafe's or a training format)."""
+        return BENCHMARKS.get(self.format)
 
 
 class ImageFolder:
@@ -338,7 +344,8 @@ def _json_format(records: list) -> str:
         return "llava"
     if "instr-resp" in first:
         return "vlguard"
-    return benchmarks.json_benchmark(first) or "holisafe"
+    benchmark = benchmarks.json_benchmark(first)
+    return benchmark.name if benchmark else "holisafe"
 
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
@@ -397,15 +404,11 @@ def _hub_records(dataset_id: str, split: str) -> Iterator[tuple[str, Any]]:
 def _detect(source: Path) -> tuple[str, Path]:
     """The format of a local source and the file (or shard folder) to read."""
     if source.is_dir():
-        if benchmarks.is_mmsb_folder(source):
-            return "mm-safetybench", source / benchmarks.MMSB_QUESTIONS
-        if benchmarks.is_figstep_folder(source):
-            return "figstep", source / benchmarks.FIGSTEP_PROMPT
-        for name in OFFICIAL_JSON_NAMES:
+        for name in OFFICIAL_JSON_NAMES:  # HoliSafe's own file wins over another's layout
             if (source / name).is_file():
                 return "json", source / name
-        if questions := benchmarks.harmeval_csv(source):
-            return "harmeval", questions
+        if found := benchmarks.find_layout(source):
+            return found
         if any(source.rglob("*.parquet")):
             return "parquet", source
         candidates = sorted(source.glob("*.jsonl")) + sorted(source.glob("*.json"))
@@ -418,11 +421,11 @@ def _detect(source: Path) -> tuple[str, Path]:
     suffix = source.suffix.lower()
     if suffix in (".json", ".jsonl", ".parquet"):
         return suffix[1:], source
-    if suffix == ".csv" and benchmarks.harmeval_csv(source):
-        return "harmeval", source
+    if found := benchmarks.find_layout(source):
+        return found
+    *others, last = (".json", ".jsonl", ".parquet", *benchmarks.file_hints())
     raise DataError(
-        f"{source}: unsupported file type {suffix!r} (expected .json, .jsonl, .parquet, or "
-        "HarmEval's .csv)"
+        f"{source}: unsupported file type {suffix!r} (expected {', '.join(others)}, or {last})"
     )
 
 
@@ -455,12 +458,8 @@ def read_dataset(
         if kind == "parquet":
             fmt, records = fmt or "parquet", _parquet_records(data_file)
             images = None
-        elif kind == "mm-safetybench":
-            fmt, records = kind, benchmarks.mmsb_records(data_file)
-        elif kind == "figstep":
-            fmt, records = kind, benchmarks.figstep_records(data_file.parent)
-        elif kind == "harmeval":
-            fmt, records = kind, benchmarks.harmeval_records(data_file, images.root)
+        elif kind in BENCHMARKS:  # a benchmark with a layout of its own
+            fmt, records = kind, BENCHMARKS[kind].read(data_file, images.root)
         elif kind == "jsonl":
             fmt, records = fmt or "jsonl", _jsonl_records(data_file)
         else:
@@ -501,17 +500,11 @@ def _converter(fmt: str, images: ImageFolder | None) -> Callable[[Any], list[Sam
         if images is None:
             raise DataError("VLGuard records need image files, not embedded images")
         return lambda record: vlguard_samples(record, images)
-    if fmt in BENCHMARK_TYPES:
+    if fmt in BENCHMARKS:
         if images is None:
             raise DataError(f"{fmt} records need image files, not embedded images")
-        read = {
-            "mm-safetybench": benchmarks.mmsb_sample,
-            "vlsbench": benchmarks.vlsbench_sample,
-            "siuo": benchmarks.siuo_sample,
-            "figstep": benchmarks.figstep_sample,
-            "harmeval": benchmarks.harmeval_sample,
-        }[fmt]
-        return lambda record: [read(record, images.ref)]
+        to_sample = BENCHMARKS[fmt].sample
+        return lambda record: [to_sample(record, images.ref)]
     return lambda record: [holisafe_sample(record, images)]
 
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from holisafe import taxonomy
-from holisafe.benchmark_metrics import BENCHMARK_NAMES, TABLE4_COLUMNS, Table4Row
+from holisafe.benchmark_metrics import Table4Row
+from holisafe.data.benchmarks import BENCHMARKS
 from holisafe.errors import HolisafeError
 from holisafe.metrics import MASR_READINGS, SAFE_TYPE, Interval, Leaderboard
 
@@ -420,12 +421,11 @@ def guard_confusion_grid(g: GuardMetrics) -> Table:
 
 def table4_grid(rows: Sequence[Table4Row]) -> Table:
     """The other benchmarks' figures in the paper's Table 4 columns (None where missing)."""
+    columns = [(b, column) for b in BENCHMARKS.values() for column in b.columns]
     header = [("Model", None), ("Judge", None)]
-    header += [
-        (f"{BENCHMARK_NAMES[b]} {figure.replace('_', '+')}", up) for b, figure, up in TABLE4_COLUMNS
-    ]
+    header += [(f"{b.title} {column.label}", column.higher_is_better) for b, column in columns]
     cells = [
-        [row.model, row.judge, *(row.figures.get(b, {}).get(f) for b, f, _ in TABLE4_COLUMNS)]
+        [row.model, row.judge, *(row.figures.get(b.name, {}).get(c.figure) for b, c in columns)]
         for row in rows
     ]
     return Table(header, cells)
