@@ -15,7 +15,7 @@ from holisafe.judges import JudgeError, LLMJudge
 from holisafe.judges import batch as batch_module
 from holisafe.judges.batch import check_batchable
 from holisafe.models import ModelOptions
-from holisafe.store import Store
+from holisafe.store import Store, connect
 from tests.batch_stub import batch_stub
 from tests.datafixtures import write_official
 from tests.stub_servers import openai_stub
@@ -251,7 +251,6 @@ def test_a_keeper_that_died_or_lapsed_does_not_hold_the_batches(tmp_path, holder
     with openai_stub(api_key=None) as answers, batch_stub(reply=judge_reply) as batches:
         evaluate("openai/stub-model", bench, store, options=ModelOptions(base_url=answers.url))
         with closing(sqlite3.connect(store)) as db, db:
-            db.executescript(batch_module._SCHEMA)
             db.execute(
                 "INSERT INTO judge_batch_keepers VALUES (1, ?, ?, ?)", (JUDGE, worker, expires_at)
             )
@@ -269,7 +268,7 @@ def test_a_keeper_whose_lease_ran_out_stops_before_sending_more(tmp_path):
         closing(sqlite3.connect(store, isolation_level=None)) as first_db,
         closing(sqlite3.connect(store, isolation_level=None)) as second_db,
     ):
-        first_db.executescript(batch_module._SCHEMA)
+        connect(store).close()  # the store's tables
         first = batch_module._Keeper(first_db, 1, JUDGE, lease_s=0.05)
         second = batch_module._Keeper(second_db, 1, JUDGE, lease_s=60)
         assert first.take() and not second.take()  # held, and its process lives

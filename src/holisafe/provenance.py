@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import sqlite3
 import time
 from collections.abc import Sequence
 from contextlib import closing
@@ -21,19 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from holisafe.errors import HolisafeError
-from holisafe.store import StoreError
+from holisafe.store import connect
 
 PACKAGES = ("holisafe", "torch", "transformers")
 # How requests are sent, not what answers them: may differ between workers of one run.
 TRANSPORT = ("concurrency", "timeout_s", "max_retries")
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS provenance (
-    run_id INTEGER NOT NULL,
-    recorded_at REAL NOT NULL,
-    record TEXT NOT NULL
-)
-"""
 
 
 def versions() -> dict[str, str | None]:
@@ -74,7 +65,7 @@ def folder_revision(folder: str | Path) -> str:
 
 
 def record(store_path: str | Path, run_id: int, provenance: dict[str, Any]) -> None:
-    with closing(_connect(store_path)) as db, db:
+    with closing(connect(store_path)) as db:
         db.execute(
             "INSERT INTO provenance VALUES (?, ?, ?)",
             (run_id, time.time(), json.dumps(provenance, sort_keys=True)),
@@ -83,9 +74,7 @@ def record(store_path: str | Path, run_id: int, provenance: dict[str, Any]) -> N
 
 def records(store_path: str | Path, run_id: int) -> list[dict[str, Any]]:
     """The run's records, oldest first, without repeats."""
-    with closing(_connect(store_path, create=False)) as db:
-        if not db.execute("SELECT 1 FROM sqlite_master WHERE name = 'provenance'").fetchone():
-            return []  # a store written before provenance was recorded
+    with closing(connect(store_path)) as db:
         rows = db.execute(
             "SELECT record FROM provenance WHERE run_id = ? ORDER BY recorded_at", (run_id,)
         )
@@ -115,16 +104,6 @@ def _fields(found: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
         for key, value in (item["model"] or {}).items():
             fields.setdefault(f"model {key}", []).append(value)
     return fields
-
-
-def _connect(store_path: str | Path, create: bool = True) -> sqlite3.Connection:
-    try:
-        db = sqlite3.connect(store_path, timeout=30)
-        if create:
-            db.execute(_SCHEMA)
-    except sqlite3.Error as exc:
-        raise StoreError(f"cannot keep provenance in store {store_path}: {exc}") from None
-    return db
 
 
 class MixedRunError(HolisafeError):

@@ -3,9 +3,10 @@
 Any number of `holisafe eval` (or `judge`) processes on one machine may work on the same run in
 one store. Before a worker answers (or judges) a sample it claims it in the store's `claims`
 table, in a transaction that first checks the sample is neither done nor claimed by another
-live worker. A claim is a lease: it expires `lease_s` seconds after it was last renewed, and a
-worker renews its claims while it lives. A claim held by a process of this machine that no
-longer exists counts as expired at once, so a rerun after `kill -9` need not wait out the lease.
+live worker. A claim is a lease (`holisafe.store.Lease`): it expires `lease_s` seconds after it
+was last renewed, and a worker renews its claims while it lives. A claim held by a process of
+this machine that no longer exists counts as expired at once, so a rerun after `kill -9` need not
+wait out the lease.
 
 The store is SQLite in WAL mode, which needs shared memory between its processes: workers must
 run on one machine (a local disk); a network file system is not supported.
@@ -19,9 +20,6 @@ from __future__ import annotations
 import itertools
 import multiprocessing
 import os
-import secrets
-import socket
-import sqlite3
 import time
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ProcessPoolExecutor
@@ -29,7 +27,7 @@ from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from holisafe.store import StoreError
+from holisafe.store import Lease, StoreError, connect, transaction
 
 if TYPE_CHECKING:
     from holisafe.evaluate import EvalOutcome
@@ -38,53 +36,17 @@ DEFAULT_LEASE_S = 300.0
 ANSWERING = ""  # the task of answering; a judge's task is its judge id
 _WINDOW = 500  # candidates looked at per query (SQLite's limit on ? parameters is 999 and up)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS claims (
-    run_id INTEGER NOT NULL,
-    task TEXT NOT NULL,
-    sample_id TEXT NOT NULL,
-    worker TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (run_id, task, sample_id)
-)
-"""
-
-
-def new_worker_id() -> str:
-    """`host/pid/nonce`: unique, and tells whether a claim's process still lives."""
-    return f"{socket.gethostname()}/{os.getpid()}/{secrets.token_hex(4)}"
-
-
-def alive(worker: str) -> bool:
-    """False only for a worker of this machine whose process no longer exists."""
-    host, _, rest = worker.partition("/")
-    if host != socket.gethostname():
-        return True  # only its lease can tell
-    try:
-        os.kill(int(rest.partition("/")[0]), 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, ValueError):
-        return True
-    return True
-
 
 class Leases:
     """This worker's claims in the store at `path` (its own connection, beside the Store's)."""
 
     def __init__(self, path: str | Path, lease_s: float = DEFAULT_LEASE_S):
-        if lease_s <= 0:
-            raise StoreError(f"a lease must last a positive time, got {lease_s} s")
-        self.worker = new_worker_id()
+        self._claims = Lease(connect(path), "claims", lease_s)
+        self._db = self._claims.db
+        self.worker = self._claims.worker
         self.lease_s = lease_s
         self.renewed_at = time.time()
-        self._released: list[tuple[int, str, str, str]] = []
-        try:
-            self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
-            self._db.execute("PRAGMA synchronous = NORMAL")  # the store is in WAL mode
-            self._db.execute(_SCHEMA)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot keep claims in store {path}: {exc}") from None
+        self._released: list[tuple[int, str, str]] = []
 
     def close(self) -> None:
         self.release_all()
@@ -105,11 +67,10 @@ class Leases:
         window = list(itertools.islice(candidates, _WINDOW))
         if not window or count < 1:
             return [], 0
-        now = time.time()
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
+        with transaction(self._db):
             self._write_releases()
-            unavailable = self._done(run_id, task, window) | self._taken(run_id, task, window, now)
+            taken = {key[2] for key in self._claims.held_by_others(run_id=run_id, task=task)}
+            unavailable = self._done(run_id, task, window) | taken
             claimed, looked = [], 0
             for sample_id in window:
                 if len(claimed) == count:
@@ -117,14 +78,7 @@ class Leases:
                 looked += 1
                 if sample_id not in unavailable:
                     claimed.append(sample_id)
-            self._db.executemany(
-                "INSERT OR REPLACE INTO claims VALUES (?, ?, ?, ?, ?)",
-                [(run_id, task, i, self.worker, now + self.lease_s) for i in claimed],
-            )
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
+            self._claims.take((run_id, task, i) for i in claimed)
         return claimed, looked
 
     def _done(self, run_id: int, task: str, ids: list[str]) -> set[str]:
@@ -141,52 +95,31 @@ class Leases:
         )
         return {row[0] for row in self._db.execute(query, (run_id, task, *ids))}
 
-    def _taken(self, run_id: int, task: str, ids: list[str], now: float) -> set[str]:
-        marks = ",".join("?" * len(ids))
-        rows = self._db.execute(
-            "SELECT sample_id, worker FROM claims WHERE run_id = ? AND task = ? "
-            f"AND worker <> ? AND expires_at > ? AND sample_id IN ({marks})",
-            (run_id, task, self.worker, now, *ids),
-        )
-        return {sample_id for sample_id, worker in rows if alive(worker)}
-
     def release(self, run_id: int, task: str, sample_ids: Sequence[str]) -> None:
         """Give up claims on samples now done; written with the next claim (one write)."""
-        self._released.extend((run_id, task, i, self.worker) for i in sample_ids)
+        self._released.extend((run_id, task, i) for i in sample_ids)
 
     def _write_releases(self) -> None:
-        self._db.executemany(
-            "DELETE FROM claims WHERE run_id = ? AND task = ? AND sample_id = ? AND worker = ?",
-            self._released,
-        )
+        self._claims.release(self._released)
         self._released.clear()
 
     def release_all(self) -> None:
         self._released.clear()
-        self._db.execute("DELETE FROM claims WHERE worker = ?", (self.worker,))
+        self._claims.release_all()
 
     def renew_if_due(self) -> None:
         """Extend this worker's claims when a third of the lease has passed since the last
         renewal."""
         now = time.time()
         if now - self.renewed_at >= self.lease_s / 3:
-            self._db.execute(
-                "UPDATE claims SET expires_at = ? WHERE worker = ?",
-                (now + self.lease_s, self.worker),
-            )
+            self._claims.renew()
             self.renewed_at = now
 
     def others_working(self, run_id: int) -> bool:
         """Whether another live worker holds claims in this run."""
-        self._db.execute("BEGIN IMMEDIATE")
-        self._write_releases()
-        self._db.execute("COMMIT")
-        rows = self._db.execute(
-            "SELECT DISTINCT worker FROM claims WHERE run_id = ? AND worker <> ? "
-            "AND expires_at > ?",
-            (run_id, self.worker, time.time()),
-        )
-        return any(alive(worker) for (worker,) in rows)
+        with transaction(self._db):
+            self._write_releases()
+        return bool(self._claims.held_by_others(run_id=run_id))
 
 
 def evaluate_in_workers(workers: int, **arguments: Any) -> EvalOutcome:

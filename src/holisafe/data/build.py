@@ -29,7 +29,6 @@ import math
 import random
 import re
 import shutil
-import sqlite3
 import string
 from collections import Counter, defaultdict
 from collections.abc import Callable, Sequence
@@ -50,7 +49,7 @@ from holisafe.judges.string import refusal_match
 from holisafe.models import ModelOptions, load_model, parse_spec
 from holisafe.models.base import GenerationSettings, Model, Request, Response
 from holisafe.progress import progress_bar
-from holisafe.store import Store
+from holisafe.store import connect, transaction
 
 PROMPTS: dict[str, tuple[str, ...]] = {  # prompt name → its placeholders, all required
     "generate": ("image", "types", "per_type", "subcategories"),
@@ -454,13 +453,7 @@ class ReplyStore:
     """The build's table in a holisafe store: every usable model reply, by attempt."""
 
     def __init__(self, path: str | Path):
-        Store(path).close()  # creates the store, or checks that the file is one
-        self._db = sqlite3.connect(path, timeout=30)  # `with self._db` is one transaction
-        self._db.execute(
-            "CREATE TABLE IF NOT EXISTS build_replies (stage TEXT NOT NULL, job TEXT NOT NULL, "
-            "key TEXT NOT NULL, attempt INTEGER NOT NULL, text TEXT NOT NULL, "
-            "created_at TEXT NOT NULL, PRIMARY KEY (stage, job, key, attempt))"
-        )
+        self._db = connect(path, check=True)
 
     def close(self) -> None:
         self._db.close()
@@ -478,7 +471,7 @@ class ReplyStore:
     def save(self, stage: str, job: str, replies: dict[str, list[str]], keys: list[str]) -> None:
         """Store the newest reply of each key as its next attempt, in one transaction."""
         now = datetime.now(timezone.utc).isoformat(timespec="seconds")
-        with self._db:
+        with transaction(self._db):
             self._db.executemany(
                 "INSERT INTO build_replies VALUES (?, ?, ?, ?, ?, ?)",
                 [(stage, job, k, len(replies[k]), replies[k][-1], now) for k in keys],

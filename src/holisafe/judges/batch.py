@@ -12,8 +12,9 @@ by the next run.
 Several processes on one store (`--workers N`, or commands started by hand) share a judge's
 batches: one at a time keeps them (submits, waits, collects) under a lease in the
 `judge_batch_keepers` table, taken in one transaction and renewed while it works; the others
-wait and then find the verdicts stored. A keeper that dies loses its lease as a worker's claims
-expire (see `holisafe.workers`), and the next process collects the batches it recorded.
+wait and then find the verdicts stored. A keeper that dies loses its lease as a worker loses its
+claims (both are a `holisafe.store.Lease`), and the next process collects the batches it
+recorded.
 
 `openai/` judges (OpenAI, or a server that offers its Batch API), `anthropic/` and `google/`
 judges can go this way.
@@ -35,27 +36,10 @@ from holisafe.judges.base import JudgeError
 from holisafe.judges.llm import LLMJudge
 from holisafe.models.api import RequestFailed
 from holisafe.models.base import GenerationSettings, Request, Response
-from holisafe.store import Store
-from holisafe.workers import DEFAULT_LEASE_S, alive, new_worker_id
+from holisafe.store import Lease, Store, connect, transaction
+from holisafe.workers import DEFAULT_LEASE_S
 
 ENDPOINT = "/v1/chat/completions"
-
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS judge_batches (
-    run_id INTEGER NOT NULL,
-    judge TEXT NOT NULL,
-    batch_id TEXT NOT NULL PRIMARY KEY,
-    sample_ids TEXT NOT NULL,
-    collected INTEGER NOT NULL DEFAULT 0
-);
-CREATE TABLE IF NOT EXISTS judge_batch_keepers (
-    run_id INTEGER NOT NULL,
-    judge TEXT NOT NULL,
-    worker TEXT NOT NULL,
-    expires_at REAL NOT NULL,
-    PRIMARY KEY (run_id, judge)
-)
-"""
 
 
 class _Service(Protocol):
@@ -248,8 +232,7 @@ def judge_in_batch(
     A call sends batches only if no batch of this judge and run was sent or collected since
     it began: what a batch failed waits for the next call, so a call never pays twice."""
     service = _service(check_batchable(judge))
-    with closing(sqlite3.connect(store.path, timeout=30, isolation_level=None)) as db:
-        db.executescript(_SCHEMA)
+    with closing(connect(store.path)) as db:
         keeper = _Keeper(db, run_id, judge.id, lease_s)
         batches = _Batches(store, db, run_id, judge, service, keeper, poll_s, say)
         collected_before = batches.count(collected_only=True)
@@ -287,46 +270,28 @@ class _Keeper:
     """The lease on one judge's batches in one run, held by at most one process at a time."""
 
     def __init__(self, db: sqlite3.Connection, run_id: int, judge_id: str, lease_s: float):
-        self.db, self.key, self.lease_s = db, (run_id, judge_id), lease_s
-        self.worker = new_worker_id()
+        self.run_id, self.judge_id = run_id, judge_id
+        self.lease = Lease(db, "judge_batch_keepers", lease_s)
 
     def take(self) -> bool:
         """Take (or keep) the lease, unless another live process holds it."""
-        now = time.time()
-        self.db.execute("BEGIN IMMEDIATE")
-        try:
-            holder = self.db.execute(
-                "SELECT worker, expires_at FROM judge_batch_keepers WHERE run_id = ? AND judge = ?",
-                self.key,
-            ).fetchone()
-            free = holder is None or holder[0] == self.worker or holder[1] <= now
-            free = free or not alive(holder[0])
+        with transaction(self.lease.db):
+            free = not self.lease.held_by_others(run_id=self.run_id, judge=self.judge_id)
             if free:
-                self.db.execute(
-                    "INSERT OR REPLACE INTO judge_batch_keepers VALUES (?, ?, ?, ?)",
-                    (*self.key, self.worker, now + self.lease_s),
-                )
-        except BaseException:
-            self.db.execute("ROLLBACK")
-            raise
-        self.db.execute("COMMIT")
+                self.lease.take([(self.run_id, self.judge_id)])
         return free
 
     def renew(self) -> None:
         """Extend the lease; JudgeError if another process has taken it meanwhile (this one
         was stopped, or its machine slept, longer than the lease)."""
-        renewed = self.db.execute(
-            "UPDATE judge_batch_keepers SET expires_at = ? WHERE worker = ?",
-            (time.time() + self.lease_s, self.worker),
-        ).rowcount
-        if not renewed:
+        if not self.lease.renew():
             raise JudgeError(
-                f"{self.key[1]}: another process took over this judge's batches while this one "
-                "was stopped; it sends and collects them (or run the same command again)"
+                f"{self.judge_id}: another process took over this judge's batches while this "
+                "one was stopped; it sends and collects them (or run the same command again)"
             )
 
     def release(self) -> None:
-        self.db.execute("DELETE FROM judge_batch_keepers WHERE worker = ?", (self.worker,))
+        self.lease.release_all()
 
 
 @dataclass

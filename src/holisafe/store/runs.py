@@ -1,4 +1,4 @@
-"""The store: one SQLite file (WAL mode) that records runs, responses and verdicts.
+"""The store's runs: one model's responses to a benchmark, their verdicts and comparisons.
 
 A run is one model answering one benchmark under one set of generation settings. Its identity
 is (model spec, bench fingerprint, settings): opening the same triple again resumes the run, so
@@ -29,8 +29,7 @@ import hashlib
 import json
 import sqlite3
 from collections import Counter, defaultdict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -38,86 +37,13 @@ from typing import Any, TypeVar
 
 from holisafe import __version__
 from holisafe.data.sample import Sample
-from holisafe.errors import HolisafeError
 from holisafe.judges.base import Verdict
 from holisafe.judges.pairwise import Preference
 from holisafe.models.base import Response
+from holisafe.store.connection import StoreError, connect, transaction
 from holisafe.text import lone_surrogate, replace_surrogates
 
-SCHEMA_VERSION = 1
 EXPORT_FORMATS = ("jsonl", "parquet")
-
-_SCHEMA = """
-CREATE TABLE schema_version (version INTEGER NOT NULL);
-CREATE TABLE benches (
-    fingerprint TEXT PRIMARY KEY,
-    samples INTEGER NOT NULL,
-    source TEXT
-);
-CREATE TABLE samples (
-    bench TEXT NOT NULL REFERENCES benches(fingerprint),
-    sample_id TEXT NOT NULL,
-    position INTEGER NOT NULL,
-    query TEXT NOT NULL,
-    image TEXT NOT NULL,
-    type TEXT,
-    category TEXT,
-    subcategory TEXT,
-    image_safety_label INTEGER,
-    PRIMARY KEY (bench, sample_id)
-);
-CREATE TABLE runs (
-    id INTEGER PRIMARY KEY,
-    model TEXT NOT NULL,
-    bench TEXT NOT NULL REFERENCES benches(fingerprint),
-    settings TEXT NOT NULL,
-    package_version TEXT NOT NULL,
-    started_at TEXT NOT NULL,
-    finished_at TEXT,
-    UNIQUE (model, bench, settings)
-);
-CREATE TABLE responses (
-    run_id INTEGER NOT NULL REFERENCES runs(id) ON DELETE CASCADE,
-    sample_id TEXT NOT NULL,
-    text TEXT,
-    latency_s REAL NOT NULL,
-    error TEXT,
-    extra TEXT,
-    created_at TEXT NOT NULL,
-    PRIMARY KEY (run_id, sample_id)
-);
-CREATE TABLE verdicts (
-    run_id INTEGER NOT NULL,
-    judge TEXT NOT NULL,
-    sample_id TEXT NOT NULL,
-    followed INTEGER,
-    raw TEXT,
-    error TEXT,
-    created_at TEXT NOT NULL,
-    PRIMARY KEY (run_id, judge, sample_id),
-    FOREIGN KEY (run_id, sample_id) REFERENCES responses(run_id, sample_id) ON DELETE CASCADE
-);
-"""
-
-# Pairwise comparisons of two runs' responses (`holisafe compare`). Added to older stores on
-# opening, so the schema version stays the same. `a_first` is 1 when run A's response was shown
-# first; `winner` is the judge's answer by position: `A` (shown first), `B` or `TIE`.
-_COMPARISON_SCHEMA = """
-CREATE TABLE IF NOT EXISTS comparisons (
-    run_a INTEGER NOT NULL,
-    run_b INTEGER NOT NULL,
-    judge TEXT NOT NULL,
-    sample_id TEXT NOT NULL,
-    a_first INTEGER NOT NULL,
-    winner TEXT,
-    raw TEXT,
-    error TEXT,
-    created_at TEXT NOT NULL,
-    PRIMARY KEY (run_a, run_b, judge, sample_id, a_first),
-    FOREIGN KEY (run_a, sample_id) REFERENCES responses(run_id, sample_id) ON DELETE CASCADE,
-    FOREIGN KEY (run_b, sample_id) REFERENCES responses(run_id, sample_id) ON DELETE CASCADE
-)
-"""
 
 # What makes two stored samples the same sample.
 _SAMPLE_COLUMNS = ("query", "image", "type", "category", "subcategory", "image_safety_label")
@@ -126,10 +52,6 @@ _RESPONSE_OK = "r.error IS NULL AND r.text IS NOT NULL"
 _VERDICT_OK = "v.error IS NULL AND v.followed IS NOT NULL"
 
 SampleId = TypeVar("SampleId", int, str)
-
-
-class StoreError(HolisafeError):
-    """A store that cannot be used as asked: unreadable file, wrong run, unknown sample."""
 
 
 @dataclass(frozen=True)
@@ -233,28 +155,9 @@ class Store:
         self.path = Path(path)
         if not create and not self.path.is_file():
             raise StoreError(f"no store at {self.path}")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        except sqlite3.Error as exc:
-            raise StoreError(f"cannot open store {self.path}: {exc}") from None
+        self._db = connect(self.path, check=True)
         self._db.row_factory = sqlite3.Row
         self._bench_ids: dict[str, frozenset[str]] = {}
-        try:
-            self._db.execute("PRAGMA foreign_keys = ON")
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._check_integrity()
-            # Commits without an fsync each: in WAL mode a killed process still loses nothing
-            # committed (only a power cut may take the last commits back), and a run commits
-            # every answer as it arrives.
-            self._db.execute("PRAGMA synchronous = NORMAL")
-            self._ensure_schema()
-        except sqlite3.DatabaseError as exc:
-            self._db.close()
-            raise StoreError(f"{self.path} is not a usable holisafe store: {exc}") from None
-        except StoreError:
-            self._db.close()
-            raise
 
     def close(self) -> None:
         self._db.close()
@@ -264,43 +167,6 @@ class Store:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-    @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            yield self._db
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self._db.execute("COMMIT")
-
-    def _check_integrity(self) -> None:
-        """A damaged file is found here, with its path, not as a traceback mid-run."""
-        problems = [row[0] for row in self._db.execute("PRAGMA quick_check")]
-        if problems != ["ok"]:
-            raise StoreError(
-                f"{self.path} is damaged ({'; '.join(problems[:3])}); restore it from a copy, "
-                "or recover what is readable with sqlite3's .recover"
-            )
-
-    def _ensure_schema(self) -> None:
-        with self._transaction() as db:
-            tables = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
-            if not tables:
-                _create_schema(db)
-                db.execute(_COMPARISON_SCHEMA)
-                return
-            if "schema_version" not in tables:
-                raise StoreError(f"{self.path} is an SQLite database but not a holisafe store")
-            version = db.execute("SELECT version FROM schema_version").fetchone()
-            if version is None or version[0] != SCHEMA_VERSION:
-                found = "none" if version is None else version[0]
-                raise StoreError(
-                    f"store {self.path} has schema version {found}; this holisafe "
-                    f"({__version__}) reads version {SCHEMA_VERSION}"
-                )
-            db.execute(_COMPARISON_SCHEMA)
 
     # --- runs -----------------------------------------------------------------------------
 
@@ -327,7 +193,7 @@ class Store:
             self._check_same_run(run, model, bench, settings, len(samples))
             self._set_source(bench, source)
             return self.get_run(run_id)
-        with self._transaction() as db:
+        with transaction(self._db) as db:
             row = db.execute(
                 "SELECT id FROM runs WHERE model = ? AND bench = ? AND settings = ?",
                 (model, bench, settings_key),
@@ -344,7 +210,7 @@ class Store:
 
     def _set_source(self, bench: str, source: str | None) -> None:
         if source is not None:
-            with self._transaction() as db:
+            with transaction(self._db) as db:
                 db.execute("UPDATE benches SET source = ? WHERE fingerprint = ?", (source, bench))
 
     @staticmethod
@@ -416,7 +282,7 @@ class Store:
 
     def finish_run(self, run_id: int) -> Run:
         """Stamp the run's end time (again, after a resumed run completes)."""
-        with self._transaction() as db:
+        with transaction(self._db) as db:
             db.execute("UPDATE runs SET finished_at = ? WHERE id = ?", (_now(), run_id))
         return self.get_run(run_id)
 
@@ -463,7 +329,7 @@ class Store:
             )
             for sample_id, response in items
         ]
-        with self._transaction() as db:
+        with transaction(self._db) as db:
             db.executemany(
                 "DELETE FROM responses WHERE run_id = ? AND sample_id = ?",
                 [(run_id, sample_id) for sample_id, _ in items],
@@ -493,7 +359,7 @@ class Store:
             "model": run.model,
             "settings": _settings_key(run.settings),
         }
-        with self._transaction() as db:
+        with transaction(self._db) as db:
             copied = db.execute(
                 "INSERT OR IGNORE INTO responses "
                 "(run_id, sample_id, text, latency_s, error, extra, created_at) "
@@ -580,7 +446,7 @@ class Store:
             for sample_id, verdict in items
         ]
         try:
-            with self._transaction() as db:
+            with transaction(self._db) as db:
                 db.executemany("INSERT OR REPLACE INTO verdicts VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
         except sqlite3.IntegrityError:
             raise StoreError(
@@ -623,7 +489,7 @@ class Store:
             for i, a_first, p in items
         ]
         try:
-            with self._transaction() as db:
+            with transaction(self._db) as db:
                 db.executemany(
                     "INSERT OR REPLACE INTO comparisons VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", rows
                 )
@@ -702,13 +568,6 @@ class Store:
         else:
             _write_parquet(rows, path)
         return path
-
-
-def _create_schema(db: sqlite3.Connection) -> None:
-    for statement in _SCHEMA.split(";"):
-        if statement.strip():
-            db.execute(statement)
-    db.execute("INSERT INTO schema_version VALUES (?)", (SCHEMA_VERSION,))
 
 
 def _run(row: sqlite3.Row) -> Run:
