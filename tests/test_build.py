@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from holisafe.cli import app
 from holisafe.data import load_samples
-from holisafe.data.build import (
+from holisafe.build import (
     BuildError,
     BuildSettings,
     Item,

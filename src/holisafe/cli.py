@@ -920,7 +920,7 @@ def data_build(
     """Build a HoliSafe-style data set: typed queries and reference responses for images."""
     from dataclasses import replace
 
-    from holisafe.data.build import BuildSettings, build_dataset
+    from holisafe.build import BuildSettings, build_dataset
     from holisafe.models import GenerationSettings, ModelOptions
 
     options = ModelOptions(

@@ -98,7 +98,7 @@ class DynamicBatcher:
                 break
             try:
                 jobs.append(await asyncio.wait_for(self._queue.get(), remaining))
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
         return jobs
 

@@ -1,0 +1,89 @@
+"""Reading what the models reply: the JSON object in a reply, its items, labels and checks."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from holisafe import taxonomy
+from holisafe.build.common import Malformed
+from holisafe.build.sources import SourceImage
+
+
+def json_object(text: str, keys: Sequence[str]) -> dict:
+    """The first JSON object in `text` that has all `keys`; the text around it is ignored."""
+    decoder = json.JSONDecoder()
+    for match in re.finditer(r"\{", text):
+        try:
+            value, _ = decoder.raw_decode(text, match.start())
+        except json.JSONDecodeError:
+            continue
+        if isinstance(value, dict) and all(key in value for key in keys):
+            return value
+    raise Malformed(f"no JSON object with {', '.join(map(repr, keys))} in the reply")
+
+
+@dataclass(frozen=True)
+class Item:
+    """One generated pair, before filtering."""
+
+    type: str
+    subcategory: str
+    query: str
+    response: str
+
+
+def parse_items(text: str, image: SourceImage, per_type: int) -> tuple[Item, ...]:
+    """The generator's items for `image`, or Malformed saying what is wrong with the reply."""
+    items = json_object(text, ("items",))["items"]
+    if not isinstance(items, list):
+        raise Malformed("items must be a list")
+    parsed = tuple(_item(item, i, image) for i, item in enumerate(items))
+    counts = Counter(item.type for item in parsed)
+    wanted = dict.fromkeys(image.types, per_type)
+    if counts != wanted:
+        raise Malformed(
+            f"expected {per_type} item(s) of each of {', '.join(image.types)}, got "
+            + (", ".join(f"{n} {t}" for t, n in sorted(counts.items())) or "none")
+        )
+    return parsed
+
+
+def _item(item: Any, index: int, image: SourceImage) -> Item:
+    if not isinstance(item, dict):
+        raise Malformed(f"item {index} is not an object")
+    texts = {}
+    for name in ("type", "query", "response"):
+        value = item.get(name)
+        if not isinstance(value, str) or not value.strip():
+            raise Malformed(f"item {index}: {name} must be a non-empty string")
+        texts[name] = value.strip()
+    if texts["type"] not in image.types:
+        raise Malformed(f"item {index}: type {texts['type']!r} is not one of {image.types}")
+    subcategory = item.get("subcategory") or image.subcategory
+    if subcategory not in taxonomy.SUBCATEGORIES:
+        raise Malformed(f"item {index}: subcategory {subcategory!r} is not a known subcategory")
+    if image.subcategory is not None and subcategory != image.subcategory:
+        raise Malformed(f"item {index}: subcategory {subcategory!r}, not {image.subcategory!r}")
+    return Item(texts["type"], subcategory, texts["query"], texts["response"])
+
+
+def parse_label(text: str) -> int:
+    """The image safety label an LLM labeller named."""
+    label = json_object(text, ("label",))["label"]
+    if label not in taxonomy.IMAGE_SAFETY_LABELS:
+        raise Malformed(f"label {label!r} is not one of the 20 image safety labels")
+    return taxonomy.label_index(label)
+
+
+def parse_type_check(text: str) -> tuple[bool, bool]:
+    """(query safe, combination safe) as the type-check judge read them."""
+    found = json_object(text, ("query", "combined"))
+    answers = [found["query"], found["combined"]]
+    if any(answer not in ("safe", "unsafe") for answer in answers):
+        raise Malformed(f"query and combined must be 'safe' or 'unsafe', got {answers}")
+    return answers[0] == "safe", answers[1] == "safe"

@@ -1,0 +1,173 @@
+"""Asking models in stages whose every reply is kept in the store, so a rerun asks only what
+has no usable reply yet; token budgets."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from holisafe.build.common import Malformed
+from holisafe.evaluate import chunks
+from holisafe.models import ModelOptions, load_model
+from holisafe.models.base import GenerationSettings, Model, Request, Response
+from holisafe.store import connect, transaction
+
+
+class ReplyStore:
+    """The build's table in a holisafe store: every usable model reply, by attempt."""
+
+    def __init__(self, path: str | Path):
+        self._db = connect(path, check=True)
+
+    def close(self) -> None:
+        self._db.close()
+
+    def replies(self, stage: str, job: str) -> dict[str, list[str]]:
+        found: dict[str, list[str]] = defaultdict(list)
+        rows = self._db.execute(
+            "SELECT key, text FROM build_replies WHERE stage = ? AND job = ? ORDER BY attempt",
+            (stage, job),
+        )
+        for key, text in rows:
+            found[key].append(text)
+        return found
+
+    def save(self, stage: str, job: str, replies: dict[str, list[str]], keys: list[str]) -> None:
+        """Store the newest reply of each key as its next attempt, in one transaction."""
+        now = datetime.now(UTC).isoformat(timespec="seconds")
+        with transaction(self._db):
+            self._db.executemany(
+                "INSERT INTO build_replies VALUES (?, ?, ?, ?, ?, ?)",
+                [(stage, job, k, len(replies[k]), replies[k][-1], now) for k in keys],
+            )
+
+    def count(self) -> int:
+        return self._db.execute("SELECT COUNT(*) FROM build_replies").fetchone()[0]
+
+
+@dataclass
+class Budget:
+    """What one build call may spend: `limit` requests, and requests until the providers have
+    reported `token_limit` tokens (checked between batches); None: no limit."""
+
+    limit: int | None
+    token_limit: int | None = None
+    used: int = 0
+    tokens: int = 0
+
+    def grant(self, wanted: int) -> int:
+        """How many of `wanted` requests may be made now; they count as made."""
+        if self.token_limit is not None and self.tokens >= self.token_limit:
+            return 0
+        granted = wanted if self.limit is None else min(wanted, self.limit - self.used)
+        self.used += granted
+        return granted
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One kind of request: `ask` sends a batch of keys and returns (reply, error) per key;
+    `parse` turns a reply into a value or raises Malformed."""
+
+    name: str
+    job: str  # what every reply of the stage depends on (model, prompt, settings)
+    ask: Callable[[list[str]], list[tuple[str | None, str | None]]]
+    parse: Callable[[str, str], Any]  # (key, reply) → value
+    attempts: int
+    batch: int
+
+
+@dataclass
+class StageResult:
+    values: dict[str, Any] = field(default_factory=dict)
+    malformed: dict[str, list[str]] = field(default_factory=dict)  # attempts spent: the replies
+    why: dict[str, str] = field(default_factory=dict)  # what is wrong with the last of them
+    failed: dict[str, str] = field(default_factory=dict)  # no reply this time (rerun retries)
+    pending: list[str] = field(default_factory=list)  # not asked: the budget is spent
+
+
+def run_stage(
+    store: ReplyStore, stage: Stage, keys: Sequence[str], budget: Budget, bar
+) -> StageResult:
+    """Settle every key from stored replies, asking the model for those that have none usable
+    (again, up to `stage.attempts` replies in all, while the budget lasts)."""
+    replies = store.replies(stage.name, stage.job)
+    result = StageResult()
+
+    def settled(key: str) -> bool:
+        for text in replies.get(key, []):
+            try:
+                result.values[key] = stage.parse(key, text)
+                return True
+            except Malformed as exc:
+                why = str(exc)
+        if len(replies.get(key, [])) >= stage.attempts:
+            result.malformed[key], result.why[key] = replies[key], why
+            return True
+        return False
+
+    todo = [key for key in dict.fromkeys(keys) if not settled(key)]
+    task = bar.add_task(f"{stage.name}", total=len(todo), visible=bool(todo))
+    while todo:
+        asked = []
+        for chunk in chunks(todo, stage.batch):
+            granted = budget.grant(len(chunk))
+            result.pending += chunk[granted:]
+            if not granted:
+                continue
+            answers = stage.ask(chunk[:granted])
+            answered = []
+            for key, (text, error) in zip(chunk[:granted], answers, strict=True):
+                if text is None:
+                    result.failed[key] = error or "no reply"
+                else:
+                    replies.setdefault(key, []).append(text)
+                    answered.append(key)
+            store.save(stage.name, stage.job, replies, answered)
+            asked += answered
+            bar.advance(task, granted)
+        todo = [key for key in asked if not settled(key)]
+        bar.update(task, total=bar.tasks[task].total + len(todo))
+    return result
+
+
+def _job(*parts: Any) -> str:
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode("utf-8")).hexdigest()[:16]
+
+
+class _Lazy:
+    """A model loaded on first use, so that a dry run or a fully stored build loads none; the
+    tokens its replies report count against the budget."""
+
+    def __init__(self, spec: str, options: ModelOptions, budget: Budget):
+        self.spec, self.options, self.budget, self._model = spec, options, budget, None
+
+    def __call__(self):
+        if self._model is None:
+            self._model = _Metered(load_model(self.spec, self.options), self.budget)
+        return self._model
+
+
+class _Metered:
+    """A model whose replies' reported tokens are added to the budget."""
+
+    def __init__(self, model: Model, budget: Budget):
+        self._model, self._budget = model, budget
+
+    def generate(self, requests: list[Request], settings: GenerationSettings) -> list[Response]:
+        responses = self._model.generate(requests, settings)
+        self._budget.tokens += sum(response.tokens or 0 for response in responses)
+        return responses
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._model, name)
+
+
+def _generate_replies(model: _Lazy, requests: list[Request], settings: GenerationSettings):
+    return [(r.text, r.error) for r in model().generate(requests, settings)]
