@@ -17,7 +17,7 @@ from holisafe.evaluate import evaluate
 from holisafe.models import ModelOptions
 from holisafe.models.base import GenerationSettings, Request, Response
 from holisafe.store import Store
-from holisafe.workers import ANSWERING, Leases
+from holisafe.leases import ANSWERING, Leases
 from tests.datafixtures import official_records, write_official
 from tests.stub_servers import openai_stub
 

@@ -19,8 +19,9 @@ from typing import Any
 import numpy as np
 
 from holisafe import taxonomy
+from holisafe.core.chunks import chunks
 from holisafe.errors import HolisafeError
-from holisafe.evaluate import chunks, run_samples
+from holisafe.evaluate import run_samples
 from holisafe.judges.pairwise import PairwiseJudge, Preference
 from holisafe.metrics import Bootstrap, Interval
 from holisafe.models import ModelOptions, load_model

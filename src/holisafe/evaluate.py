@@ -8,10 +8,9 @@ on one run together (`holisafe.workers`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TypeVar
 
 from rich.progress import Progress
 
@@ -21,14 +20,13 @@ from holisafe.data.sample import ImageError
 from holisafe.errors import DataError
 from holisafe.judges import Judge, LLMJudge, load_judge
 from holisafe.judges.batch import check_batchable, judge_in_batch
+from holisafe.leases import DEFAULT_LEASE_S, Leases
 from holisafe.models import ModelOptions, load_model
 from holisafe.models.base import GenerationSettings, Model, Request, Response
 from holisafe.pipeline import Pipeline
 from holisafe.progress import RateColumn, progress_bar
 from holisafe.store import Run, Store, StoreError, bench_fingerprint
-from holisafe.workers import DEFAULT_LEASE_S, Leases
 
-T = TypeVar("T")
 
 
 @dataclass
@@ -242,9 +240,3 @@ def _answer(model: Model, batch: list[Sample], settings: GenerationSettings) -> 
             failed[i] = Response(text=None, error=str(exc))
     answered = iter(model.generate(list(requests.values()), settings) if requests else [])
     return [failed[i] if i in failed else next(answered) for i in range(len(batch))]
-
-
-def chunks(items: Sequence[T], size: int) -> Iterable[list[T]]:
-    """`items` in consecutive lists of at most `size`."""
-    for start in range(0, len(items), size):
-        yield list(items[start : start + size])

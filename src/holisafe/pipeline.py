@@ -23,9 +23,9 @@ from rich.progress import Progress
 
 from holisafe.data import Sample
 from holisafe.judges import Judge
+from holisafe.leases import ANSWERING, Leases
 from holisafe.models.base import Model, Response
 from holisafe.store import Store
-from holisafe.workers import ANSWERING, Leases
 
 _CALLS_PER_LANE = 2
 _POLL_S = 0.5  # how often a worker with nothing left to claim looks again, while others work

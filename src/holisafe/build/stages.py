@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from holisafe.build.common import Malformed
-from holisafe.evaluate import chunks
+from holisafe.core.chunks import chunks
 from holisafe.models import ModelOptions, load_model
 from holisafe.models.base import GenerationSettings, Model, Request, Response
 from holisafe.store import connect, transaction

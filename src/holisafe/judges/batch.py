@@ -31,13 +31,14 @@ from contextlib import closing, contextmanager
 from dataclasses import dataclass
 from typing import Protocol
 
+from holisafe.core.chunks import chunks
 from holisafe.data.sample import Sample
 from holisafe.judges.base import JudgeError
 from holisafe.judges.llm import LLMJudge
+from holisafe.leases import DEFAULT_LEASE_S
 from holisafe.models.api import RequestFailed
 from holisafe.models.base import GenerationSettings, Request, Response
 from holisafe.store import Lease, Store, connect, transaction
-from holisafe.workers import DEFAULT_LEASE_S
 
 ENDPOINT = "/v1/chat/completions"
 
@@ -335,8 +336,6 @@ class _Batches:
         """Send the pending items in batches within the provider's limits, each recorded as
         it is sent; returns the error verdicts stored for items that cannot be asked about.
         Images are read a few at a time, so memory holds at most one batch."""
-        from holisafe.evaluate import chunks  # here: evaluate imports this module
-
         by_id = {str(s.id): s for s in samples}
         failures = 0
         lines: dict[str, dict] = {}  # sample id → its request line

@@ -1,0 +1,1 @@
+"""The lowest layer: record types, errors, the taxonomy and small helpers every layer shares."""
