@@ -15,8 +15,6 @@ from dataclasses import replace
 import pytest
 from typer.testing import CliRunner
 
-from holisafe.cli import app
-from holisafe.data import load_samples
 from holisafe.build import (
     BuildError,
     BuildSettings,
@@ -33,6 +31,8 @@ from holisafe.build import (
     remove_near_duplicates,
     split_by_image,
 )
+from holisafe.cli import app
+from holisafe.data import load_samples
 from holisafe.data.mini import generate_mini
 from holisafe.data.sample import ImageRef
 from holisafe.models import GenerationSettings, ModelError, ModelOptions, Request, load_model

@@ -14,10 +14,10 @@ from collections import Counter
 import pytest
 
 from holisafe.evaluate import evaluate
+from holisafe.leases import ANSWERING, Leases
 from holisafe.models import ModelOptions
 from holisafe.models.base import GenerationSettings, Request, Response
 from holisafe.store import Store
-from holisafe.leases import ANSWERING, Leases
 from tests.datafixtures import official_records, write_official
 from tests.stub_servers import openai_stub
 

@@ -28,7 +28,6 @@ from holisafe.progress import RateColumn, progress_bar
 from holisafe.store import Run, Store, StoreError, bench_fingerprint
 
 
-
 @dataclass
 class EvalOutcome:
     """What one `evaluate` call did, and what is still wrong."""
