@@ -48,6 +48,7 @@ TOWER_MODULES = (
     "holisafe.data.mini",
     "holisafe.data.mini_content",
     "holisafe.models.tiny",
+    "holisafe.models.tiny_vlms",
     "holisafe.models.vision_pretrain",
 )
 SCALE_NOTE = (

@@ -27,7 +27,7 @@ from transformers import (
     ShieldGemma2Processor,
 )
 
-from holisafe.models.tiny import (
+from holisafe.models.tiny_vlms import (
     GEMMA3_IMAGE_TOKENS,
     IMAGE_SIZE,
     PATCH_SIZE,

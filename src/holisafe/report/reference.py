@@ -19,15 +19,11 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 from statistics import mean
-from typing import TYPE_CHECKING
 
 from holisafe import taxonomy
 from holisafe.agreement import PRINTED_READING, RankAgreement, rank_agreement
 from holisafe.metrics import MASR_READINGS
-from holisafe.report.tables import ReportError
-
-if TYPE_CHECKING:
-    from holisafe.report.tables import BoardEntry
+from holisafe.report.entries import BoardEntry, ReportError
 
 REFERENCES = ("paper",)
 MANIFEST = "manifest.json"

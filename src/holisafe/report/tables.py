@@ -24,13 +24,13 @@ from typing import TYPE_CHECKING, Any
 from holisafe import taxonomy
 from holisafe.benchmark_metrics import Table4Row
 from holisafe.data.benchmarks import BENCHMARKS
-from holisafe.errors import HolisafeError
 from holisafe.metrics import MASR_READINGS, SAFE_TYPE, Interval, Leaderboard
+from holisafe.report.entries import BoardEntry, ReportError
+from holisafe.report.reference import Placement, PublishedRow
 
 if TYPE_CHECKING:
     from holisafe.agreement import Agreement, RankAgreement
     from holisafe.guard import GuardMetrics
-    from holisafe.report.reference import Placement, PublishedRow
 
 FORMATS = ("md", "csv", "json", "latex")
 TABLE4_TITLE = "Other safety benchmarks (Table 4)"
@@ -45,21 +45,6 @@ _FIGURES: tuple[tuple[str, bool], ...] = (
 _SAFE_RATE = ("Safe rate", True)
 _COUNTS = (("n", None), ("unjudged", None))
 _MISSING = ("missing", None)
-
-
-class ReportError(HolisafeError):
-    """A report that cannot be made as asked (unknown format)."""
-
-
-@dataclass(frozen=True)
-class BoardEntry:
-    """The figures of one (run, judge) pair, and what they are about."""
-
-    run_id: int
-    model: str
-    judge: str
-    board: Leaderboard
-    samples: int  # samples in the run's benchmark
 
 
 @dataclass(frozen=True)
