@@ -12,6 +12,7 @@ import pytest
 from holisafe.data import read_dataset
 from holisafe.data.benchmarks import BENCHMARKS, benchmark_fields
 from holisafe.report.tables import table4_grid
+from holisafe.store import Store
 from tests import test_benchmarks as released
 from tests.datafixtures import write_official
 
@@ -89,3 +90,20 @@ def test_table4_columns_keep_their_order():
     assert [column for column in table4_grid([]).header if column[0].split()[0] in known] == today
     positions = [b.position for b in BENCHMARKS.values()]
     assert positions == sorted(positions)
+
+
+def test_a_store_records_each_bench_s_benchmark(fixtures, tmp_path):
+    with Store(tmp_path / "runs.db") as store:
+        for name, folder in fixtures.items():
+            dataset = read_dataset(folder)
+            run = store.open_run(
+                f"model-{name}", dataset.samples, {}, benchmark=dataset.benchmark_name
+            )
+            assert run.benchmark == (name or "holisafe")
+
+
+def test_a_recorded_benchmark_decides_whose_sample_it_is():
+    fields = benchmark_fields("siuo/privacy/7")
+    assert fields is not None and fields.benchmark == "siuo"
+    assert benchmark_fields("siuo/privacy/7", recorded="siuo") == fields
+    assert benchmark_fields("siuo/privacy/7", recorded="holisafe") is None

@@ -22,12 +22,13 @@ __all__ = ["Table4Row", "benchmark_figures", "table4_rows", "vlsbench_rubric"]
 
 
 def benchmark_figures(
-    results: Iterable[tuple[StoredSample, Verdict | None]],
+    results: Iterable[tuple[StoredSample, Verdict | None]], recorded: str | None = None
 ) -> dict[str, dict[str, float | None]]:
-    """benchmark → figure → percent, for the benchmarks the results hold samples of."""
+    """benchmark → figure → percent, for the benchmarks the results hold samples of
+    (`recorded`: the benchmark their bench recorded, if it did)."""
     judged: dict[str, list[tuple[BenchmarkFields, Verdict]]] = {}
     for sample, verdict in results:
-        fields = benchmark_fields(sample.id)
+        fields = benchmark_fields(sample.id, recorded)
         if fields is None:
             continue
         group = judged.setdefault(fields.benchmark, [])
@@ -52,7 +53,7 @@ def table4_rows(store: Store, run_id: int | None = None) -> list[Table4Row]:
     rows: dict[tuple[str, str], dict[str, dict[str, float | None]]] = {}
     for run in runs:
         for judge in store.judges(run.id):
-            figures = benchmark_figures(store.results(run.id, judge))
+            figures = benchmark_figures(store.results(run.id, judge), run.benchmark)
             if figures:
                 rows.setdefault((run.model, judge), {}).update(figures)
     return [Table4Row(model, judge, figures) for (model, judge), figures in rows.items()]

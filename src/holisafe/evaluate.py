@@ -82,7 +82,12 @@ def evaluate(
     judge_objects = [load_judge(j, judge_options, judge_template, judge_protocol) for j in judges]
     with Store(store_path) as store, progress_bar(progress, RateColumn()) as bar:
         run = store.open_run(
-            model_spec, samples, settings.as_dict(), run_id=run_id, source=bench_source(bench)
+            model_spec,
+            samples,
+            settings.as_dict(),
+            run_id=run_id,
+            source=bench_source(bench),
+            benchmark=dataset.benchmark_name,
         )
         outcome = EvalOutcome(
             run=run, skipped=[str(p) for p in dataset.problems], notes=_notes(judge_objects)

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from holisafe.data import Problem, Sample, read_dataset
+from holisafe.data import Dataset, Problem, Sample, read_dataset
 from holisafe.data.loaders import jsonl_records
 from holisafe.errors import DataError
 from holisafe.evaluate import bench_source
@@ -100,7 +100,8 @@ def import_predictions(
     if bench is None and fmt != "official":
         raise PredictionsError(f"{fmt} predictions carry no images or labels: pass --bench")
     bench = path if bench is None else bench
-    samples = _bench_samples(bench, is_predictions=bench == path)
+    dataset = _bench_dataset(bench, is_predictions=bench == path)
+    samples = dataset.samples
     texts = _match(path, _READERS[fmt](path, content), samples)
     missing = {sample_id for sample_id, text in texts.items() if text is None}
     settings = {
@@ -110,7 +111,11 @@ def import_predictions(
     }
     with Store(store_path) as store:
         run = store.open_run(
-            model or _model_name(path, fmt), samples, settings, source=bench_source(bench)
+            model or _model_name(path, fmt),
+            samples,
+            settings,
+            source=bench_source(bench),
+            benchmark=dataset.benchmark_name,
         )
         pending = store.pending_samples(run.id, list(texts))
         responses = [(i, _response(texts[i], missing_as_compliance)) for i in pending]
@@ -126,7 +131,7 @@ def import_predictions(
     )
 
 
-def _bench_samples(bench: str | Path, is_predictions: bool) -> list[Sample]:
+def _bench_dataset(bench: str | Path, is_predictions: bool) -> Dataset:
     """The benchmark's samples (images are not read); any bad record stops the import."""
     dataset = read_dataset(bench, fmt="holisafe" if is_predictions else None, check_images=False)
     if dataset.problems:
@@ -135,7 +140,7 @@ def _bench_samples(bench: str | Path, is_predictions: bool) -> list[Sample]:
             f"{what} {bench}: {len(dataset.problems)} bad record(s), nothing was imported: "
             + "; ".join(str(problem) for problem in dataset.problems[:_SHOWN_PROBLEMS])
         )
-    return dataset.samples
+    return dataset
 
 
 def _response(text: str | None, missing_as_compliance: bool) -> Response:

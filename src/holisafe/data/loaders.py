@@ -69,6 +69,11 @@ class Dataset:
         """The other safety benchmark the source is (None: HoliSafe's or a training format)."""
         return BENCHMARKS.get(self.format)
 
+    @property
+    def benchmark_name(self) -> str:
+        """The name a store records for it: the other benchmark's, or `holisafe`."""
+        return self.benchmark.name if self.benchmark else "holisafe"
+
 
 class ImageFolder:
     """Resolves the image paths of records inside one root folder, never outside it.

@@ -67,6 +67,7 @@ class Run:
     finished_at: str | None
     samples: int  # samples in the run's benchmark
     bench_source: str | None = None  # where the benchmark was last read from (path or Hub id)
+    benchmark: str | None = None  # its name (`holisafe`, `vlsbench`, …); None in older stores
 
 
 @dataclass(frozen=True)
@@ -177,13 +178,14 @@ class Store:
         settings: Mapping[str, Any],
         run_id: int | None = None,
         source: str | None = None,
+        benchmark: str | None = None,
     ) -> Run:
         """Resume the run of (model, benchmark, settings), or start it if there is none.
 
         With `run_id`, resume exactly that run, and refuse (StoreError) when it was made with a
         different model, benchmark or settings: one run never mixes them. `source` records where
         the benchmark was read from, so that later steps (judges that look at the images,
-        reports that show them) can find its images again.
+        reports that show them) can find its images again; `benchmark` records its name.
         """
         _check_unicode(samples)
         bench = bench_fingerprint(samples)
@@ -191,7 +193,7 @@ class Store:
         if run_id is not None:
             run = self.get_run(run_id)
             self._check_same_run(run, model, bench, settings, len(samples))
-            self._set_source(bench, source)
+            self._set_source(bench, source, benchmark)
             return self.get_run(run_id)
         with transaction(self._db) as db:
             row = db.execute(
@@ -205,13 +207,17 @@ class Store:
                     "VALUES (?, ?, ?, ?, ?) RETURNING id",
                     (model, bench, settings_key, __version__, _now()),
                 ).fetchone()
-        self._set_source(bench, source)
+        self._set_source(bench, source, benchmark)
         return self.get_run(row["id"])
 
-    def _set_source(self, bench: str, source: str | None) -> None:
-        if source is not None:
-            with transaction(self._db) as db:
+    def _set_source(self, bench: str, source: str | None, benchmark: str | None) -> None:
+        with transaction(self._db) as db:
+            if source is not None:
                 db.execute("UPDATE benches SET source = ? WHERE fingerprint = ?", (source, bench))
+            if benchmark is not None:
+                db.execute(
+                    "UPDATE benches SET benchmark = ? WHERE fingerprint = ?", (benchmark, bench)
+                )
 
     @staticmethod
     def _check_same_run(
@@ -242,7 +248,9 @@ class Store:
         repeated = [i for i, count in Counter(str(s.id) for s in samples).items() if count > 1]
         if repeated:
             raise StoreError(f"the benchmark repeats sample ids: {', '.join(repeated[:5])}")
-        db.execute("INSERT INTO benches VALUES (?, ?, NULL)", (bench, len(samples)))
+        db.execute(
+            "INSERT INTO benches (fingerprint, samples) VALUES (?, ?)", (bench, len(samples))
+        )
         db.executemany(
             "INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
@@ -263,8 +271,8 @@ class Store:
 
     def get_run(self, run_id: int) -> Run:
         row = self._db.execute(
-            "SELECT runs.*, benches.samples, benches.source FROM runs JOIN benches "
-            "ON benches.fingerprint = runs.bench WHERE runs.id = ?",
+            "SELECT runs.*, benches.samples, benches.source, benches.benchmark FROM runs "
+            "JOIN benches ON benches.fingerprint = runs.bench WHERE runs.id = ?",
             (run_id,),
         ).fetchone()
         if row is None:
@@ -275,8 +283,8 @@ class Store:
     def runs(self) -> list[Run]:
         """Every run in the store, oldest first."""
         rows = self._db.execute(
-            "SELECT runs.*, benches.samples, benches.source FROM runs JOIN benches "
-            "ON benches.fingerprint = runs.bench ORDER BY runs.id"
+            "SELECT runs.*, benches.samples, benches.source, benches.benchmark FROM runs "
+            "JOIN benches ON benches.fingerprint = runs.bench ORDER BY runs.id"
         )
         return [_run(row) for row in rows]
 
@@ -581,6 +589,7 @@ def _run(row: sqlite3.Row) -> Run:
         finished_at=row["finished_at"],
         samples=row["samples"],
         bench_source=row["source"],
+        benchmark=row["benchmark"],
     )
 
 

@@ -133,8 +133,14 @@ CREATE TABLE IF NOT EXISTS build_replies (
 )
 """
 
+# The benchmark a bench is (`holisafe`, or a name of the `holisafe.data.benchmarks` registry),
+# recorded beside it rather than read out of its sample ids; NULL in stores written before.
+_BENCHMARK_NAME = """
+ALTER TABLE benches ADD COLUMN benchmark TEXT
+"""
+
 # Migration n is MIGRATIONS[n - 1]: SQL statements separated by semicolons.
-MIGRATIONS = (_RUNS, _FIRST_USE)
+MIGRATIONS = (_RUNS, _FIRST_USE, _BENCHMARK_NAME)
 
 # The lease tables, each with the columns that name what one of its leases holds; every lease
 # table also has `worker` (the holder) and `expires_at` (seconds since the epoch).

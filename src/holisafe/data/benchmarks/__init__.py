@@ -50,12 +50,15 @@ def file_hints() -> list[str]:
     return [b.file_hint for b in BENCHMARKS.values() if b.file_hint]
 
 
-def benchmark_fields(sample_id: str | int) -> BenchmarkFields | None:
+def benchmark_fields(sample_id: str | int, recorded: str | None = None) -> BenchmarkFields | None:
     """The fields of a sample loaded from another benchmark; None for any other sample.
 
-    A store records no benchmark beside its samples, so this is where it is read: from the id.
+    `recorded` is the benchmark its bench recorded in the store. Stores written before benches
+    recorded one give None, and the name is then read from the id, where the loaders put it too.
     """
     name, *parts = str(sample_id).split("/")
+    if recorded is not None and recorded != name:
+        return None
     benchmark = BENCHMARKS.get(name)
     if benchmark is None or len(parts) + 1 != benchmark.id_parts:
         return None
