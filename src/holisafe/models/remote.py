@@ -24,16 +24,16 @@ import logging
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 from PIL import Image
-from transformers import AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import AutoTokenizer, PreTrainedModel
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from holisafe.models.base import GenerationSettings, ModelError, Request, Response
+from holisafe.models.checkpoint import AUTO_CLASSES, CheckpointKind, inspect_checkpoint
 from holisafe.models.hf import (
     GUARD_QUERY,
     HFModel,
@@ -56,42 +56,21 @@ LLAVA_HELPERS = {
     "tokenizer_image_token": "mm_utils",
     "process_images": "mm_utils",
 }
-# The Auto classes the releases map, the first one present chosen.
-AUTO_CLASSES = (
-    "AutoModelForVision2Seq",
-    "AutoModelForImageTextToText",
-    "AutoModelForCausalLM",
-    "AutoModel",
-)
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class RemoteCode:
-    """The remote code a released Safe-VLM checkpoint maps to."""
-
-    class_ref: str  # `module.Class` in the checkpoint's repository
-    llava_codebase: bool  # the original LLaVA code base's layout (SafeLLaVA)
-
-
-def remote_code_of(name: str) -> RemoteCode | None:
-    """The remote code of the checkpoint `name` when its config has both an `auto_map` and the
-    safety fields; None for any other checkpoint."""
-
-    def read(source: str) -> dict:
-        return PretrainedConfig.get_config_dict(source)[0]
-
-    config = load_from(name, read)
-    auto_map = config.get("auto_map") or {}
-    if "safety_categories" not in config or not auto_map:
+def remote_code_of(name: str) -> CheckpointKind | None:
+    """The checkpoint `name` when it is a released Safe-VLM that runs through its own code;
+    None for any other checkpoint."""
+    kind = load_from(name, inspect_checkpoint)
+    if not kind.runs_remote_code:
         return None
-    mapped = [auto_map[c] for c in AUTO_CLASSES if isinstance(auto_map.get(c), str)]
-    if not mapped:
+    if kind.remote_class is None:
         raise ModelError(
             f"hf model {name!r} maps no model class to remote code (auto_map has "
-            f"{', '.join(auto_map)}; expected one of {', '.join(AUTO_CLASSES)})"
+            f"{', '.join(kind.auto_map)}; expected one of {', '.join(AUTO_CLASSES)})"
         )
-    return RemoteCode(mapped[0], llava_codebase="mm_vision_tower" in config)
+    return kind
 
 
 def trusted(loader):
@@ -155,7 +134,7 @@ class RemoteSafeVLM(HFModel):
         return tuple(self.model.config.safety_categories)
 
     def _load_model(self, name: str, **placement: str) -> PreTrainedModel:
-        model_class = load_remote_class(name, remote_code_of(name).class_ref)
+        model_class = load_remote_class(name, remote_code_of(name).remote_class)
         return load_from(
             name, lambda source: model_class.from_pretrained(source, dtype=self.dtype, **placement)
         )
@@ -179,7 +158,7 @@ class LlavaCodebaseModel:
         folder = local_folder(name)
         with llava_codebase(folder) as self.code:
             self.tokenizer = load_from(str(folder), trusted(AutoTokenizer.from_pretrained))
-            model_class = load_remote_class(str(folder), remote_code_of(name).class_ref)
+            model_class = load_remote_class(str(folder), remote_code_of(name).remote_class)
             self.model = load_from(str(folder), model_class.from_pretrained)
             tower = self.model.get_vision_tower()
             if not tower.is_loaded:
@@ -254,26 +233,21 @@ class LlavaCodebaseModel:
         return Response(text, None, latency, safety, truncated=cut)
 
 
-def load_hf_model(
+def load_released(
     name: str,
     *,
     dtype: str,
     device: str,
     batch_size: int,
     trust_remote_code: bool,
-    head_input: str | None = None,
-) -> HFModel | LlavaCodebaseModel:
-    """The `hf` backend for `name`: the toolkit's own classes, or a released checkpoint's
-    remote code when its config maps to it and the user trusts it (its own code decides what
-    its head reads, so `head_input` applies to the toolkit's classes only)."""
+    head_input: str | None,
+) -> RemoteSafeVLM | LlavaCodebaseModel:
+    """A released Safe-VLM through its own code, when the user trusts it (that code decides
+    what its head reads, so `head_input` applies to the toolkit's classes only)."""
     code = remote_code_of(name)
-    if code is None:
-        return HFModel(
-            name, dtype=dtype, device=device, batch_size=batch_size, head_input=head_input
-        )
     if not trust_remote_code:
         raise ModelError(
-            f"hf model {name!r} runs through code shipped with it ({code.class_ref}); pass "
+            f"hf model {name!r} runs through code shipped with it ({code.remote_class}); pass "
             "--trust-remote-code to run that code, or convert the checkpoint to the toolkit's "
             "own classes with `holisafe model convert`"
         )
@@ -282,6 +256,6 @@ def load_hf_model(
             f"hf model {name!r} runs its own code, which decides what its head reads; "
             "--head-input applies to the toolkit's classes (`holisafe model convert` first)"
         )
-    if code.llava_codebase:
+    if code.llava_layout:
         return LlavaCodebaseModel(name, dtype=dtype, device=device)
     return RemoteSafeVLM(name, dtype=dtype, device=device, batch_size=batch_size)

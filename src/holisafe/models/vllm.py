@@ -143,6 +143,23 @@ class VLLMModel:
         return "\n".join(lines[-LOG_TAIL_LINES:])
 
 
+def load_vllm_model(
+    name: str,
+    *,
+    tensor_parallel_size: int,
+    gpu_memory_utilization: float,
+    max_model_len: int | None,
+    concurrency: int,
+    timeout_s: float,
+    max_retries: int,
+) -> VLLMModel:
+    """The registry's loader, given the fields of `VLLMOptions`."""
+    settings = VLLMSettings(tensor_parallel_size, gpu_memory_utilization, max_model_len)
+    return VLLMModel(
+        name, settings, concurrency=concurrency, timeout_s=timeout_s, max_retries=max_retries
+    )
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -8,13 +8,14 @@ from pathlib import Path
 import torch
 import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
-from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from holisafe.hub import local_or_hub
+from holisafe.models.checkpoint import inspect_checkpoint
 from holisafe.models.hf import gpu_half_dtype
 from holisafe.train.record import read_record
 from holisafe.train.settings import TrainError, TrainSettings
-from holisafe.vgm import VGMSettings, attach_visual_guard, is_safe_vlm, load_safe_vlm
+from holisafe.vgm import VGMSettings, attach_visual_guard, load_safe_vlm
 
 # The vision encoders of the supported families; Qwen2.5-VL's `visual.merger` is its projector.
 _VISION_PREFIXES = ("model.vision_tower.", "model.visual.")
@@ -51,7 +52,7 @@ def base_model(settings: TrainSettings, source: str, processor):
     transformers.set_seed(settings.seed)
     dtype = training_dtype(settings)
     try:
-        if is_safe_vlm(AutoConfig.from_pretrained(source)):
+        if inspect_checkpoint(source).is_safe_vlm:
             return _existing_safe_vlm(settings, source, dtype)
         if settings.vgm == "none":
             return AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)

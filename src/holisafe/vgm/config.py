@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from holisafe.errors import HolisafeError
+from holisafe.models.checkpoint import inspect_checkpoint
 from holisafe.taxonomy import IMAGE_SAFETY_LABELS
 
 # What the safety head reads:
@@ -24,11 +25,6 @@ HEAD_INPUTS = ("meta_token", "image_mean", "projector_mean")
 # (the paper's placement, LLaVA only).
 PLACEMENTS = ("llm", "vision")
 META_TOKEN = "<|safety_meta|>"
-# Checkpoints written before `safety_head_input` existed recorded the `--vgm` mode as
-# `safety_pooling`; its `mean` read the final states over the image tokens.
-_POOLING_BEFORE_HEAD_INPUT = {"meta_token": "meta_token", "mean": "image_mean"}
-# A released checkpoint (SafeQwen2.5-VL / SafeGem format) records neither field.
-RELEASED_HEAD_INPUT = "image_mean"
 
 
 class VGMError(HolisafeError):
@@ -73,13 +69,13 @@ class VGMSettings:
     @classmethod
     def from_config(cls, config) -> VGMSettings | None:
         """The settings stored in a model config, or None for a model without the module."""
-        categories = getattr(config, "safety_categories", None)
-        if categories is None:
+        kind = inspect_checkpoint(config)
+        if not kind.is_safe_vlm:
             return None
         return cls(
-            head_input=recorded_head_input(config) or RELEASED_HEAD_INPUT,
+            head_input=kind.head_input,
             meta_token_placement=getattr(config, "safety_meta_token_placement", None) or "llm",
-            categories=tuple(categories),
+            categories=kind.safety_categories,
             hidden_scale=float(getattr(config, "safety_head_hidden_scale", 0.5)),
             num_hidden_layers=int(getattr(config, "safety_num_hidden_layers", 1)),
             loss_lambda=float(getattr(config, "safety_loss_lambda", 1.0)),
@@ -105,16 +101,3 @@ class VGMSettings:
         if self.uses_meta_token:
             return f"{self.head_input} ({self.meta_token_placement} placement)"
         return self.head_input
-
-
-def recorded_head_input(config) -> str | None:
-    """The head input a config records, or None where it records none (a released checkpoint)."""
-    recorded = getattr(config, "safety_head_input", None)
-    if recorded is not None:
-        return recorded
-    pooling = getattr(config, "safety_pooling", None)
-    if pooling is None:
-        return None
-    if pooling not in _POOLING_BEFORE_HEAD_INPUT:
-        raise VGMError(f"unknown safety_pooling {pooling!r} in the model config")
-    return _POOLING_BEFORE_HEAD_INPUT[pooling]

@@ -33,6 +33,7 @@ from transformers import (
     GenerationConfig,
 )
 
+from holisafe.models.checkpoint import inspect_checkpoint
 from holisafe.models.remote import (
     LLAVA_PACKAGE,
     LLAVA_TEMPLATE,
@@ -80,13 +81,14 @@ def convert_released(source: str, out: str | Path, *, trust_remote_code: bool = 
     if out.exists() and any(out.iterdir()):
         raise VGMError(f"{out} exists and is not empty; give a new folder")
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    if "safety_categories" not in config or not config.get("auto_map"):
+    kind = inspect_checkpoint(config)
+    if not kind.runs_remote_code:
         raise VGMError(
             f"{source} is no released Safe-VLM (its config needs safety_categories and an "
             "auto_map to the checkpoint's own code); a folder without auto_map already loads "
             "without remote code"
         )
-    if "mm_vision_tower" in config:
+    if kind.llava_layout:
         if not trust_remote_code:
             raise VGMError(
                 f"{source} is in the LLaVA code base's layout: converting it runs the "
@@ -94,13 +96,13 @@ def convert_released(source: str, out: str | Path, *, trust_remote_code: bool = 
             )
         _convert_llava(folder, out, config)
         return "llava"
-    if config.get("model_type") not in FAMILIES:
+    if kind.model_type not in FAMILIES:
         raise VGMError(
-            f"{source}: model_type {config.get('model_type')!r} is neither the LLaVA code "
+            f"{source}: model_type {kind.model_type!r} is neither the LLaVA code "
             f"base's layout nor one of {', '.join(FAMILIES)}"
         )
     _convert_stock(folder, out)
-    return config["model_type"]
+    return kind.model_type
 
 
 def native_base(source: str, scratch: Path, *, trust_remote_code: bool) -> str:
@@ -111,7 +113,7 @@ def native_base(source: str, scratch: Path, *, trust_remote_code: bool) -> str:
         return source
     if not trust_remote_code:
         raise VGMError(
-            f"{source} is a released checkpoint that runs its own code ({code.class_ref}); pass "
+            f"{source} is a released checkpoint that runs its own code ({code.remote_class}); pass "
             "--trust-remote-code to convert it to the toolkit's classes first"
         )
     if not (scratch / "config.json").exists():

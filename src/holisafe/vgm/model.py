@@ -27,7 +27,8 @@ from transformers.conversion_mapping import (
 from transformers.utils import ModelOutput
 
 from holisafe.models.base import SafetyPrediction
-from holisafe.vgm.config import META_TOKEN, VGMError, VGMSettings, recorded_head_input
+from holisafe.models.checkpoint import inspect_checkpoint
+from holisafe.vgm.config import META_TOKEN, VGMError, VGMSettings
 from holisafe.vgm.families import family_of
 from holisafe.vgm.head import SafetyHead
 from holisafe.vgm.inputs import add_meta_tokens
@@ -277,7 +278,7 @@ def safe_class(config) -> type:
 
 
 def is_safe_vlm(config) -> bool:
-    return VGMSettings.from_config(config) is not None
+    return inspect_checkpoint(config).is_safe_vlm
 
 
 def load_safe_vlm(source: str, *, head_input: str | None = None, **load_kwargs):
@@ -289,10 +290,11 @@ def load_safe_vlm(source: str, *, head_input: str | None = None, **load_kwargs):
     asking for another input than a checkpoint records is an error.
     """
     config = transformers.AutoConfig.from_pretrained(source)
-    if not is_safe_vlm(config):
+    kind = inspect_checkpoint(config)
+    if not kind.is_safe_vlm:
         raise VGMError(f"{source} has no visual guard module (no safety_categories in its config)")
     if head_input is not None:
-        recorded = recorded_head_input(config)
+        recorded = kind.recorded_head_input
         if recorded not in (None, head_input):
             raise VGMError(
                 f"{source} records that its safety head reads {recorded!r}, "

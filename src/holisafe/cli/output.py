@@ -1,0 +1,86 @@
+"""What several commands print: the consoles, leaderboards, failures, skipped records, guard
+scores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from holisafe.text import printable
+
+console = Console(soft_wrap=True)  # a long path stays on one line, whole
+err_console = Console(stderr=True, soft_wrap=True)
+
+
+def print_leaderboard(store: Path, run_id: int | None) -> None:
+    """The markdown leaderboard of one run (every run for None) in a store."""
+    from holisafe.report import leaderboard_table, store_leaderboards
+    from holisafe.store import Store
+
+    with Store(store, create=False) as opened:
+        entries = store_leaderboards(opened, run_id=run_id)
+    print(leaderboard_table(entries, "md"), end="")
+
+
+def print_notes(notes: list[str]) -> None:
+    for note in notes:
+        err_console.print(f"note: {note}", markup=False, highlight=False)
+
+
+def report_failures(outcome) -> None:
+    failures = [("response", sid, err) for sid, err in outcome.response_errors]
+    failures += [
+        (judge_id, sid, err)
+        for judge_id, errors in outcome.verdict_errors.items()
+        for sid, err in errors
+    ]
+    for kind, sample_id, error in failures[:20]:
+        line = printable(f"failed {kind} for id {sample_id}: {error}")
+        err_console.print(line, markup=False, highlight=False)
+    if failures:
+        err_console.print(
+            f"{len(failures)} failure(s) kept in the store; rerun the same command to retry them"
+        )
+
+
+def print_guard_metrics(metrics) -> None:
+    def pct(value):
+        return "–" if value is None else f"{value:.2f}"
+
+    summary = Table(title=f"guard on {metrics.n} images (unsafe is positive)")
+    for name in ("accuracy", "F1", "precision", "recall", "exact label accuracy", "AUROC"):
+        summary.add_column(name, justify="right")
+    summary.add_row(
+        *map(
+            pct,
+            (
+                metrics.accuracy,
+                metrics.f1,
+                metrics.precision,
+                metrics.recall,
+                metrics.exact_label_accuracy,
+                metrics.auroc,
+            ),
+        )
+    )
+    console.print(summary)
+    per_label = Table(title="per true label")
+    for name in ("label", "images", "predicted exactly (%)"):
+        per_label.add_column(name, justify="left" if name == "label" else "right")
+    for label, count in metrics.label_counts.items():
+        if count:
+            per_label.add_row(label, str(count), pct(metrics.label_accuracy[label]))
+    console.print(per_label)
+
+
+def report_skipped(dataset) -> None:
+    report_skipped_lines([str(problem) for problem in dataset.problems])
+
+
+def report_skipped_lines(lines: list[str]) -> None:
+    for line in lines:
+        err_console.print(f"skipped {printable(line)}", markup=False, highlight=False)
+    if lines:
+        err_console.print(f"skipped {len(lines)} invalid record(s)")

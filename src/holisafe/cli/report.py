@@ -1,0 +1,202 @@
+"""`holisafe report` and `compare`: what a store holds, as tables, files and win rates."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from holisafe.cli.options import (
+    ConcurrencyOpt,
+    DeviceOpt,
+    DtypeOpt,
+    JsonOpt,
+    JudgeBaseUrlOpt,
+    JudgeBatchSizeOpt,
+    MaxRetriesOpt,
+    TimeoutOpt,
+    model_options,
+)
+from holisafe.cli.output import console, err_console
+
+app = typer.Typer()
+
+
+@app.command("report")
+def report_command(
+    store: Annotated[
+        Path | None,
+        typer.Option(help="SQLite store written by holisafe eval (optional with --reference)."),
+    ] = None,
+    run: Annotated[int | None, typer.Option(help="Only this run id.")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="md, csv, json or latex.")] = "md",
+    subcategories: Annotated[bool, typer.Option(help="Add per-subcategory tables.")] = False,
+    ci: Annotated[
+        bool, typer.Option("--ci", help="Add bootstrap 95% confidence intervals to every figure.")
+    ] = False,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples (--ci, --html).")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed (--ci, --html).")] = 0,
+    agreement: Annotated[
+        bool,
+        typer.Option(
+            "--agreement",
+            help="Add the judges' agreement: per sample (percent, Cohen's kappa) and across "
+            "runs (Spearman's rho of mASR).",
+        ),
+    ] = False,
+    reference: Annotated[
+        str | None,
+        typer.Option(help="Published leaderboard to show, with the runs placed in it: paper."),
+    ] = None,
+    html: Annotated[
+        Path | None, typer.Option(help="Write the HTML report (index.html, assets/) here.")
+    ] = None,
+    plots: Annotated[
+        Path | None, typer.Option(help="Write the plots alone (PNG and SVG) to this folder.")
+    ] = None,
+    images: Annotated[
+        bool, typer.Option(help="Copy the benchmark's images into the HTML report.")
+    ] = True,
+    provenance: Annotated[
+        bool,
+        typer.Option(
+            "--provenance", help="Show what produced each run (versions, revision, devices)."
+        ),
+    ] = False,
+    allow_mixed: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mixed", help="Report runs whose parts were made under different conditions."
+        ),
+    ] = False,
+) -> None:
+    """The leaderboard (the paper's columns) and per-category tables of every run and judge."""
+    from holisafe import provenance as runs_provenance
+    from holisafe.metrics import Bootstrap
+    from holisafe.report import ReportError, build_report, load_reference, render
+    from holisafe.store import Store
+
+    if store is None and (run is not None or html or plots):
+        raise ReportError("--run, --html and --plots need --store")
+    published = load_reference(reference) if reference else None
+    bootstrap = Bootstrap(resamples=resamples, seed=seed)
+    if store is None:
+        content = build_report(None, agreement=agreement, reference=published)
+    else:
+        with Store(store, create=False) as opened:
+            run_ids = [run] if run is not None else [r.id for r in opened.runs()]
+            if not allow_mixed:
+                runs_provenance.check_unmixed(store, run_ids)
+            content = build_report(
+                opened,
+                run_id=run,
+                bootstrap=bootstrap if ci else None,
+                agreement=agreement,
+                reference=published,
+            )
+            _write_report_files(opened, run, published, bootstrap, html, plots, images)
+    for warning in content.warnings:
+        err_console.print(f"warning: {warning}", markup=False, highlight=False)
+    print(render(content, fmt, subcategories=subcategories), end="")
+    if provenance and store is not None:
+        for run_id in run_ids:
+            found = runs_provenance.records(store, run_id)
+            print(f"\nrun {run_id} provenance:\n{runs_provenance.summary(found)}")
+
+
+def _write_report_files(store, run, reference, bootstrap, html, plots, images) -> None:
+    """The HTML report and the plots of `holisafe report`, where asked for."""
+    from holisafe.compare import store_comparisons
+    from holisafe.report import build_report
+
+    if html is not None:
+        from holisafe.report.html import write_html_report
+
+        written = write_html_report(
+            store, html, run_id=run, reference=reference, bootstrap=bootstrap, images=images
+        )
+        for note in written.image_notes:
+            err_console.print(f"note: {note}", markup=False, highlight=False)
+        err_console.print(f"HTML report: {written.index}", markup=False, highlight=False)
+    if plots is not None:
+        from holisafe.report.pairwise import write_win_rate_plots
+        from holisafe.report.plots import write_plots
+
+        made = build_report(
+            store, run_id=run, bootstrap=bootstrap, agreement=True, reference=reference
+        )
+        charts = write_plots(made.entries, plots, made.agreement, made.published_agreement)
+        charts += write_win_rate_plots(store_comparisons(store, run, bootstrap), plots)
+        for plot in charts:
+            err_console.print(f"plot: {plot.png} {plot.svg}", markup=False, highlight=False)
+
+
+@app.command("compare")
+def compare_command(
+    store: Annotated[Path, typer.Option(help="SQLite store holding both runs.")],
+    run: Annotated[list[int], typer.Option(help="The two run ids to compare: --run A --run B.")],
+    judge: Annotated[str, typer.Option(help="The pairwise judge: a model spec (openai/gpt-4o).")],
+    judge_base_url: JudgeBaseUrlOpt = None,
+    api_key: Annotated[
+        str | None, typer.Option(help="Key of the judge's API (default: the provider's variable).")
+    ] = None,
+    bench: Annotated[
+        str | None, typer.Option(help="Benchmark, when it moved since the runs recorded it.")
+    ] = None,
+    as_json: JsonOpt = False,
+    resamples: Annotated[int, typer.Option(help="Bootstrap resamples of the intervals.")] = 1000,
+    seed: Annotated[int, typer.Option(help="Bootstrap seed.")] = 0,
+    concurrency: ConcurrencyOpt = 8,
+    batch_size: JudgeBatchSizeOpt = 8,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    timeout: TimeoutOpt = 60.0,
+    max_retries: MaxRetriesOpt = 5,
+) -> None:
+    """Judge two runs' answers to the same samples pairwise, in both orders: A's win rates."""
+    options = model_options(locals(), base_url=judge_base_url)
+    from holisafe.compare import CompareError, compare_runs
+    from holisafe.metrics import Bootstrap
+
+    if len(run) != 2:
+        raise CompareError(f"compare takes exactly two runs (--run A --run B), got {len(run)}")
+    outcome = compare_runs(
+        store,
+        run[0],
+        run[1],
+        judge,
+        options=options,
+        bench=bench,
+        bootstrap=Bootstrap(resamples=resamples, seed=seed),
+        progress=not as_json,
+    )
+    for where, error in outcome.errors[:20]:
+        err_console.print(f"failed comparison for id {where}: {error}", markup=False)
+    if outcome.errors:
+        err_console.print(
+            f"{len(outcome.errors)} failure(s) kept in the store; rerun the same command to retry"
+        )
+    if as_json:
+        print(json.dumps(outcome.comparison.as_dict(), indent=1))
+    else:
+        _print_win_rates(outcome.comparison)
+    if outcome.errors:
+        raise typer.Exit(1)
+
+
+def _print_win_rates(comparison) -> None:
+    a, b = comparison.run_a, comparison.run_b
+    title = f"{a.model} (run {a.id}) vs {b.model} (run {b.id}), judge {comparison.judge}"
+    table = Table(title=title)
+    for name in ("scope", "wins", "ties", "losses", "n", "win rate (%)", "unjudged"):
+        table.add_column(name, justify="left" if name == "scope" else "right")
+    for scope, rate in [("all", comparison.overall), *comparison.by_type.items()]:
+        share = "–" if rate.win_rate is None else f"{rate.win_rate:.2f}"
+        if rate.interval is not None:
+            share += f" [{rate.interval.low:.2f}, {rate.interval.high:.2f}]"
+        counts = (rate.wins, rate.ties, rate.losses, rate.n)
+        table.add_row(scope, *map(str, counts), share, str(rate.unjudged))
+    console.print(table)

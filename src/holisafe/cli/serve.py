@@ -1,0 +1,102 @@
+"""`holisafe serve`: a model behind an OpenAI-compatible API, a guard API and a web page."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from holisafe.cli.options import (
+    DeviceOpt,
+    DtypeOpt,
+    HeadInputOpt,
+    ModelSpecOpt,
+    TrustRemoteCodeOpt,
+    model_options,
+)
+
+app = typer.Typer()
+
+
+@app.command("serve")
+def serve_command(
+    model: ModelSpecOpt,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8000,
+    served_model_name: Annotated[
+        str | None, typer.Option(help="Model name clients use (default: folder name or Hub id).")
+    ] = None,
+    max_batch: Annotated[
+        int | None, typer.Option(help="Most requests in one model call (default: --batch-size).")
+    ] = None,
+    batch_wait_ms: Annotated[
+        float, typer.Option(help="How long to gather requests into a batch.")
+    ] = 10.0,
+    max_request_bytes: Annotated[int, typer.Option(help="Largest request body.")] = 16 * 2**20,
+    max_image_bytes: Annotated[int, typer.Option(help="Largest image, decoded.")] = 8 * 2**20,
+    max_image_pixels: Annotated[int, typer.Option(help="Most pixels in an image.")] = 16_000_000,
+    max_tokens: Annotated[int, typer.Option(help="Most max_tokens a request may ask.")] = 1024,
+    max_text_bytes: Annotated[
+        int, typer.Option(help="Longest system prompt plus question, in UTF-8 bytes.")
+    ] = 8_000,
+    max_guard_images: Annotated[int, typer.Option(help="Most images per /v1/guard call.")] = 16,
+    max_pending: Annotated[
+        int, typer.Option(help="API requests in progress at once; more get 503.")
+    ] = 64,
+    max_decoded_pixels: Annotated[
+        int, typer.Option(help="Decoded image pixels held at once, all requests together.")
+    ] = 32_000_000,
+    max_connections: Annotated[
+        int, typer.Option(help="Open connections; a request on one more gets 503.")
+    ] = 512,
+    header_timeout: Annotated[
+        float, typer.Option(help="Seconds a client has to send a request head.")
+    ] = 10.0,
+    body_timeout: Annotated[
+        float, typer.Option(help="Seconds a client has to send a request body.")
+    ] = 60.0,
+    allowed_host: Annotated[
+        list[str] | None,
+        typer.Option(help="Host header to answer besides loopback and --host; repeat; * for any."),
+    ] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(
+            envvar="HOLISAFE_API_KEY", help="Key clients must send as a bearer token for /v1/."
+        ),
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Samples per forward pass (hf).")] = 8,
+    dtype: DtypeOpt = "auto",
+    device: DeviceOpt = "auto",
+    base_url: Annotated[
+        str | None, typer.Option(help="Server of the served API model (openai/...).")
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
+    trust_remote_code: TrustRemoteCodeOpt = False,
+    head_input: HeadInputOpt = None,
+) -> None:
+    """Serve a model over an OpenAI-compatible API, with a guard API and a web page at /."""
+    options = model_options(locals(), api_key=None)  # --api-key is the server's own key
+    from holisafe.serve import LOOPBACK_HOSTS, ServeLimits, ServeSettings, serve
+
+    settings = ServeSettings(
+        model_name=served_model_name,
+        max_batch=max_batch,
+        batch_wait_ms=batch_wait_ms,
+        limits=ServeLimits(
+            max_request_bytes=max_request_bytes,
+            max_image_bytes=max_image_bytes,
+            max_image_pixels=max_image_pixels,
+            max_tokens=max_tokens,
+            max_text_bytes=max_text_bytes,
+            max_guard_images=max_guard_images,
+            max_pending=max_pending,
+            max_decoded_pixels=max_decoded_pixels,
+            max_connections=max_connections,
+            header_timeout_s=header_timeout,
+            body_timeout_s=body_timeout,
+        ),
+        allowed_hosts=(*LOOPBACK_HOSTS, *(allowed_host or ())),
+        api_key=api_key,
+    )
+    serve(model, host=host, port=port, settings=settings, options=options, log_level=log_level)

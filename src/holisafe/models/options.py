@@ -1,0 +1,52 @@
+"""How to run a model: each backend's own options, and the bundle a user fills in.
+
+A user (the CLI, a notebook) fills in one `ModelOptions`, whatever the model; the provider
+registry (`holisafe.models.providers`) hands each backend the part it reads, as that backend's
+own options class, whose fields are keyword parameters of the backend's loader.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class HFOptions:
+    """A local transformers model (`hf/`)."""
+
+    dtype: str = "auto"
+    device: str = "auto"
+    batch_size: int = 8
+    trust_remote_code: bool = False  # run code shipped with a released checkpoint
+    head_input: str | None = None  # what a Safe-VLM's head reads, where its checkpoint is silent
+
+
+@dataclass(frozen=True)
+class ClientOptions:
+    """How requests reach a model served over HTTP."""
+
+    concurrency: int = 8
+    timeout_s: float = 60.0
+    max_retries: int = 5
+
+
+@dataclass(frozen=True)
+class APIOptions(ClientOptions):
+    """A model behind a provider's API (`openai/`, `anthropic/`, `google/`)."""
+
+    base_url: str | None = None
+    api_key: str | None = None
+
+
+@dataclass(frozen=True)
+class VLLMOptions(ClientOptions):
+    """A model served by a `vllm serve` started for the run (`vllm/`)."""
+
+    tensor_parallel_size: int = 1
+    gpu_memory_utilization: float = 0.9
+    max_model_len: int | None = None
+
+
+@dataclass(frozen=True)
+class ModelOptions(HFOptions, APIOptions, VLLMOptions):
+    """Every backend's options in one bundle: what a user fills in, whatever the model."""
