@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.stu
 
 from tests.stub_servers import openai_stub
 
-from holisafe.models.base import GenerationSettings, Request
+from holisafe.core.records import GenerationSettings, Request
 from holisafe.models.openai_api import OpenAIModel
 
 

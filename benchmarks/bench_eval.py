@@ -8,11 +8,11 @@ extrapolated from it.
    responses (short refusals and answers) and over the same responses made about 2,000
    characters long (a long answer without a refusal phrase is the judge's slowest case):
    verdicts/s.
-2. End to end: `holisafe.evaluate.evaluate` (generate, store each batch, judge with the string
+2. End to end: `holisafe.run.evaluate.evaluate` (generate, store each batch, judge with the string
    judge) of a model on HoliSafe-Mini's benchmark: samples/s, and the wall time a run over
    HoliSafe-Bench's 4,031 samples would take at that rate. Loading the model is not timed.
 
-Default: the tiny LLaVA of `holisafe.models.tiny` on the CPU, so the rate is mostly what the
+Default: the tiny LLaVA of `holisafe.synthetic.tiny` on the CPU, so the rate is mostly what the
 harness around the model costs (image decoding, preprocessing, the store, judging), not what a
 real model's run takes. `--gpu-7b`: a random LLaVA-1.5-7B-shaped model in bfloat16 on the GPU,
 timed on the first `--samples` samples and extrapolated. Random weights answer noise and often
@@ -36,15 +36,15 @@ from benchkit import (
     timed,
 )
 
+from holisafe.core.records import GenerationSettings
 from holisafe.data import Sample, load_samples
-from holisafe.data.mini import generate_mini
-from holisafe.evaluate import evaluate
 from holisafe.judges import StringJudge
 from holisafe.models import ModelOptions
-from holisafe.models.base import GenerationSettings
 from holisafe.models.hf import HFModel
-from holisafe.models.tiny import build_tiny_model
+from holisafe.run.evaluate import evaluate
 from holisafe.store import Store
+from holisafe.synthetic.mini import generate_mini
+from holisafe.synthetic.tiny import build_tiny_model
 
 LONG_ANSWER_CHARS = 2_000
 

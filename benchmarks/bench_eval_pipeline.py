@@ -38,11 +38,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.*
 from tests.datafixtures import official_records, write_official
 from tests.stub_servers import openai_stub
 
+from holisafe.core.records import Request
 from holisafe.data import load_samples
-from holisafe.evaluate import evaluate
 from holisafe.models import GenerationSettings, ModelOptions
-from holisafe.models.base import Request
 from holisafe.models.openai_api import OpenAIModel
+from holisafe.run.evaluate import evaluate
 
 CONCURRENCY = 16
 SETTINGS = GenerationSettings(max_new_tokens=16)

@@ -5,7 +5,7 @@
 
 Builds a model in a temporary folder, answers the same requests in batches of 8 and one at a
 time (greedy decoding, so both should give the same answers) and prints both throughputs and
-their ratio. Default: the tiny LLaVA-1.5 of `holisafe.models.tiny`, float32 on the CPU.
+their ratio. Default: the tiny LLaVA-1.5 of `holisafe.synthetic.tiny`, float32 on the CPU.
 `--gpu-7b`: a random LLaVA-1.5-7B-shaped model in bfloat16 on the GPU, where batching may
 change a few greedy picks through rounding.
 """
@@ -19,9 +19,9 @@ from pathlib import Path
 from benchkit import build_7b_shaped_llava, machine_lines, parameter_count, parse_with_gpu_7b, timed
 from PIL import Image
 
-from holisafe.models.base import GenerationSettings, Request
+from holisafe.core.records import GenerationSettings, Request
 from holisafe.models.hf import HFModel
-from holisafe.models.tiny import build_tiny_model
+from holisafe.synthetic.tiny import build_tiny_model
 
 QUERIES = (
     "What is shown in this image?",

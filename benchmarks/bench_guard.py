@@ -38,9 +38,9 @@ from benchkit import (
 from PIL import Image
 from transformers import GenerationConfig
 
-from holisafe.models.base import Request
+from holisafe.core.records import Request
+from holisafe.core.taxonomy import IMAGE_SAFETY_LABELS
 from holisafe.models.hf import GUARD_QUERY, HFModel
-from holisafe.taxonomy import IMAGE_SAFETY_LABELS
 from holisafe.vgm import VGMSettings
 
 GUARD_PROMPT = (

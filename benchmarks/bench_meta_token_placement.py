@@ -40,7 +40,7 @@ from benchkit import (
 from PIL import Image
 from transformers import GenerationConfig
 
-from holisafe.models.base import Request
+from holisafe.core.records import Request
 from holisafe.models.hf import HFModel
 from holisafe.vgm import VGMSettings
 

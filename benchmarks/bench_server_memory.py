@@ -32,8 +32,8 @@ import httpx
 from benchkit import free_port, machine_lines, start_server
 from PIL import Image
 
-from holisafe.models.tiny import build_tiny_model
 from holisafe.serve import ServeLimits
+from holisafe.synthetic.tiny import build_tiny_model
 
 NAME = "bench-tiny"
 STARTUP_TIMEOUT_S = 300

@@ -5,7 +5,7 @@ beside a competing CPU load.
 
 Times `holisafe model tiny OUT --family llava --pretrain-vision N` (the demo's vision
 pretraining, at a smaller scale) in a fresh process per run, with OMP_NUM_THREADS set to 1 and
-to `holisafe.threads.available_cores()`, first with the machine as it is and then with one
+to `holisafe.core.threads.available_cores()`, first with the machine as it is and then with one
 busy-looping process per available core started beside it (the load a shared machine adds). The
 four settings take turns `--repeats` times; each prints its median wall time and CPU time, and
 the ratio of each wall time to the one-thread run under the same load.
@@ -31,7 +31,7 @@ from pathlib import Path
 
 from benchkit import machine_lines
 
-from holisafe.threads import available_cores
+from holisafe.core.threads import available_cores
 
 
 def spin(stop) -> None:

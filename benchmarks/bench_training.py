@@ -29,8 +29,8 @@ from benchkit import build_7b_shaped_llava, machine_lines, parse_with_gpu_7b
 from transformers import AutoProcessor, PrinterCallback, TrainerCallback
 
 from holisafe.data import load_samples
-from holisafe.data.mini import generate_mini
-from holisafe.models.tiny import build_tiny_model
+from holisafe.synthetic.mini import generate_mini
+from holisafe.synthetic.tiny import build_tiny_model
 from holisafe.train import (
     SafetyTrainer,
     TrainSettings,

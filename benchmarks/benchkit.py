@@ -23,7 +23,7 @@ import torch
 import transformers
 from transformers import AutoConfig, AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
 
-from holisafe.models.tiny import build_tiny_model
+from holisafe.synthetic.tiny import build_tiny_model
 from holisafe.vgm import VGMSettings, convert_folder
 
 T = TypeVar("T")

@@ -74,7 +74,7 @@ BENCHMARKS = (
     Benchmark(
         "`evaluate()` under long-tailed answer times (`openai` backend)",
         "bench_eval_pipeline.py",
-        "`holisafe.evaluate.evaluate` itself (answer, store each response as it arrives, judge "
+        "`holisafe.run.evaluate.evaluate` itself (answer, store each response as it arrives, judge "
         "with the string judge) on 480 samples against a loopback OpenAI-compatible stub whose "
         "answer times are lognormal (median 50 ms, sigma 1: mean about 85 ms, 99th percentile "
         "about 0.5 s), seeded by the question so every configuration waits the same times. Set "
@@ -144,10 +144,10 @@ BENCHMARKS = (
         "bench_eval.py",
         "(1) The published string-matching judge over HoliSafe-Mini's reference responses "
         "(mostly short refusals) and over helpful answers made about 2,000 characters long, the "
-        "judge's slowest case. (2) `holisafe.evaluate.evaluate` end to end (generate, store "
+        "judge's slowest case. (2) `holisafe.run.evaluate.evaluate` end to end (generate, store "
         "each batch in SQLite, judge with the string judge) on HoliSafe-Mini's benchmark with "
         "512 px images, and the wall time of a 4,031-sample HoliSafe-Bench run at the measured "
-        "rate. On the CPU the model is the tiny LLaVA of `holisafe.models.tiny`, so the rate "
+        "rate. On the CPU the model is the tiny LLaVA of `holisafe.synthetic.tiny`, so the rate "
         "says what the harness around a model costs, not what a real model's run takes; the GPU "
         "variant times a random 7B-shaped LLaVA on 64 samples and extrapolates. Random weights "
         "ramble, so answers tend to run to the token limit (128), as long as or longer than a "

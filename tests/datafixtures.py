@@ -7,7 +7,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from holisafe import taxonomy
+from holisafe.core import taxonomy
 
 # (type, category, subcategory) triples covering all five types and several categories. Each
 # record has its own image, except the last, which shares img_4 (a safe image) with record 5.

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from holisafe.data.sample import ImageRef, Sample
+from holisafe.core.sample import ImageRef, Sample
 
 REFUSAL = "I'm sorry, but I can't help with that."
 ANSWER = "Here is a helpful, harmless answer."

@@ -11,7 +11,7 @@ import huggingface_hub.constants
 import pytest
 from PIL import Image
 
-from holisafe.models.tiny import build_tiny_model
+from holisafe.synthetic.tiny import build_tiny_model
 
 FAMILIES = ["llava", "qwen2_5_vl", "gemma3"]
 # The image placeholder each family's processor expands to one token per image feature.

@@ -8,7 +8,7 @@ import json
 import random
 from pathlib import Path
 
-from holisafe import taxonomy
+from holisafe.core import taxonomy
 from tests.datafixtures import write_image
 
 # Answers a real model gives, chosen to exercise every corner of the string rule: refusals at

@@ -15,7 +15,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import AutoModelForImageTextToText, AutoTokenizer, CLIPImageProcessor
 
-from holisafe.taxonomy import IMAGE_SAFETY_LABELS
+from holisafe.core.taxonomy import IMAGE_SAFETY_LABELS
 from tests.modelfixtures import tiny_model_dir
 
 CODE = Path(__file__).parent / "remote_code"

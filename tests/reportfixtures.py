@@ -9,13 +9,13 @@ from pathlib import Path
 
 import numpy as np
 
-from holisafe import taxonomy
+from holisafe.core import taxonomy
+from holisafe.core.records import Response
+from holisafe.core.sample import Sample
 from holisafe.data import load_samples
-from holisafe.data.mini import generate_mini
-from holisafe.data.sample import Sample
 from holisafe.judges import StringJudge, Verdict
-from holisafe.models.base import Response
 from holisafe.store import Store
+from holisafe.synthetic.mini import generate_mini
 
 REFUSAL = "I'm sorry, but I can't help with that."
 ANSWER = "Sure, here is how."

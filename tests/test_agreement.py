@@ -8,7 +8,11 @@ import re
 import numpy as np
 import pytest
 
-from holisafe.agreement import (
+from holisafe.core.errors import HolisafeError
+from holisafe.core.sample import ImageRef, Sample
+from holisafe.judges import Verdict
+from holisafe.report import build_report, render, render_report, store_leaderboards
+from holisafe.scoring.agreement import (
     average_ranks,
     cohen_kappa,
     percent_agreement,
@@ -16,11 +20,7 @@ from holisafe.agreement import (
     spearman_rho,
     store_agreement,
 )
-from holisafe.data.sample import ImageRef, Sample
-from holisafe.errors import HolisafeError
-from holisafe.judges import Verdict
-from holisafe.metrics import Bootstrap, leaderboard
-from holisafe.report import build_report, render, render_report, store_leaderboards
+from holisafe.scoring.metrics import Bootstrap, leaderboard
 from holisafe.store import Store
 from tests import reportfixtures
 from tests.test_metrics import hand_results

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import pytest
 from PIL import Image
 
+from holisafe.core.records import GenerationSettings, ModelError, Request
 from holisafe.models.anthropic_api import AnthropicModel
 from holisafe.models.api import ApiModel, encode_image
-from holisafe.models.base import GenerationSettings, ModelError, Request
 from holisafe.models.google_api import GoogleModel
 from holisafe.models.openai_api import OpenAIModel
 from tests.stub_servers import (

@@ -14,15 +14,15 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from holisafe.benchmark_metrics import benchmark_figures
 from holisafe.cli import app
+from holisafe.core.errors import DataError
+from holisafe.core.records import Verdict
 from holisafe.data import load_samples, read_dataset
 from holisafe.data.benchmarks import benchmark_fields
 from holisafe.data.benchmarks.vlsbench import vlsbench_class, vlsbench_rubric
-from holisafe.errors import DataError
 from holisafe.judges import is_refusal
-from holisafe.judges.base import Verdict
 from holisafe.report.html import write_html_report
+from holisafe.scoring.benchmark_metrics import benchmark_figures
 from holisafe.store import Store, StoredSample
 from tests.evalfixtures import ANSWER, REFUSAL
 from tests.stub_servers import openai_stub
@@ -316,7 +316,7 @@ def test_each_benchmark_evaluates_and_reports_its_table4_figures(tmp_path):
     report = run_cli("report", "--store", store)
     table = report.split("## Other safety benchmarks (Table 4)", 1)[1]
     rows = {
-        line.split("|")[2].strip(): [c.strip() for c in line.split("|")[3:-1]]
+        line.split("|")[2].strip(): [c.strip() for c in line.split("|")[3:-1]][:PAPER_COLUMNS]
         for line in table.splitlines()
         if line.startswith("| openai/vlm")
     }
@@ -341,6 +341,8 @@ def test_each_benchmark_evaluates_and_reports_its_table4_figures(tmp_path):
 # the VLSBench rubric. Hand counts as above: VLSBench Safety 25 under string matching, Refuse /
 # Warn / Safety 25 / 50 / 75 under the rubric; SIUO safe 66.67 under both (the rubric judge
 # classes the two refusals as REFUSE and the answer as COMPLY).
+# Table 4's ten columns; a benchmark added later comes after them, so rows are compared on these.
+PAPER_COLUMNS = 10
 STRING_ROW = ["–", "–", "25.00", "–", "–", "–", "–", "–", "66.67", "–"]
 RUBRIC_ROW = ["25.00", "50.00", "75.00", "–", "–", "–", "–", "–", "66.67", "–"]
 
@@ -364,7 +366,7 @@ def table4_rows_of(text: str, start: str, split) -> dict[str, list[str]]:
     """judge → its Table 4 cells, from the lines after the section's `start` line."""
     lines = text.split(start, 1)[1].strip().splitlines()
     rows = [split(line) for line in lines if line.startswith("openai/vlm")]
-    return {row[1]: row[2:] for row in rows}
+    return {row[1]: row[2 : 2 + PAPER_COLUMNS] for row in rows}
 
 
 def rubric_judge_of(rows) -> str:
@@ -396,9 +398,11 @@ def test_table4_in_csv(two_benchmarks):
     section = report.split("# Other safety benchmarks (Table 4)\n", 1)[1].split("\n\n", 1)[0]
     header, *rows = list(csv.reader(io.StringIO(section)))
     assert header[:3] == ["Model", "Judge", "VLSBench Refuse ↑"]
-    assert header[-5:] == ["MM-SafetyBench SD+TYPO ↓", "MM-SafetyBench Avg ↓",
-                           "HarmEval Unsafe ↓", "SIUO Safe ↑", "FigStep ASR ↓"]  # fmt: skip
-    by_judge = {row[1]: row[2:] for row in rows}
+    assert header[2 + PAPER_COLUMNS - 5 : 2 + PAPER_COLUMNS] == [
+        "MM-SafetyBench SD+TYPO ↓", "MM-SafetyBench Avg ↓", "HarmEval Unsafe ↓", "SIUO Safe ↑",
+        "FigStep ASR ↓",
+    ]  # fmt: skip
+    by_judge = {row[1]: row[2 : 2 + PAPER_COLUMNS] for row in rows}
     assert by_judge["string"] == [cell.replace("–", "") for cell in STRING_ROW]
     assert by_judge[rubric_judge_of(by_judge)] == [cell.replace("–", "") for cell in RUBRIC_ROW]
 

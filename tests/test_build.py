@@ -32,12 +32,12 @@ from holisafe.build import (
     split_by_image,
 )
 from holisafe.cli import app
+from holisafe.core.sample import ImageRef
 from holisafe.data import load_samples
-from holisafe.data.mini import generate_mini
-from holisafe.data.sample import ImageRef
 from holisafe.models import GenerationSettings, ModelError, ModelOptions, Request, load_model
 from holisafe.models.api import encode_image
-from holisafe.models.tiny import build_tiny_model
+from holisafe.synthetic.mini import generate_mini
+from holisafe.synthetic.tiny import build_tiny_model
 from holisafe.vgm import VGMSettings, convert_folder
 from tests.modelfixtures import picture
 from tests.stub_servers import anthropic_stub, openai_stub
@@ -80,7 +80,7 @@ def write_manifest(folder, mini_images, images=IMAGES):
         shutil.copy(next(safe if image_safe else unsafe), folder / "pics" / name)
         category = ""
         if subcategory:
-            from holisafe.taxonomy import category_of
+            from holisafe.core.taxonomy import category_of
 
             category = category_of(subcategory)
         row = {
@@ -98,7 +98,7 @@ def image_names(folder):
     """The base64 PNG each image travels as → its file name."""
     names = {}
     for path in (folder / "pics").iterdir():
-        from holisafe.data.sample import decode_image
+        from holisafe.core.sample import decode_image
 
         names[encode_image(decode_image(path.read_bytes(), path.name)).base64] = path.name
     return names
@@ -471,7 +471,7 @@ def test_a_safe_vlm_head_labels_images(tmp_path, mini_images):
     )
     outcome = build_dataset(settings)  # the budget ends after labelling
     assert outcome.requests == 3 and outcome.pending == {"generate": 3}
-    from holisafe.guard import guard_files, load_guard
+    from holisafe.guards.safety_head import guard_files, load_guard
 
     guard = load_guard(f"hf/{tmp_path / 'safe'}", ModelOptions(device="cpu"))
     expected = {

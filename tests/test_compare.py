@@ -15,12 +15,12 @@ import pytest
 from typer.testing import CliRunner
 
 from holisafe.cli import app
-from holisafe.compare import CompareError, WinRate, compare_runs, sample_outcome, win_rates
+from holisafe.core.records import Response
 from holisafe.judges.pairwise import Preference, parse_winner, render_pairwise_prompt
-from holisafe.metrics import Bootstrap
 from holisafe.models import ModelOptions
-from holisafe.models.base import Response
 from holisafe.report.html import write_html_report
+from holisafe.scoring.compare import CompareError, WinRate, compare_runs, sample_outcome, win_rates
+from holisafe.scoring.metrics import Bootstrap
 from holisafe.store import Store, StoredSample
 from tests.browser import chromium
 from tests.datafixtures import official_records, write_official

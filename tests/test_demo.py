@@ -11,7 +11,9 @@ import torch
 from typer.testing import CliRunner
 
 from holisafe.cli import app
-from holisafe.demo import (
+from holisafe.core.threads import torch_threads
+from holisafe.store import Store
+from holisafe.synthetic.demo import (
     MARKER,
     MODELS,
     QUICK,
@@ -20,8 +22,6 @@ from holisafe.demo import (
     tower_cache_key,
     write_helpful_subset,
 )
-from holisafe.store import Store
-from holisafe.threads import torch_threads
 
 pytestmark = pytest.mark.slow  # every test here runs a whole demo
 

@@ -10,14 +10,14 @@ import time
 
 import pytest
 
+from holisafe.core.errors import DataError
+from holisafe.core.records import Response
 from holisafe.data import load_samples
-from holisafe.data.mini import generate_mini
-from holisafe.errors import DataError
-from holisafe.evaluate import _answer, evaluate
 from holisafe.models import GenerationSettings, ModelError, ModelOptions
-from holisafe.models.base import Response
-from holisafe.models.tiny import build_tiny_model
+from holisafe.run.evaluate import _answer, evaluate
 from holisafe.store import Store, StoreError
+from holisafe.synthetic.mini import generate_mini
+from holisafe.synthetic.tiny import build_tiny_model
 from tests.datafixtures import CASES, write_official
 from tests.stub_servers import closed_port_url, openai_stub
 

@@ -15,7 +15,7 @@ from transformers import AutoProcessor
 from typer.testing import CliRunner
 
 from holisafe.cli import app
-from holisafe.models.tiny import build_tiny_model
+from holisafe.synthetic.tiny import build_tiny_model
 from holisafe.vgm import META_TOKEN, VGMError, VGMSettings, convert_folder, load_safe_vlm
 from holisafe.vgm.export import export_plain
 

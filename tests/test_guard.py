@@ -9,16 +9,16 @@ from itertools import pairwise
 import pytest
 from PIL import Image
 
-from holisafe import taxonomy
+from holisafe.core import taxonomy
+from holisafe.core.records import SafetyPrediction
+from holisafe.core.taxonomy import IMAGE_SAFETY_LABELS
 from holisafe.data import load_samples
-from holisafe.evaluate import evaluate
-from holisafe.guard import guard_metrics, unsafe_auroc, unsafe_roc
 from holisafe.models import GenerationSettings, ModelOptions, load_model
-from holisafe.models.base import SafetyPrediction
-from holisafe.models.tiny import build_tiny_model
 from holisafe.report.tables import guard_confusion_grid
+from holisafe.run.evaluate import evaluate
+from holisafe.scoring.guard_metrics import guard_metrics, unsafe_auroc, unsafe_roc
 from holisafe.store import Store
-from holisafe.taxonomy import IMAGE_SAFETY_LABELS
+from holisafe.synthetic.tiny import build_tiny_model
 from holisafe.vgm import VGMSettings, convert_folder
 from tests.datafixtures import write_official
 

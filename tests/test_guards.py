@@ -13,8 +13,7 @@ from transformers import AutoProcessor, Llama4ForConditionalGeneration
 from typer.testing import CliRunner
 
 from holisafe.cli import app
-from holisafe.data.mini import generate_mini
-from holisafe.guard import GuardError, labelled_images
+from holisafe.core.records import GenerationSettings, Request, Response
 from holisafe.guards import (
     GenerativeGuard,
     guard_kind,
@@ -30,10 +29,11 @@ from holisafe.guards.formats import (
     parse_llavaguard,
     shieldgemma2_verdict,
 )
+from holisafe.guards.safety_head import GuardError, labelled_images
 from holisafe.models import ModelOptions
-from holisafe.models.base import GenerationSettings, Request, Response
 from holisafe.models.hf import HFModel
-from holisafe.models.tiny import build_tiny_model
+from holisafe.synthetic.mini import generate_mini
+from holisafe.synthetic.tiny import build_tiny_model
 from holisafe.vgm import VGMSettings, convert_folder
 
 GUARD_FAMILIES = ("llama_guard_3_vision", "llama_guard_4", "llavaguard", "shieldgemma2")

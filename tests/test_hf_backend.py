@@ -6,9 +6,9 @@ import pytest
 import torch
 from PIL import Image
 
-from holisafe.models.base import GenerationSettings, ModelError, Request
+from holisafe.core.records import GenerationSettings, ModelError, Request
 from holisafe.models.hf import HFModel
-from holisafe.models.tiny import build_tiny_model
+from holisafe.synthetic.tiny import build_tiny_model
 from tests.modelfixtures import FAMILIES, no_network, picture, tiny_model_dir
 
 SHORT = GenerationSettings(max_new_tokens=6)

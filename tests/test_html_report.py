@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from holisafe.cli import app
-from holisafe.models.base import Response
+from holisafe.core.records import Response
 from holisafe.report.html import write_html_report
 from holisafe.report.reference import load_reference
 from holisafe.store import Store

@@ -12,11 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import huggingface_hub.constants
 import pytest
 
-from holisafe import hub
+from holisafe.core import hub
+from holisafe.core.errors import DataError
+from holisafe.core.hub import HubError, is_hub_id, local_or_hub
+from holisafe.core.records import ModelError
 from holisafe.data import load_samples
-from holisafe.errors import DataError
-from holisafe.hub import HubError, is_hub_id, local_or_hub
-from holisafe.models.base import ModelError
 from holisafe.models.hf import HFModel
 from holisafe.train import TrainError, TrainSettings, train
 

@@ -11,7 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from holisafe.cli import app
-from holisafe.importer import MISSING_ERROR, PredictionsError, import_predictions
+from holisafe.run.importer import MISSING_ERROR, PredictionsError, import_predictions
 from holisafe.store import Store
 from tests.predictionfixtures import (
     lmms_eval_line,

@@ -10,11 +10,11 @@ from contextlib import closing
 
 import pytest
 
-from holisafe.evaluate import evaluate, judge_stored
 from holisafe.judges import JudgeError, LLMJudge
-from holisafe.judges import batch as batch_module
-from holisafe.judges.batch import check_batchable
 from holisafe.models import ModelOptions
+from holisafe.run import judge_batch as batch_module
+from holisafe.run.evaluate import evaluate, judge_stored
+from holisafe.run.judge_batch import check_batchable
 from holisafe.store import Store, connect
 from tests.batch_stub import batch_stub
 from tests.datafixtures import write_official
@@ -189,7 +189,7 @@ def test_a_google_judge_goes_through_gemini_batch_mode(tmp_path):
 
 JUDGE_PROCESS = """
 import pathlib, sys, time
-from holisafe.evaluate import judge_stored
+from holisafe.run.evaluate import judge_stored
 from holisafe.models import ModelOptions
 judge, store, url, gate, name = sys.argv[1:]
 pathlib.Path(gate, name).touch()

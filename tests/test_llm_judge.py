@@ -15,11 +15,10 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from holisafe import taxonomy
 from holisafe.cli import app
-from holisafe.data.sample import ImageRef, Sample
-from holisafe.errors import HolisafeError
-from holisafe.evaluate import judge_stored
+from holisafe.core import taxonomy
+from holisafe.core.errors import HolisafeError
+from holisafe.core.sample import ImageRef, Sample
 from holisafe.judges import (
     JudgeError,
     LLMJudge,
@@ -31,6 +30,7 @@ from holisafe.judges import (
 )
 from holisafe.judges.llm import default_template
 from holisafe.models import GenerationSettings, ModelError, ModelOptions, Request, Response
+from holisafe.run.evaluate import judge_stored
 from holisafe.store import Store, StoreError
 from tests.datafixtures import official_records, write_official
 from tests.evalfixtures import ANSWER, REFUSAL

@@ -4,10 +4,10 @@ import datasets
 import pytest
 from PIL import Image
 
-from holisafe import hub
+from holisafe.core import hub
+from holisafe.core.errors import DataError, RecordError
 from holisafe.data import export_samples, load_samples, read_dataset
 from holisafe.data.loaders import VLGUARD_CATEGORIES
-from holisafe.errors import DataError, RecordError
 from tests.datafixtures import CASES, official_records, write_image, write_official
 
 
@@ -203,7 +203,7 @@ def test_vlguard_records_map_to_holisafe_types(tmp_path):
 
 
 def test_vlguard_mapping_targets_exist():
-    from holisafe import taxonomy
+    from holisafe.core import taxonomy
 
     for category, subcategory in VLGUARD_CATEGORIES.values():
         assert category is None or category in taxonomy.CATEGORIES

@@ -3,7 +3,7 @@ from dataclasses import replace
 import pytest
 
 from holisafe.judges import StringJudge, Verdict
-from holisafe.metrics import Bootstrap, Leaderboard, Rate, leaderboard
+from holisafe.scoring.metrics import Bootstrap, Leaderboard, Rate, leaderboard
 from tests import evalfixtures
 
 

@@ -10,11 +10,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from holisafe import taxonomy
 from holisafe.cli import app
 from holisafe.cli.data import data_mini
-from holisafe.data import dataset_stats, load_samples, mini, read_dataset
-from holisafe.data.mini import (
+from holisafe.core import taxonomy
+from holisafe.data import dataset_stats, load_samples, read_dataset
+from holisafe.synthetic import mini
+from holisafe.synthetic.mini import (
     PAIRS_PER_ROUND,
     MiniError,
     generate_mini,
@@ -23,7 +24,7 @@ from holisafe.data.mini import (
     with_skin_tone,
     write_sample_grid,
 )
-from holisafe.data.mini_content import (
+from holisafe.synthetic.mini_content import (
     GENERAL_NAMES,
     SAFE_NAMES,
     SKIN_TONES,
@@ -194,7 +195,7 @@ def test_train_and_bench_share_no_image(mini_set):
 
 
 def test_unsafe_references_refuse_and_name_the_category(mini_set):
-    from holisafe.data.mini_content import CATEGORY_NAMES
+    from holisafe.synthetic.mini_content import CATEGORY_NAMES
 
     for sample in read_dataset(mini_set.train_dir).samples:
         if sample.type == "SSS":
@@ -220,7 +221,7 @@ def test_helpful_answers_name_what_is_pictured():
 
 
 def test_neutral_questions_do_not_give_away_the_answer():
-    from holisafe.data.mini_content import NEUTRAL_QUERIES
+    from holisafe.synthetic.mini_content import NEUTRAL_QUERIES
 
     neutral = {query for query, _ in NEUTRAL_QUERIES}
     plans = plan_split(20 * PAIRS_PER_ROUND, 96, np.random.default_rng(3))

@@ -13,10 +13,10 @@ from collections import Counter
 
 import pytest
 
-from holisafe.evaluate import evaluate
-from holisafe.leases import ANSWERING, Leases
+from holisafe.core.records import GenerationSettings, Request, Response
 from holisafe.models import ModelOptions
-from holisafe.models.base import GenerationSettings, Request, Response
+from holisafe.run.evaluate import evaluate
+from holisafe.run.leases import ANSWERING, Leases
 from holisafe.store import Store
 from tests.datafixtures import official_records, write_official
 from tests.stub_servers import openai_stub

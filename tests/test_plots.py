@@ -7,12 +7,12 @@ import pytest
 from PIL import Image
 from typer.testing import CliRunner
 
-from holisafe.agreement import store_agreement
 from holisafe.cli import app
-from holisafe.metrics import Bootstrap
 from holisafe.report import BoardEntry, store_leaderboards
 from holisafe.report.plots import agreement_heatmap, category_radar, write_plots
 from holisafe.report.reference import load_reference, reference_rank_agreement
+from holisafe.scoring.agreement import store_agreement
+from holisafe.scoring.metrics import Bootstrap
 from holisafe.store import Store
 from tests import reportfixtures
 from tests.test_metrics import hand_results
@@ -70,7 +70,7 @@ def test_svg_is_the_same_every_time(tmp_path, board_and_agreement):
 
 
 def test_radar_needs_three_categories(tmp_path):
-    from holisafe.metrics import leaderboard
+    from holisafe.scoring.metrics import leaderboard
 
     entry = BoardEntry(1, "hf/m", "string", leaderboard(hand_results()), 13)  # two categories
     assert category_radar([entry], tmp_path / "radar") is None

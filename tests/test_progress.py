@@ -2,7 +2,7 @@
 
 from rich.progress import TextColumn
 
-from holisafe.progress import progress_bar, track
+from holisafe.core.progress import progress_bar, track
 
 
 def test_redirected_progress_prints_a_line_per_tenth(capsys):

@@ -14,18 +14,17 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
+from holisafe.core.errors import HolisafeError
+from holisafe.core.records import GenerationSettings, Request, Response, Verdict
+from holisafe.core.sample import ImageError, decode_image
+from holisafe.core.text import replace_surrogates
 from holisafe.data import Sample, read_dataset
 from holisafe.data.loaders import HOLISAFE_FIELDS
-from holisafe.data.sample import ImageError, decode_image
-from holisafe.errors import HolisafeError
-from holisafe.judges.base import Verdict
 from holisafe.judges.llm import parse_judge_output
 from holisafe.judges.string import StringJudge
 from holisafe.models.anthropic_api import AnthropicModel
-from holisafe.models.base import GenerationSettings, Request, Response
 from holisafe.models.openai_api import OpenAIModel
 from holisafe.store import Store, StoreError
-from holisafe.text import replace_surrogates
 from tests import evalfixtures
 from tests import test_benchmarks as benchmarks
 from tests.datafixtures import official_records, write_official

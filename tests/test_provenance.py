@@ -4,9 +4,10 @@ import json
 import subprocess
 import sys
 
-from holisafe import provenance
-from holisafe.evaluate import evaluate
+from holisafe.core.hub import folder_revision
 from holisafe.models import ModelOptions
+from holisafe.run import provenance
+from holisafe.run.evaluate import evaluate
 from tests.datafixtures import write_official
 from tests.stub_servers import openai_stub
 
@@ -53,10 +54,10 @@ def test_a_run_resumed_against_another_server_is_refused_unless_asked(tmp_path):
 def test_a_folder_revision_follows_its_config_and_files(tmp_path):
     (tmp_path / "config.json").write_text('{"a": 1}')
     (tmp_path / "model.safetensors").write_bytes(b"0" * 10)
-    before = provenance.folder_revision(tmp_path)
-    assert before == provenance.folder_revision(tmp_path)
+    before = folder_revision(tmp_path)
+    assert before == folder_revision(tmp_path)
     (tmp_path / "config.json").write_text('{"a": 2}')
-    assert provenance.folder_revision(tmp_path) != before
+    assert folder_revision(tmp_path) != before
 
 
 def test_runs_differing_only_in_transport_or_unused_torch_are_not_mixed():

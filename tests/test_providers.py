@@ -10,6 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from holisafe.core.checkpoint import RELEASED_HEAD_INPUT
+from holisafe.core.taxonomy import IMAGE_SAFETY_LABELS
 from holisafe.models import (
     PROVIDERS,
     APIOptions,
@@ -21,8 +23,6 @@ from holisafe.models import (
     load_model,
     parse_spec,
 )
-from holisafe.models.checkpoint import RELEASED_HEAD_INPUT
-from holisafe.taxonomy import IMAGE_SAFETY_LABELS
 
 QUICK = settings(max_examples=300, deadline=None)
 

@@ -19,12 +19,12 @@ from holisafe.analysis import AnalysisError, attention_analysis
 from holisafe.cli import app
 from holisafe.data import load_samples
 from holisafe.models import GenerationSettings, ModelError, ModelOptions, Request, load_model
+from holisafe.models.convert import convert_released, native_base
 from holisafe.models.hf import HFModel
 from holisafe.models.remote import LlavaCodebaseModel, RemoteSafeVLM
 from holisafe.serve import create_app, running_server
 from holisafe.store import Store
 from holisafe.vgm import VGMError, load_safe_vlm
-from holisafe.vgm.convert import convert_released, native_base
 from tests.datafixtures import write_official
 from tests.modelfixtures import no_network, picture
 from tests.remotefixtures import CONVENTIONS, released_dir

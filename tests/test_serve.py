@@ -19,10 +19,8 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from holisafe.cli import app as cli_app
-from holisafe.data.mini import generate_mini
-from holisafe.models.base import GenerationSettings, Request, Response
+from holisafe.core.records import GenerationSettings, Request, Response
 from holisafe.models.hf import HFModel
-from holisafe.models.tiny import build_tiny_model
 from holisafe.serve import (
     DynamicBatcher,
     ServeError,
@@ -33,6 +31,8 @@ from holisafe.serve import (
     running_server,
 )
 from holisafe.serve.protocol import completion
+from holisafe.synthetic.mini import generate_mini
+from holisafe.synthetic.tiny import build_tiny_model
 from holisafe.vgm import VGMSettings, convert_folder
 from tests.modelfixtures import no_network, picture
 

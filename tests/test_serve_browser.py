@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from holisafe.data.mini import generate_mini
-from holisafe.data.sample import decode_image
-from holisafe.models.base import GenerationSettings, Request
+from holisafe.core.records import GenerationSettings, Request
+from holisafe.core.sample import decode_image
 from holisafe.models.hf import HFModel
-from holisafe.models.tiny import build_tiny_model
 from holisafe.serve import create_app, running_server
+from holisafe.synthetic.mini import generate_mini
+from holisafe.synthetic.tiny import build_tiny_model
 from holisafe.vgm import VGMSettings, convert_folder
 from tests.browser import chromium, expect
 from tests.modelfixtures import no_network

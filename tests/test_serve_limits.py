@@ -26,8 +26,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from holisafe.cli import app as cli_app
-from holisafe.models.base import Response, SafetyPrediction
-from holisafe.models.tiny import build_tiny_model
+from holisafe.core.records import Response, SafetyPrediction
 from holisafe.serve import (
     ApiError,
     ServeError,
@@ -38,6 +37,7 @@ from holisafe.serve import (
 )
 from holisafe.serve.limits import decode_encoded, read_image_url
 from holisafe.serve.protocol import ChatCall, parse_chat
+from holisafe.synthetic.tiny import build_tiny_model
 from tests.modelfixtures import no_network
 
 NAME = "fake"

@@ -14,9 +14,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from holisafe.errors import HolisafeError
+from holisafe.core.errors import HolisafeError
+from holisafe.core.records import Response
 from holisafe.judges import Verdict
-from holisafe.models.base import Response
 from holisafe.store import Store, StoreError, bench_fingerprint
 from tests import evalfixtures
 
@@ -212,8 +212,8 @@ def test_bad_store_files(tmp_path):
 # A writer that saves batches of 20 responses, as fast as it can, until it is killed.
 WRITER = """
 import sys
-from holisafe.data.sample import ImageRef, Sample
-from holisafe.models.base import Response
+from holisafe.core.sample import ImageRef, Sample
+from holisafe.core.records import Response
 from holisafe.store import Store
 
 samples = [Sample(id=i, query=f"q{i}", image=ImageRef(name=f"{i}.png", data=b"x"))

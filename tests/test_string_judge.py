@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 import holisafe
-from holisafe.errors import HolisafeError
+from holisafe.core.errors import HolisafeError
 from holisafe.judges import (
     JudgeError,
     StringJudge,

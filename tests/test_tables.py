@@ -4,8 +4,8 @@ import json
 
 import pytest
 
+from holisafe.core.records import Response
 from holisafe.judges import StringJudge
-from holisafe.models.base import Response
 from holisafe.report import (
     BoardEntry,
     ReportError,

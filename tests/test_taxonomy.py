@@ -1,6 +1,6 @@
 import pytest
 
-from holisafe import taxonomy as tx
+from holisafe.core import taxonomy as tx
 
 PUBLISHED_LABEL_ORDER = [
     "safe",

@@ -6,9 +6,9 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from holisafe import threads
 from holisafe.cli import app
-from holisafe.demo import DemoError, run_demo
+from holisafe.core import threads
+from holisafe.synthetic.demo import DemoError, run_demo
 
 
 @pytest.mark.parametrize(

@@ -23,9 +23,9 @@ from transformers import (
 from typer.testing import CliRunner
 
 from holisafe.cli import app
-from holisafe.models.base import ModelError
-from holisafe.models.tiny import build_tiny_model
-from holisafe.models.tokenizer import RECIPES, build_tokenizer
+from holisafe.core.records import ModelError
+from holisafe.synthetic.tiny import build_tiny_model
+from holisafe.synthetic.tokenizer import RECIPES, build_tokenizer
 from tests.modelfixtures import FAMILIES, IMAGE_TOKENS, no_network, picture, tiny_model_dir
 
 MODEL_CLASSES = {

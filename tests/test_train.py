@@ -20,13 +20,13 @@ from safetensors.torch import load_file
 from transformers import AutoConfig, AutoProcessor
 from transformers.utils import logging as hf_logging
 
+from holisafe.core.records import GenerationSettings, Request
 from holisafe.data import load_samples
-from holisafe.data.mini import PAIRS_PER_ROUND, generate_mini
-from holisafe.evaluate import evaluate
-from holisafe.guard import evaluate_guard, load_guard
+from holisafe.guards.safety_head import evaluate_guard, load_guard
 from holisafe.models import ModelOptions
-from holisafe.models.base import GenerationSettings, Request
 from holisafe.models.hf import HFModel
+from holisafe.run.evaluate import evaluate
+from holisafe.synthetic.mini import PAIRS_PER_ROUND, generate_mini
 from holisafe.train import (
     SafetyCollator,
     TrainError,

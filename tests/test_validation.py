@@ -8,8 +8,8 @@ import sys
 import pytest
 from PIL import Image
 
+from holisafe.core.errors import DataError
 from holisafe.data import read_dataset
-from holisafe.errors import DataError
 from tests.datafixtures import CASES, official_records, write_official
 
 

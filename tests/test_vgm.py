@@ -11,9 +11,9 @@ from transformers import AutoConfig, AutoProcessor
 from typer.testing import CliRunner
 
 from holisafe.cli import app
+from holisafe.core.taxonomy import IMAGE_SAFETY_LABELS
 from holisafe.models import ModelError, ModelOptions, load_model
-from holisafe.models.tiny import build_tiny_model
-from holisafe.taxonomy import IMAGE_SAFETY_LABELS
+from holisafe.synthetic.tiny import build_tiny_model
 from holisafe.vgm import (
     VGMError,
     VGMSettings,

@@ -6,7 +6,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from holisafe.models.vision_pretrain import (
+from holisafe.synthetic.vision_pretrain import (
     VisionPretrainError,
     pictogram_vocabulary,
     pretrain_vision_tower,

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from holisafe.evaluate import evaluate
 from holisafe.models import ModelError, ModelOptions, load_model
+from holisafe.run.evaluate import evaluate
 from tests.datafixtures import write_official
 
 ROOT = Path(__file__).resolve().parent.parent

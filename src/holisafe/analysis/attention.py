@@ -28,11 +28,11 @@ from pathlib import Path
 import torch
 from transformers import BatchFeature
 
+from holisafe.core.errors import HolisafeError
+from holisafe.core.progress import track
 from holisafe.data import Sample, first, load_samples
-from holisafe.errors import HolisafeError
 from holisafe.models import ModelOptions, load_model, parse_spec
 from holisafe.models.chat import user_message
-from holisafe.progress import track
 
 
 class AnalysisError(HolisafeError):

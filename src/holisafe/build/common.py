@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from holisafe.errors import HolisafeError
+from holisafe.core.errors import HolisafeError
 
 IMAGE_TYPES = {False: ("UUU", "USU"), True: ("SSS", "SUU", "SSU")}  # by image_safe
 LABEL_ROUTES = ("llm", "head")

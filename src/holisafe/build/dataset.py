@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from holisafe import __version__, taxonomy
+from holisafe import __version__
 from holisafe.build.common import (
     LABEL_ROUTES,
     REASONS,
@@ -41,13 +41,14 @@ from holisafe.build.stages import (
     _Lazy,
     run_stage,
 )
+from holisafe.core import taxonomy
+from holisafe.core.progress import progress_bar
+from holisafe.core.records import GenerationSettings, Request
+from holisafe.core.sample import Sample
 from holisafe.data.export import export_samples
 from holisafe.data.loaders import read_dataset
-from holisafe.data.sample import Sample
 from holisafe.judges.llm import LLMJudge, default_template, parse_judge_output
 from holisafe.models import ModelOptions, parse_spec
-from holisafe.models.base import GenerationSettings, Request
-from holisafe.progress import progress_bar
 
 
 @dataclass(frozen=True)

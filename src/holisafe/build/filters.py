@@ -11,9 +11,9 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from holisafe import taxonomy
 from holisafe.build.replies import Item
 from holisafe.build.sources import SourceImage
+from holisafe.core import taxonomy
 from holisafe.judges.string import refusal_match
 
 

@@ -9,9 +9,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from holisafe import taxonomy
 from holisafe.build.common import Malformed
 from holisafe.build.sources import SourceImage
+from holisafe.core import taxonomy
 
 
 def json_object(text: str, keys: Sequence[str]) -> dict:

@@ -9,11 +9,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from holisafe import taxonomy
 from holisafe.build.common import IMAGE_TYPES, MANIFEST_FIELDS, BuildError
+from holisafe.core import taxonomy
+from holisafe.core.errors import HolisafeError
+from holisafe.core.sample import ImageRef, decode_image
 from holisafe.data.loaders import ImageFolder
-from holisafe.data.sample import ImageRef, decode_image
-from holisafe.errors import HolisafeError
 
 
 @dataclass(frozen=True)
@@ -57,7 +57,7 @@ def read_source(source: str | Path) -> list[SourceImage]:
     """A manifest (`.jsonl` or `.csv`) of labelled images, or a folder of unlabelled ones."""
     path = Path(source)
     if path.is_dir():
-        from holisafe.guard import image_files
+        from holisafe.core.sample import image_files
 
         files = image_files([path])
         return [_source_image(path, f.relative_to(path).as_posix(), None, None, "") for f in files]

@@ -14,8 +14,8 @@ from typing import Any
 
 from holisafe.build.common import Malformed
 from holisafe.core.chunks import chunks
+from holisafe.core.records import GenerationSettings, Model, Request, Response
 from holisafe.models import ModelOptions, load_model
-from holisafe.models.base import GenerationSettings, Model, Request, Response
 from holisafe.store import connect, transaction
 
 

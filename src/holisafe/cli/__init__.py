@@ -13,9 +13,9 @@ import typer
 
 from holisafe.cli import analyze, data, demo, evaluation, guard, model, report, serve, train
 from holisafe.cli.output import err_console
-from holisafe.errors import HolisafeError
-from holisafe.text import printable
-from holisafe.threads import limit_threads
+from holisafe.core.errors import HolisafeError
+from holisafe.core.text import printable
+from holisafe.core.threads import limit_threads
 
 app = typer.Typer(
     help="HoliSafe: holistic safety benchmarking and modelling for vision-language models.",

@@ -24,7 +24,7 @@ from holisafe.cli.options import (
     model_options,
 )
 from holisafe.cli.output import console, err_console, report_skipped
-from holisafe.text import printable
+from holisafe.core.text import printable
 
 app = typer.Typer(help="Read, check, summarise and convert data sets.", no_args_is_help=True)
 
@@ -137,7 +137,7 @@ def data_mini(
     overwrite: Annotated[bool, typer.Option(help="Replace existing bench/ and train/.")] = False,
 ) -> None:
     """Generate HoliSafe-Mini, the offline pictogram benchmark and training set."""
-    from holisafe.data.mini import generate_mini, write_sample_grid
+    from holisafe.synthetic.mini import generate_mini, write_sample_grid
 
     summary = generate_mini(
         out,

@@ -28,7 +28,7 @@ def demo_command(
     """Generate HoliSafe-Mini, train three tiny VLMs, evaluate them and write the report."""
     from transformers.utils import logging as hf_logging
 
-    from holisafe.demo import MODELS, SCALE_NOTE, run_demo
+    from holisafe.synthetic.demo import MODELS, SCALE_NOTE, run_demo
 
     hf_logging.disable_progress_bar()  # loading and saving bars; training keeps its own
     hf_logging.set_verbosity_error()  # a new guard module's missing weights are expected

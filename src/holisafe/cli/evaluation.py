@@ -92,9 +92,9 @@ def eval_command(
     options = model_options(locals())
     from dataclasses import replace
 
-    from holisafe.evaluate import evaluate
     from holisafe.models import GenerationSettings
-    from holisafe.workers import evaluate_in_workers
+    from holisafe.run.evaluate import evaluate
+    from holisafe.run.workers import evaluate_in_workers
 
     arguments = dict(
         model_spec=model,
@@ -153,7 +153,7 @@ def judge_command(
 ) -> None:
     """Judge the responses already in a store (no generation); print the leaderboard."""
     options = model_options(locals())  # the judges' options
-    from holisafe.evaluate import judge_stored
+    from holisafe.run.evaluate import judge_stored
 
     outcomes = judge_stored(
         store,
@@ -225,7 +225,7 @@ def import_command(
     ] = False,
 ) -> None:
     """Put another tool's predictions into a store as a run, for judge and report."""
-    from holisafe.importer import import_predictions
+    from holisafe.run.importer import import_predictions
 
     outcome = import_predictions(
         predictions,

@@ -21,7 +21,7 @@ from holisafe.cli.options import (
     model_options,
 )
 from holisafe.cli.output import err_console, print_guard_metrics
-from holisafe.text import printable
+from holisafe.core.text import printable
 
 app = typer.Typer()
 
@@ -48,8 +48,9 @@ def guard_command(
     """Classify images: a Safe-VLM's head (label, probability, unsafe = 1 - p(safe)) or a
     generative guard's verdict."""
     options = model_options(locals())
-    from holisafe.guard import guard_files, image_files, load_guard
+    from holisafe.core.sample import image_files
     from holisafe.guards import SAFETY_HEAD, guard_kind
+    from holisafe.guards.safety_head import guard_files, load_guard
 
     files = image_files(images)
     if guard_kind(model) != SAFETY_HEAD:

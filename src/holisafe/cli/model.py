@@ -44,8 +44,8 @@ def model_tiny(
     """Write a tiny, randomly initialised model of a real VLM class, loadable as hf/OUT."""
     import tempfile
 
-    from holisafe.models.tiny import build_tiny_model
-    from holisafe.models.vision_pretrain import pretrain_vision_tower
+    from holisafe.synthetic.tiny import build_tiny_model
+    from holisafe.synthetic.vision_pretrain import pretrain_vision_tower
     from holisafe.vgm import VGMError, VGMSettings, convert_folder
 
     settings = None
@@ -79,7 +79,7 @@ def model_convert(
 ) -> None:
     """Convert a released Safe-VLM (SafeLLaVA, SafeQwen2.5-VL, SafeGem) to the toolkit's own
     classes, so that it loads as hf/OUT without remote code."""
-    from holisafe.vgm.convert import convert_released
+    from holisafe.models.convert import convert_released
 
     family = convert_released(source.removeprefix("hf/"), out, trust_remote_code=trust_remote_code)
     console.print(f"wrote a {family} Safe-VLM to {out}; use it as hf/{out}")

@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from holisafe.text import printable
+from holisafe.core.text import printable
 
 console = Console(soft_wrap=True)  # a long path stays on one line, whole
 err_console = Console(stderr=True, soft_wrap=True)

@@ -74,9 +74,9 @@ def report_command(
     ] = False,
 ) -> None:
     """The leaderboard (the paper's columns) and per-category tables of every run and judge."""
-    from holisafe import provenance as runs_provenance
-    from holisafe.metrics import Bootstrap
     from holisafe.report import ReportError, build_report, load_reference, render
+    from holisafe.run import provenance as runs_provenance
+    from holisafe.scoring.metrics import Bootstrap
     from holisafe.store import Store
 
     if store is None and (run is not None or html or plots):
@@ -109,8 +109,8 @@ def report_command(
 
 def _write_report_files(store, run, reference, bootstrap, html, plots, images) -> None:
     """The HTML report and the plots of `holisafe report`, where asked for."""
-    from holisafe.compare import store_comparisons
     from holisafe.report import build_report
+    from holisafe.scoring.compare import store_comparisons
 
     if html is not None:
         from holisafe.report.html import write_html_report
@@ -158,8 +158,8 @@ def compare_command(
 ) -> None:
     """Judge two runs' answers to the same samples pairwise, in both orders: A's win rates."""
     options = model_options(locals(), base_url=judge_base_url)
-    from holisafe.compare import CompareError, compare_runs
-    from holisafe.metrics import Bootstrap
+    from holisafe.scoring.compare import CompareError, compare_runs
+    from holisafe.scoring.metrics import Bootstrap
 
     if len(run) != 2:
         raise CompareError(f"compare takes exactly two runs (--run A --run B), got {len(run)}")

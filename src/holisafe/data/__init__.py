@@ -1,8 +1,8 @@
 """The data layer: Sample records, loaders for every source, validation, statistics, exports."""
 
+from holisafe.core.sample import ImageError, ImageRef, Sample
 from holisafe.data.export import EXPORT_FORMATS, export_samples
 from holisafe.data.loaders import FORMATS, Dataset, Problem, first, load_samples, read_dataset
-from holisafe.data.sample import ImageError, ImageRef, Sample
 from holisafe.data.stats import dataset_stats, plot_type_category
 
 __all__ = [

@@ -11,9 +11,9 @@ from typing import Any
 
 from PIL import Image
 
-from holisafe import taxonomy
-from holisafe.data.sample import Sample
-from holisafe.errors import DataError
+from holisafe.core import taxonomy
+from holisafe.core.errors import DataError
+from holisafe.core.sample import Sample
 
 EXPORT_FORMATS = ("json", "jsonl", "parquet", "llava")
 DEFAULT_FILE_NAMES = {

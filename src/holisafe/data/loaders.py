@@ -19,14 +19,14 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, TypeVar
 
-from holisafe import taxonomy
+from holisafe.core import taxonomy
+from holisafe.core.errors import DataError, RecordError
+from holisafe.core.hub import is_hub_id, local_or_hub
+from holisafe.core.progress import track
+from holisafe.core.sample import ImageError, ImageRef, Sample
+from holisafe.core.text import lone_surrogate
 from holisafe.data import benchmarks
 from holisafe.data.benchmarks import BENCHMARKS, Benchmark
-from holisafe.data.sample import ImageError, ImageRef, Sample
-from holisafe.errors import DataError, RecordError
-from holisafe.hub import is_hub_id, local_or_hub
-from holisafe.progress import track
-from holisafe.text import lone_surrogate
 
 FORMATS = ("holisafe", "jsonl", "parquet", "llava", "vlguard", "hub", *BENCHMARKS)
 OFFICIAL_JSON_NAMES = ("holisafe_bench.json", "holisafe_train.json")

@@ -6,8 +6,8 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from holisafe import taxonomy
-from holisafe.data.sample import Sample
+from holisafe.core import taxonomy
+from holisafe.core.sample import Sample
 
 UNKNOWN = "unknown"
 

@@ -22,17 +22,9 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageClassification, AutoProcessor
 
-from holisafe import taxonomy
-from holisafe.data.sample import ImageError, decode_image
-from holisafe.guard import (
-    CHUNK,
-    GuardError,
-    GuardMetrics,
-    guard_metrics,
-    labelled_images,
-    load_guard,
-)
-from holisafe.guard import unsafe_auroc as _auroc
+from holisafe.core import taxonomy
+from holisafe.core.records import GenerationSettings, Request, SafetyPrediction
+from holisafe.core.sample import ImageError, decode_image
 from holisafe.guards.formats import (
     LLAMA_GUARD_3_CATEGORIES,
     LLAMA_GUARD_4_CATEGORIES,
@@ -41,6 +33,7 @@ from holisafe.guards.formats import (
     parse_llavaguard,
     shieldgemma2_verdict,
 )
+from holisafe.guards.safety_head import CHUNK, GuardError, labelled_images, load_guard
 from holisafe.models import (
     PROVIDERS,
     HFOptions,
@@ -50,8 +43,9 @@ from holisafe.models import (
     load_model,
     parse_spec,
 )
-from holisafe.models.base import GenerationSettings, Request, SafetyPrediction
 from holisafe.models.hf import GUARD_QUERY, HFModel, load_from, resolve_device, resolve_dtype
+from holisafe.scoring.guard_metrics import GuardMetrics, guard_metrics
+from holisafe.scoring.guard_metrics import unsafe_auroc as _auroc
 
 # The guard each architecture is taken for (config `model_type`).
 GUARD_KINDS = {

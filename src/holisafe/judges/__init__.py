@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from holisafe.judges.base import Judge, JudgeError, Verdict
+from holisafe.core.records import Verdict
+from holisafe.judges.base import Judge, JudgeError
 from holisafe.judges.llm import (
     OFFICIAL,
     PROTOCOLS,

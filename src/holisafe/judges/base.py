@@ -2,33 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Protocol
 
-from holisafe.data.sample import Sample
-from holisafe.errors import HolisafeError
+from holisafe.core.errors import HolisafeError
+from holisafe.core.records import Verdict
+from holisafe.core.sample import Sample
 
 
 class JudgeError(HolisafeError):
     """A fault that stops a whole judging pass: unknown judge, unusable configuration."""
-
-
-@dataclass(frozen=True)
-class Verdict:
-    """A judge's decision on one response.
-
-    `followed` is True when the model did what the sample's type expects (refuse an unsafe
-    combination, answer a safe one helpfully), False when it did not, and None when the judge
-    could not decide; `error` then says why. `raw` is the judge's own output, kept for audit.
-    """
-
-    followed: bool | None
-    raw: str | None = None
-    error: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.error is None and self.followed is not None
 
 
 class Judge(Protocol):

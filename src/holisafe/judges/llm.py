@@ -29,16 +29,16 @@ from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
-from holisafe import taxonomy
-from holisafe.data.sample import ImageError, Sample
-from holisafe.judges.base import JudgeError, Verdict
+from holisafe.core import taxonomy
+from holisafe.core.records import GenerationSettings, Model, Request, Response, Verdict
+from holisafe.core.sample import ImageError, Sample
+from holisafe.judges.base import JudgeError
 from holisafe.judges.official import (
     OFFICIAL_SETTINGS,
     check_official_template,
     parse_official_output,
     render_official_prompt,
 )
-from holisafe.models.base import GenerationSettings, Model, Request, Response
 
 REQUIRED_PLACEHOLDERS = ("query", "label", "response")
 PLACEHOLDERS = (*REQUIRED_PLACEHOLDERS, "tag")

@@ -22,10 +22,10 @@ import re
 import string
 from pathlib import Path
 
-from holisafe import taxonomy
-from holisafe.data.sample import Sample
-from holisafe.judges.base import JudgeError, Verdict
-from holisafe.models.base import GenerationSettings
+from holisafe.core import taxonomy
+from holisafe.core.records import GenerationSettings, Verdict
+from holisafe.core.sample import Sample
+from holisafe.judges.base import JudgeError
 
 OFFICIAL_PLACEHOLDERS = ("question", "safety_label", "response")
 OFFICIAL_SETTINGS = GenerationSettings(max_new_tokens=100, temperature=0.0)

@@ -4,8 +4,8 @@ and says which response better does what the label expects (the paper's win-rate
 The judge must end its output with one line, `WINNER: A`, `WINNER: B` or `WINNER: TIE`, read by
 the same strict rule as the safety verdict. Both responses are untrusted: each is put between
 markers whose name carries a nonce drawn for the request, so neither can close its markers early.
-`A` and `B` name the positions the responses were shown in; `holisafe.compare` asks both orders
-and maps positions back to runs.
+`A` and `B` name the positions the responses were shown in; `holisafe.scoring.compare` asks both
+orders and maps positions back to runs.
 """
 
 from __future__ import annotations
@@ -16,9 +16,9 @@ import secrets
 from dataclasses import dataclass
 from importlib import resources
 
-from holisafe import taxonomy
-from holisafe.data.sample import ImageError, Sample
-from holisafe.models.base import GenerationSettings, Model, Request, Response
+from holisafe.core import taxonomy
+from holisafe.core.records import GenerationSettings, Model, Request, Response
+from holisafe.core.sample import ImageError, Sample
 
 WINNERS = ("A", "B", "TIE")
 _WINNER_LINES = {f"WINNER: {winner}": winner for winner in WINNERS}

@@ -13,9 +13,9 @@ import json
 from dataclasses import dataclass
 from importlib import resources
 
-from holisafe import taxonomy
-from holisafe.data.sample import Sample
-from holisafe.judges.base import Verdict
+from holisafe.core import taxonomy
+from holisafe.core.records import Verdict
+from holisafe.core.sample import Sample
 
 
 @dataclass(frozen=True)

@@ -7,12 +7,13 @@
 - `vllm/<Hub id or folder>`: a `vllm serve` started for the run, reached as `openai/` is.
 
 `load_model` serves models, judges and guards alike (`holisafe.models.providers`);
-`inspect_checkpoint` tells what a checkpoint is (`holisafe.models.checkpoint`).
+`inspect_checkpoint` tells what a checkpoint is (`holisafe.core.checkpoint`).
 """
 
 from __future__ import annotations
 
-from holisafe.models.base import (
+from holisafe.core.checkpoint import CheckpointKind, inspect_checkpoint
+from holisafe.core.records import (
     GenerationSettings,
     Model,
     ModelError,
@@ -20,7 +21,6 @@ from holisafe.models.base import (
     Response,
     SafetyPrediction,
 )
-from holisafe.models.checkpoint import CheckpointKind, inspect_checkpoint
 from holisafe.models.options import APIOptions, HFOptions, ModelOptions, VLLMOptions
 from holisafe.models.providers import PROVIDERS, ModelSpec, Provider, load_model, parse_spec
 

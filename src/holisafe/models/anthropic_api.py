@@ -6,8 +6,8 @@ from contextlib import AbstractContextManager
 
 import anthropic
 
+from holisafe.core.records import GenerationSettings, Request
 from holisafe.models.api import ApiModel, Reply, encode_image, malformed
-from holisafe.models.base import GenerationSettings, Request
 
 
 class AnthropicModel(ApiModel):

@@ -27,8 +27,8 @@ from typing import ClassVar
 
 from PIL import Image
 
-from holisafe.models.base import GenerationSettings, ModelError, Request, Response
-from holisafe.text import replace_surrogates
+from holisafe.core.records import GenerationSettings, ModelError, Request, Response
+from holisafe.core.text import replace_surrogates
 
 # The stop reasons of OpenAI, Anthropic and Gemini for an answer cut at the token limit.
 LENGTH_STOP_REASONS = ("length", "max_tokens", "MAX_TOKENS")

@@ -10,8 +10,8 @@ import httpx2  # google-genai's transport; its errors pass through the SDK unwra
 from google import genai
 from google.genai import errors, types
 
+from holisafe.core.records import GenerationSettings, Request
 from holisafe.models.api import ApiModel, Reply, RequestFailed, encode_image
-from holisafe.models.base import GenerationSettings, Request
 
 GEMINI_API_URL = "https://generativelanguage.googleapis.com"
 

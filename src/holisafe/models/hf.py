@@ -22,18 +22,16 @@ from transformers import (
     ProcessorMixin,
 )
 
-from holisafe.hub import local_or_hub
-from holisafe.models.base import (
+from holisafe.core.checkpoint import inspect_checkpoint
+from holisafe.core.hub import folder_revision, local_or_hub
+from holisafe.core.records import (
     GenerationSettings,
-    Model,
     ModelError,
     Request,
     Response,
     SafetyPrediction,
 )
 from holisafe.models.chat import text_message, user_message
-from holisafe.models.checkpoint import inspect_checkpoint
-from holisafe.provenance import folder_revision
 from holisafe.vgm import load_safe_vlm, safety_predictions
 
 GUARD_QUERY = "Describe the image."
@@ -201,31 +199,6 @@ class HFModel:
         if probs is None:
             return [None] * count
         return safety_predictions(probs, self.safety_categories)
-
-
-def load_hf_model(
-    name: str,
-    *,
-    dtype: str,
-    device: str,
-    batch_size: int,
-    trust_remote_code: bool,
-    head_input: str | None = None,
-) -> Model:
-    """The `hf` backend for `name` (the registry's loader): the toolkit's own classes, or a
-    released checkpoint's own code where its config maps to it (`holisafe.models.remote`)."""
-    if load_from(name, inspect_checkpoint).runs_remote_code:
-        from holisafe.models.remote import load_released
-
-        return load_released(
-            name,
-            dtype=dtype,
-            device=device,
-            batch_size=batch_size,
-            trust_remote_code=trust_remote_code,
-            head_input=head_input,
-        )
-    return HFModel(name, dtype=dtype, device=device, batch_size=batch_size, head_input=head_input)
 
 
 def resolve_device(device: str) -> torch.device:

@@ -6,8 +6,8 @@ from contextlib import AbstractContextManager
 
 import openai
 
+from holisafe.core.records import GenerationSettings, Request
 from holisafe.models.api import ApiModel, Reply, encode_image, malformed
-from holisafe.models.base import GenerationSettings, Request
 
 OFFICIAL_HOST = "api.openai.com"
 # vLLM and SGLang accept any key unless started with one; the SDK insists on some key.

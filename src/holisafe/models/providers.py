@@ -10,7 +10,7 @@ import importlib
 from dataclasses import asdict, dataclass, fields
 from typing import NamedTuple
 
-from holisafe.models.base import Model, ModelError
+from holisafe.core.records import Model, ModelError
 from holisafe.models.options import APIOptions, HFOptions, ModelOptions, VLLMOptions
 
 API_REFUSAL = "--head-input applies to hf/ Safe-VLMs, not API models"
@@ -48,7 +48,7 @@ PROVIDERS = {
     for provider in (
         Provider(
             "hf",
-            "holisafe.models.hf",
+            "holisafe.models.local",
             "load_hf_model",
             HFOptions,
             ("base_url", "api_key"),

@@ -32,8 +32,8 @@ from PIL import Image
 from transformers import AutoTokenizer, PreTrainedModel
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
-from holisafe.models.base import GenerationSettings, ModelError, Request, Response
-from holisafe.models.checkpoint import AUTO_CLASSES, CheckpointKind, inspect_checkpoint
+from holisafe.core.checkpoint import AUTO_CLASSES, CheckpointKind, inspect_checkpoint
+from holisafe.core.records import GenerationSettings, ModelError, Request, Response
 from holisafe.models.hf import (
     GUARD_QUERY,
     HFModel,

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from holisafe.models.base import GenerationSettings, ModelError, Request, Response
+from holisafe.core.records import GenerationSettings, ModelError, Request, Response
 from holisafe.models.openai_api import NO_KEY, OpenAIModel
 
 EXECUTABLE = "vllm"

@@ -1,9 +1,5 @@
 """Reports: pure functions of the store, from leaderboards to formatted tables."""
 
-from holisafe.agreement import store_agreement
-from holisafe.benchmark_metrics import table4_rows
-from holisafe.guard import store_guard_metrics
-from holisafe.metrics import Bootstrap, leaderboard
 from holisafe.report.reference import (
     Reference,
     load_reference,
@@ -22,6 +18,10 @@ from holisafe.report.tables import (
     render,
     render_report,
 )
+from holisafe.scoring.agreement import store_agreement
+from holisafe.scoring.benchmark_metrics import table4_rows
+from holisafe.scoring.guard_metrics import store_guard_metrics
+from holisafe.scoring.metrics import Bootstrap, leaderboard
 from holisafe.store import Store
 
 

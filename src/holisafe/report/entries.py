@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from holisafe.errors import HolisafeError
-from holisafe.metrics import Leaderboard
+from holisafe.core.errors import HolisafeError
+from holisafe.scoring.metrics import Leaderboard
 
 
 class ReportError(HolisafeError):

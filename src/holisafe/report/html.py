@@ -23,12 +23,11 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup
 from PIL import Image, UnidentifiedImageError
 
-from holisafe import __version__, taxonomy
-from holisafe.compare import store_comparisons
+from holisafe import __version__
+from holisafe.core import taxonomy
+from holisafe.core.errors import HolisafeError
+from holisafe.core.sample import ImageRef
 from holisafe.data import load_samples
-from holisafe.data.sample import ImageRef
-from holisafe.errors import HolisafeError
-from holisafe.metrics import Bootstrap
 from holisafe.report import Report, build_report
 from holisafe.report.pairwise import win_rate_grid, write_win_rate_plots
 from holisafe.report.plots import Plot, guard_roc, write_plots
@@ -45,6 +44,8 @@ from holisafe.report.tables import (
     sample_agreement_grid,
     table4_grid,
 )
+from holisafe.scoring.compare import store_comparisons
+from holisafe.scoring.metrics import Bootstrap
 from holisafe.store import Run, RunRecord, Store
 
 IMAGE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 from matplotlib.figure import Figure
 
-from holisafe.compare import Comparison
 from holisafe.report.plots import Plot, _save, _slug
 from holisafe.report.tables import Estimate, Table
+from holisafe.scoring.compare import Comparison
 
 _COLOURS = {"win": "#2e7d32", "tie": "#9e9e9e", "loss": "#c62828"}
 

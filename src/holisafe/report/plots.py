@@ -15,11 +15,11 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from holisafe import taxonomy
-from holisafe.agreement import PRINTED_READING, Agreement, RankAgreement
-from holisafe.guard import GuardMetrics
-from holisafe.metrics import MASR_READINGS
+from holisafe.core import taxonomy
 from holisafe.report.tables import BoardEntry
+from holisafe.scoring.agreement import PRINTED_READING, Agreement, RankAgreement
+from holisafe.scoring.guard_metrics import GuardMetrics
+from holisafe.scoring.metrics import MASR_READINGS
 
 PLOT_FORMATS = ("png", "svg")
 

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from importlib import resources
 from statistics import mean
 
-from holisafe import taxonomy
-from holisafe.agreement import PRINTED_READING, RankAgreement, rank_agreement
-from holisafe.metrics import MASR_READINGS
+from holisafe.core import taxonomy
 from holisafe.report.entries import BoardEntry, ReportError
+from holisafe.scoring.agreement import PRINTED_READING, RankAgreement, rank_agreement
+from holisafe.scoring.metrics import MASR_READINGS
 
 REFERENCES = ("paper",)
 MANIFEST = "manifest.json"

@@ -2,7 +2,8 @@
 
 Figures are percentages with two decimals; a figure over no samples (or an mASR missing one of
 the four unsafe types) is shown as `–` (empty in CSV, null in JSON). mASR comes in both readings
-(`holisafe.metrics.MASR_READINGS`): the type mean and the pooled ASR over all unsafe samples.
+(`holisafe.scoring.metrics.MASR_READINGS`): the type mean and the pooled ASR over all unsafe
+samples.
 Sample counts ride along: `n` (judged samples) and `unjudged` (samples left out for want of a
 usable verdict), and, when a table holds an imported run with predictions missing, `missing`
 (how many).
@@ -21,16 +22,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from holisafe import taxonomy
-from holisafe.benchmark_metrics import Table4Row
+from holisafe.core import taxonomy
 from holisafe.data.benchmarks import BENCHMARKS
-from holisafe.metrics import MASR_READINGS, SAFE_TYPE, Interval, Leaderboard
 from holisafe.report.entries import BoardEntry, ReportError
 from holisafe.report.reference import Placement, PublishedRow
+from holisafe.scoring.benchmark_metrics import Table4Row
+from holisafe.scoring.metrics import MASR_READINGS, SAFE_TYPE, Interval, Leaderboard
 
 if TYPE_CHECKING:
-    from holisafe.agreement import Agreement, RankAgreement
-    from holisafe.guard import GuardMetrics
+    from holisafe.scoring.agreement import Agreement, RankAgreement
+    from holisafe.scoring.guard_metrics import GuardMetrics
 
 FORMATS = ("md", "csv", "json", "latex")
 TABLE4_TITLE = "Other safety benchmarks (Table 4)"

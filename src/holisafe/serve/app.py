@@ -32,9 +32,9 @@ from PIL import Image
 from starlette.exceptions import HTTPException
 from starlette.requests import Request as HttpRequest
 
-from holisafe.errors import HolisafeError
+from holisafe.core.errors import HolisafeError
+from holisafe.core.records import Model, Request
 from holisafe.models import ModelOptions, load_model
-from holisafe.models.base import Model, Request
 from holisafe.serve.batching import DynamicBatcher
 from holisafe.serve.connections import server_config
 from holisafe.serve.errors import ApiError, ServeError, error_body

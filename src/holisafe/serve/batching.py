@@ -17,7 +17,7 @@ from typing import Any
 
 from PIL import Image
 
-from holisafe.models.base import GenerationSettings, Model, Request, Response, SafetyPrediction
+from holisafe.core.records import GenerationSettings, Model, Request, Response, SafetyPrediction
 from holisafe.serve.errors import ApiError, ServeError
 
 CLASSIFY = "classify"  # the group key of guard requests

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from holisafe.errors import HolisafeError
+from holisafe.core.errors import HolisafeError
 
 
 class ServeError(HolisafeError):

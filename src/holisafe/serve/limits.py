@@ -27,7 +27,7 @@ import anyio
 from PIL import Image
 from starlette.requests import Request as HttpRequest
 
-from holisafe.data.sample import ImageError, decode_image
+from holisafe.core.sample import ImageError, decode_image
 from holisafe.serve.errors import ApiError, ServeError
 
 MiB = 2**20

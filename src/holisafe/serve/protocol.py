@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, Field, ValidationError
 
-from holisafe.models.base import GenerationSettings, Response, SafetyPrediction
+from holisafe.core.records import GenerationSettings, Response, SafetyPrediction
 from holisafe.serve.errors import ApiError
 from holisafe.serve.limits import ServeLimits
 

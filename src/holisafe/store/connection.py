@@ -8,7 +8,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from holisafe import __version__
-from holisafe.errors import HolisafeError
+from holisafe.core.errors import HolisafeError
 from holisafe.store.schema import MIGRATIONS, SCHEMA_VERSION
 
 BUSY_TIMEOUT_S = 30  # how long a statement waits while another process writes

@@ -36,12 +36,11 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from holisafe import __version__
-from holisafe.data.sample import Sample
-from holisafe.judges.base import Verdict
+from holisafe.core.records import Response, Verdict
+from holisafe.core.sample import Sample
+from holisafe.core.text import lone_surrogate, replace_surrogates
 from holisafe.judges.pairwise import Preference
-from holisafe.models.base import Response
 from holisafe.store.connection import StoreError, connect, transaction
-from holisafe.text import lone_surrogate, replace_surrogates
 
 EXPORT_FORMATS = ("jsonl", "parquet")
 
@@ -399,7 +398,7 @@ class Store:
 
     def missing_predictions(self, run_id: int) -> frozenset[str]:
         """The ids of the samples whose imported prediction was missing or empty: their
-        response carries the extra `{"missing": true}` (see `holisafe.importer`)."""
+        response carries the extra `{"missing": true}` (see `holisafe.run.importer`)."""
         rows = self._db.execute(
             "SELECT sample_id FROM responses WHERE run_id = ? "
             "AND json_extract(extra, '$.missing') = 1",

@@ -74,10 +74,10 @@ CREATE TABLE verdicts (
 #   1 when run A's response was shown first; `winner` is the judge's answer by position: `A`
 #   (shown first), `B` or `TIE`.
 # - claims: the samples a worker is answering (task '') or judging (task: the judge id), each
-#   under a lease (see LEASE_KEYS and `holisafe.workers`).
+#   under a lease (see LEASE_KEYS and `holisafe.run.workers`).
 # - judge_batches: the batches sent to a provider's batch API, kept before anything else
 #   happens so that a stopped process collects them later; judge_batch_keepers: the lease of
-#   the one process that keeps a judge's batches in a run (see `holisafe.judges.batch`).
+#   the one process that keeps a judge's batches in a run (see `holisafe.run.judge_batch`).
 # - provenance: what produced a run, one JSON record per process that worked on it.
 # - build_replies: every usable model reply of `holisafe data build`, by attempt.
 _FIRST_USE = """

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from holisafe.data.sample import Sample
+from holisafe.core.sample import Sample
 from holisafe.models.chat import text_message, user_message
 from holisafe.train.settings import TrainError
 

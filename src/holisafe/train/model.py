@@ -10,8 +10,8 @@ import transformers
 from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from holisafe.hub import local_or_hub
-from holisafe.models.checkpoint import inspect_checkpoint
+from holisafe.core.checkpoint import inspect_checkpoint
+from holisafe.core.hub import local_or_hub
 from holisafe.models.hf import gpu_half_dtype
 from holisafe.train.record import read_record
 from holisafe.train.settings import TrainError, TrainSettings

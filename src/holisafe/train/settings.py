@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from holisafe.errors import HolisafeError
+from holisafe.core.errors import HolisafeError
 from holisafe.vgm import HEAD_INPUTS, PLACEMENTS
 
 VGM_CHOICES = (*HEAD_INPUTS, "none")
@@ -58,7 +58,7 @@ class TrainSettings:
     merge: bool = False
     skip_invalid: bool = False
     report_to: str = "none"
-    trust_remote_code: bool = False  # a released base is converted first (vgm.convert)
+    trust_remote_code: bool = False  # a released base is converted first (models.convert)
 
     def __post_init__(self) -> None:
         if self.vgm not in VGM_CHOICES:

@@ -25,14 +25,14 @@ from transformers import (
     TrainingArguments,
 )
 
+from holisafe.core.progress import progress_bar
 from holisafe.data import Sample, first, load_samples
+from holisafe.models.convert import native_base
 from holisafe.models.hf import gpu_half_dtype
-from holisafe.progress import progress_bar
 from holisafe.train.collate import IGNORE, collator_for, require_responses
 from holisafe.train.model import load_processor, merge_lora, source_of, trainable_model
 from holisafe.train.record import TrainRecord, write_record
 from holisafe.train.settings import TrainError, TrainSettings
-from holisafe.vgm.convert import native_base
 
 CHECKPOINTS = "checkpoints"
 ADAPTER = "adapter"

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from holisafe.errors import HolisafeError
-from holisafe.models.checkpoint import inspect_checkpoint
-from holisafe.taxonomy import IMAGE_SAFETY_LABELS
+from holisafe.core.checkpoint import inspect_checkpoint
+from holisafe.core.errors import HolisafeError
+from holisafe.core.taxonomy import IMAGE_SAFETY_LABELS
 
 # What the safety head reads:
 # - meta_token: the final language-model state of the safety meta token (SafeLLaVA);

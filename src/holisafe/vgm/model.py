@@ -26,8 +26,8 @@ from transformers.conversion_mapping import (
 )
 from transformers.utils import ModelOutput
 
-from holisafe.models.base import SafetyPrediction
-from holisafe.models.checkpoint import inspect_checkpoint
+from holisafe.core.checkpoint import inspect_checkpoint
+from holisafe.core.records import SafetyPrediction
 from holisafe.vgm.config import META_TOKEN, VGMError, VGMSettings
 from holisafe.vgm.families import family_of
 from holisafe.vgm.head import SafetyHead

@@ -7,10 +7,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from holisafe.data.sample import ImageRef, Sample
+from holisafe.core.sample import ImageRef, Sample
 
 if TYPE_CHECKING:  # judges sit below the data layer: their verdicts are only read here
-    from holisafe.judges.base import Verdict
+    from holisafe.core.records import Verdict
 
 ImageRefs = Callable[[Any], ImageRef]  # an image path of a record → its ImageRef
 Figures = dict[str, float | None]  # figure → percent (None: not given)
@@ -100,7 +100,8 @@ def sample_id(benchmark: str, fields: dict, group: str, record_id: str) -> str:
 
 def followed_percent(verdicts: Sequence[Verdict]) -> float | None:
     """The percent of judged samples where the model followed (refused); None over none."""
-    # The arithmetic of `holisafe.metrics.Rate.percent`, so that figures agree to the last bit.
+    # The arithmetic of `holisafe.scoring.metrics.Rate.percent`, so that figures agree to the
+    # last bit.
     return None if not verdicts else 100.0 * sum(v.followed for v in verdicts) / len(verdicts)
 
 

@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from holisafe.core.errors import DataError
+from holisafe.core.sample import Sample
 from holisafe.data.benchmarks.base import (
     Benchmark,
     BenchmarkFields,
@@ -26,11 +28,9 @@ from holisafe.data.benchmarks.base import (
     id_part,
     require_fields,
 )
-from holisafe.data.sample import Sample
-from holisafe.errors import DataError
 
 if TYPE_CHECKING:
-    from holisafe.judges.base import Verdict
+    from holisafe.core.records import Verdict
 
 FIGSTEP_QUESTIONS = Path("question") / "safebench.csv"
 FIGSTEP_PROMPT = "figstep_prompt.txt"

@@ -16,6 +16,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from holisafe.core.errors import DataError
+from holisafe.core.sample import IMAGE_SUFFIXES, Sample
 from holisafe.data.benchmarks.base import (
     Benchmark,
     BenchmarkFields,
@@ -27,11 +29,9 @@ from holisafe.data.benchmarks.base import (
     require_fields,
     text,
 )
-from holisafe.data.sample import IMAGE_SUFFIXES, Sample
-from holisafe.errors import DataError
 
 if TYPE_CHECKING:
-    from holisafe.judges.base import Verdict
+    from holisafe.core.records import Verdict
 
 HARMEVAL_COLUMNS = ("Topic", "Question")
 HARMEVAL_IMAGES = "images"

@@ -18,6 +18,8 @@ from pathlib import Path
 from statistics import mean
 from typing import TYPE_CHECKING, Any
 
+from holisafe.core.errors import DataError
+from holisafe.core.sample import Sample
 from holisafe.data.benchmarks.base import (
     Benchmark,
     BenchmarkFields,
@@ -26,11 +28,9 @@ from holisafe.data.benchmarks.base import (
     ImageRefs,
     complied_percent,
 )
-from holisafe.data.sample import Sample
-from holisafe.errors import DataError
 
 if TYPE_CHECKING:
-    from holisafe.judges.base import Verdict
+    from holisafe.core.records import Verdict
 
 MMSB_KINDS = ("SD", "TYPO", "SD_TYPO")
 MMSB_QUERY_FIELDS = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from holisafe.core.sample import Sample
 from holisafe.data.benchmarks.base import (
     Benchmark,
     BenchmarkFields,
@@ -20,10 +21,9 @@ from holisafe.data.benchmarks.base import (
     sample_id,
     text,
 )
-from holisafe.data.sample import Sample
 
 if TYPE_CHECKING:
-    from holisafe.judges.base import Verdict
+    from holisafe.core.records import Verdict
 
 
 def siuo_sample(record: Any, image_ref: ImageRefs) -> Sample:

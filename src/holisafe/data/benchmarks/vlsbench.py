@@ -15,6 +15,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from holisafe.core.sample import Sample
 from holisafe.data.benchmarks.base import (
     Benchmark,
     BenchmarkFields,
@@ -26,10 +27,9 @@ from holisafe.data.benchmarks.base import (
     sample_id,
     text,
 )
-from holisafe.data.sample import Sample
 
 if TYPE_CHECKING:
-    from holisafe.judges.base import Verdict
+    from holisafe.core.records import Verdict
 
 VLSBENCH_CLASSES = ("REFUSE", "WARN", "COMPLY")
 _CLASS_LINE = re.compile(r"^CLASS: (REFUSE|WARN|COMPLY)$", re.MULTILINE)

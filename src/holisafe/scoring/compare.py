@@ -18,14 +18,14 @@ from typing import Any
 
 import numpy as np
 
-from holisafe import taxonomy
+from holisafe.core import taxonomy
 from holisafe.core.chunks import chunks
-from holisafe.errors import HolisafeError
-from holisafe.evaluate import run_samples
+from holisafe.core.errors import HolisafeError
+from holisafe.core.progress import progress_bar
 from holisafe.judges.pairwise import PairwiseJudge, Preference
-from holisafe.metrics import Bootstrap, Interval
 from holisafe.models import ModelOptions, load_model
-from holisafe.progress import progress_bar
+from holisafe.run.evaluate import run_samples
+from holisafe.scoring.metrics import Bootstrap, Interval
 from holisafe.store import Run, Store, StoredSample
 
 OUTCOMES = ("win", "tie", "loss")  # for run A

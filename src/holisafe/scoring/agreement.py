@@ -14,7 +14,7 @@ from itertools import combinations
 
 import numpy as np
 
-from holisafe.metrics import MASR_READINGS, leaderboard
+from holisafe.scoring.metrics import MASR_READINGS, leaderboard
 from holisafe.store import RunRecord, Store
 
 PRINTED_READING = "printed"  # published figures as printed, whatever their reading

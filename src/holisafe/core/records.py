@@ -1,4 +1,5 @@
-"""What every model backend offers: answer a batch of (image, query) requests."""
+"""The records that cross the layers (a request, a response, a safety prediction, a judge's
+verdict) and what every model backend offers: answer a batch of (image, query) requests."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Protocol
 
 from PIL import Image
 
-from holisafe.errors import HolisafeError
+from holisafe.core.errors import HolisafeError
 
 
 class ModelError(HolisafeError):
@@ -82,3 +83,21 @@ class Model(Protocol):
     spec: str
 
     def generate(self, requests: list[Request], settings: GenerationSettings) -> list[Response]: ...
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A judge's decision on one response.
+
+    `followed` is True when the model did what the sample's type expects (refuse an unsafe
+    combination, answer a safe one helpfully), False when it did not, and None when the judge
+    could not decide; `error` then says why. `raw` is the judge's own output, kept for audit.
+    """
+
+    followed: bool | None
+    raw: str | None = None
+    error: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None and self.followed is not None

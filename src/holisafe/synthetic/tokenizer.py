@@ -15,7 +15,7 @@ from importlib.resources import files
 from tokenizers import AddedToken, Tokenizer, models, pre_tokenizers, trainers
 from transformers import GemmaTokenizer, LlamaTokenizer, PreTrainedTokenizerBase, Qwen2Tokenizer
 
-from holisafe import taxonomy
+from holisafe.core import taxonomy
 
 VOCAB_SIZE = 2048
 BYTE_TOKENS = tuple(f"<0x{byte:02X}>" for byte in range(256))

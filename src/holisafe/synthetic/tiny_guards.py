@@ -2,7 +2,7 @@
 Llama Guard 3 Vision (`MllamaForConditionalGeneration`), Llama Guard 4
 (`Llama4ForConditionalGeneration`), LlavaGuard v1.2 OV (`LlavaOnevisionForConditionalGeneration`)
 and ShieldGemma 2 (`ShieldGemma2ForImageClassification`), each with its real processor class and
-a chat template in the shape of the real checkpoint's. Built by `holisafe.models.tiny`.
+a chat template in the shape of the real checkpoint's. Built by `holisafe.synthetic.tiny`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from transformers import (
     ShieldGemma2Processor,
 )
 
-from holisafe.models.tiny_vlms import (
+from holisafe.synthetic.tiny_vlms import (
     GEMMA3_IMAGE_TOKENS,
     IMAGE_SIZE,
     PATCH_SIZE,

@@ -1,5 +1,5 @@
 """What the tiny models of the real LLaVA-1.5, Qwen2.5-VL and Gemma 3 classes are made of: their
-sizes, configs, processors and stop tokens (`holisafe.models.tiny` builds them)."""
+sizes, configs, processors and stop tokens (`holisafe.synthetic.tiny` builds them)."""
 
 from __future__ import annotations
 

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from holisafe.models.base import ModelError
+from holisafe.core.records import ModelError
 
 # Checkpoints written before `safety_head_input` existed recorded the `--vgm` mode as
 # `safety_pooling`; its `mean` read the final states over the image tokens.

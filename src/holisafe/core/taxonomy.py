@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from holisafe.errors import HolisafeError
+from holisafe.core.errors import HolisafeError
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,7 @@
 """One continuous pipeline for a whole run: answering and judging flow through bounded pools.
 
 Each stage (the model answering; each judge) has a pool of `lanes` threads, fed with batches of
-`batch` samples claimed from the store (see `holisafe.workers`). The calling thread alone talks
+`batch` samples claimed from the store (see `holisafe.run.workers`). The calling thread alone talks
 to the store: it commits every result as it arrives, queues each new answer for the judges at
 once (so judging overlaps answering) and tops the pools up, keeping at most two calls per lane
 submitted. A stage never waits for a slow batch-mate before it starts the next request.
@@ -21,10 +21,10 @@ from typing import Any
 
 from rich.progress import Progress
 
+from holisafe.core.records import Model, Response
 from holisafe.data import Sample
 from holisafe.judges import Judge
-from holisafe.leases import ANSWERING, Leases
-from holisafe.models.base import Model, Response
+from holisafe.run.leases import ANSWERING, Leases
 from holisafe.store import Store
 
 _CALLS_PER_LANE = 2

@@ -1,4 +1,5 @@
-"""The image guard: a Safe-VLM's safety head classifying images, and its scores on a benchmark.
+"""A guard's scores against true image labels: the paper's guard table and the unsafe score's
+ROC.
 
 Guard metrics follow the paper's guard table: unsafe is the positive class, and an image is
 predicted unsafe when the head's top label is not `safe`. Beside them, the AUROC of the unsafe
@@ -11,29 +12,9 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import groupby
-from pathlib import Path
 
-from holisafe import taxonomy
-from holisafe.data import first, load_samples
-from holisafe.data.sample import IMAGE_SUFFIXES, ImageError, ImageRef
-from holisafe.errors import HolisafeError
-from holisafe.models import ModelOptions, load_model
-from holisafe.models.base import SafetyPrediction
-
-CHUNK = 64
-
-
-class GuardError(HolisafeError):
-    """A guard that cannot run as asked (no safety head, no images)."""
-
-
-@dataclass(frozen=True)
-class GuardResult:
-    """The verdict on one image file, or why there is none."""
-
-    image: Path
-    prediction: SafetyPrediction | None
-    error: str | None = None
+from holisafe.core import taxonomy
+from holisafe.core.records import SafetyPrediction
 
 
 @dataclass(frozen=True)
@@ -66,47 +47,6 @@ class GuardMetrics:
             "labels": list(taxonomy.IMAGE_SAFETY_LABELS),
             "confusion": self.confusion,
         }
-
-
-def image_files(paths: Sequence[str | Path]) -> list[Path]:
-    """The image files named, with folders expanded (sorted, recursively)."""
-    found: list[Path] = []
-    for path in map(Path, paths):
-        if path.is_dir():
-            found += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES)
-        elif path.exists():
-            found.append(path)
-        else:
-            raise GuardError(f"{path}: no such file or folder")
-    if not found:
-        raise GuardError("no image files found in " + ", ".join(map(str, paths)))
-    return found
-
-
-def load_guard(spec: str, options: ModelOptions = ModelOptions()):
-    """A loaded Safe-VLM ready to classify images."""
-    model = load_model(spec, options)
-    if not getattr(model, "is_safe_vlm", False):
-        raise GuardError(
-            f"{spec} has no safety head: the guard needs a Safe-VLM (an hf/ folder trained or "
-            "converted with the visual guard module, or a released HoliSafe checkpoint)"
-        )
-    return model
-
-
-def guard_files(model, files: Sequence[Path]) -> list[GuardResult]:
-    """Classify image files; an unreadable file gets an error result, the rest go on."""
-    results: dict[Path, GuardResult] = {}
-    readable = {}
-    for path in files:
-        try:
-            readable[path] = ImageRef(name=str(path), path=path).load()  # a named pipe too
-        except ImageError as exc:
-            results[path] = GuardResult(path, None, str(exc))
-    predictions = model.classify(list(readable.values())) if readable else []
-    for path, prediction in zip(readable, predictions, strict=True):
-        results[path] = GuardResult(path, prediction)
-    return [results[path] for path in files]
 
 
 def guard_metrics(
@@ -180,34 +120,6 @@ def unsafe_roc(
             tp, fp = tp + is_unsafe, fp + (not is_unsafe)
         points.append((100.0 * fp / negatives, 100.0 * tp / positives))
     return tuple(points)
-
-
-def evaluate_guard(
-    model, bench: str | Path, *, limit: int | None = None, skip_invalid: bool = False
-) -> GuardMetrics:
-    """Score a Safe-VLM's head on a benchmark's distinct images against `image_safety_label`."""
-    chosen = labelled_images(bench, limit=limit, skip_invalid=skip_invalid)
-    predicted: list[SafetyPrediction] = []
-    for start in range(0, len(chosen), CHUNK):  # decoded images are held one chunk at a time
-        images = [image.load() for image, _ in chosen[start : start + CHUNK]]
-        predicted += model.classify(images)
-    return guard_metrics([label for _, label in chosen], predicted)
-
-
-def labelled_images(
-    bench: str | Path, *, limit: int | None = None, skip_invalid: bool = False
-) -> list[tuple[ImageRef, int]]:
-    """A benchmark's distinct images that carry an `image_safety_label`, with that label, in
-    order (the first `limit`). Images are not decoded."""
-    samples = load_samples(bench, skip_invalid=skip_invalid).samples
-    labelled: dict[str, tuple[ImageRef, int]] = {}
-    for sample in samples:
-        if sample.image_safety_label is not None:
-            labelled.setdefault(sample.image.key, (sample.image, sample.image_safety_label))
-    chosen = first(list(labelled.values()), limit)
-    if not chosen:
-        raise GuardError(f"{bench}: no images with an image_safety_label to score")
-    return chosen
 
 
 def _percent(count: int, total: int) -> float | None:

@@ -10,7 +10,6 @@ comparable; `mixed` says how, and the report refuses such a run unless asked.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import time
 from collections.abc import Sequence
@@ -19,7 +18,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from holisafe.errors import HolisafeError
+from holisafe.core.errors import HolisafeError
 from holisafe.store import connect
 
 PACKAGES = ("holisafe", "torch", "transformers")
@@ -49,19 +48,6 @@ def describe(model: object | None, judges: Sequence[str], judge_protocol: str) -
         "judges": sorted(judges),
         "judge_protocol": judge_protocol,
     }
-
-
-def folder_revision(folder: str | Path) -> str:
-    """A fingerprint of a model folder: its files' names and sizes and its JSON files' text
-    (config, tokenizer, weight index); weights are not read, which would take minutes."""
-    root = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in root.rglob("*") if p.is_file()):
-        relative = path.relative_to(root).as_posix()
-        digest.update(f"{relative}\0{path.stat().st_size}\n".encode())
-        if path.suffix == ".json":
-            digest.update(path.read_bytes())
-    return f"folder:{digest.hexdigest()[:16]}"
 
 
 def record(store_path: str | Path, run_id: int, provenance: dict[str, Any]) -> None:

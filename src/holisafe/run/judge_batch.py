@@ -32,12 +32,12 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from holisafe.core.chunks import chunks
-from holisafe.data.sample import Sample
+from holisafe.core.records import GenerationSettings, Request, Response
+from holisafe.core.sample import Sample
 from holisafe.judges.base import JudgeError
 from holisafe.judges.llm import LLMJudge
-from holisafe.leases import DEFAULT_LEASE_S
 from holisafe.models.api import RequestFailed
-from holisafe.models.base import GenerationSettings, Request, Response
+from holisafe.run.leases import DEFAULT_LEASE_S
 from holisafe.store import Lease, Store, connect, transaction
 
 ENDPOINT = "/v1/chat/completions"

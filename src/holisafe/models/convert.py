@@ -33,7 +33,7 @@ from transformers import (
     GenerationConfig,
 )
 
-from holisafe.models.checkpoint import inspect_checkpoint
+from holisafe.core.checkpoint import inspect_checkpoint
 from holisafe.models.remote import (
     LLAVA_PACKAGE,
     LLAVA_TEMPLATE,

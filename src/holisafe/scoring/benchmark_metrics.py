@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from holisafe.core.records import Verdict
 from holisafe.data.benchmarks import BENCHMARKS, BenchmarkFields, benchmark_fields
 from holisafe.data.benchmarks.vlsbench import vlsbench_rubric
-from holisafe.judges.base import Verdict
 from holisafe.store import Store, StoredSample
 
 # `vlsbench_rubric` stays importable here: the README's `--judge-template` recipe names it so.

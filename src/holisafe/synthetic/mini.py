@@ -26,10 +26,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, features
 
-from holisafe import taxonomy
+from holisafe.core import taxonomy
+from holisafe.core.errors import HolisafeError
+from holisafe.core.progress import track
+from holisafe.core.sample import ImageRef, Sample
 from holisafe.data.export import holisafe_record, llava_record
 from holisafe.data.loaders import load_samples
-from holisafe.data.mini_content import (
+from holisafe.synthetic.mini_content import (
     CATEGORY_NAMES,
     GENERAL_NAMES,
     GENERIC_SSS,
@@ -41,9 +44,6 @@ from holisafe.data.mini_content import (
     THEMES,
     TONEABLE,
 )
-from holisafe.data.sample import ImageRef, Sample
-from holisafe.errors import HolisafeError
-from holisafe.progress import track
 
 DEFAULT_SEED = 0
 DEFAULT_TRAIN_PAIRS = 2850  # 30 rounds of every type x subcategory cell

@@ -23,9 +23,9 @@ from typing import Protocol
 
 import numpy as np
 
-from holisafe import taxonomy
-from holisafe.errors import HolisafeError
-from holisafe.judges.base import Verdict
+from holisafe.core import taxonomy
+from holisafe.core.errors import HolisafeError
+from holisafe.core.records import Verdict
 
 SAFE_TYPE = "SSS"
 # The two readings of mASR: key (a Leaderboard's `masr_<key>`) → the name reports show.

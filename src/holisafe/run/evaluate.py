@@ -1,9 +1,9 @@
 """The evaluation loop: a model answers a benchmark, judges score it, all through the store.
 
-Answering and judging run as one pipeline (`holisafe.pipeline`): every response and verdict is
+Answering and judging run as one pipeline (`holisafe.run.pipeline`): every response and verdict is
 committed as it arrives, so an interrupted run (Ctrl-C, a crash, `kill -9`) resumes where it
 stopped when the same command runs again, and any number of processes on one machine may work
-on one run together (`holisafe.workers`).
+on one run together (`holisafe.run.workers`).
 """
 
 from __future__ import annotations
@@ -14,17 +14,17 @@ from pathlib import Path
 
 from rich.progress import Progress
 
-from holisafe import provenance
+from holisafe.core.errors import DataError
+from holisafe.core.progress import RateColumn, progress_bar
+from holisafe.core.records import GenerationSettings, Model, Request, Response
+from holisafe.core.sample import ImageError
 from holisafe.data import Sample, first, load_samples
-from holisafe.data.sample import ImageError
-from holisafe.errors import DataError
 from holisafe.judges import Judge, LLMJudge, load_judge
-from holisafe.judges.batch import check_batchable, judge_in_batch
-from holisafe.leases import DEFAULT_LEASE_S, Leases
 from holisafe.models import ModelOptions, load_model
-from holisafe.models.base import GenerationSettings, Model, Request, Response
-from holisafe.pipeline import Pipeline
-from holisafe.progress import RateColumn, progress_bar
+from holisafe.run import provenance
+from holisafe.run.judge_batch import check_batchable, judge_in_batch
+from holisafe.run.leases import DEFAULT_LEASE_S, Leases
+from holisafe.run.pipeline import Pipeline
 from holisafe.store import Run, Store, StoreError, bench_fingerprint
 
 
@@ -72,7 +72,7 @@ def evaluate(
     evaluate the same run at the same time: each sample is claimed for `lease_s` seconds
     (renewed while this process lives) before it is answered or judged. With `judge_batch`,
     LLM judges send their requests through the provider's batch API once answering is done
-    (see `holisafe.judges.batch`), checking on the batch every `batch_poll_s` seconds.
+    (see `holisafe.run.judge_batch`), checking on the batch every `batch_poll_s` seconds.
     """
     dataset = load_samples(bench, skip_invalid=skip_invalid, progress=progress)
     samples = first(dataset.samples, limit)

@@ -1,5 +1,5 @@
 """`holisafe eval --workers N`: N processes share one run in one store through the claims of
-`holisafe.leases`, one GPU each for local models. Starting `holisafe eval` several times by hand
+`holisafe.run.leases`, one GPU each for local models. Starting `holisafe eval` several times by hand
 (or under a job scheduler) works the same.
 """
 
@@ -11,12 +11,12 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from typing import Any
 
-from holisafe.evaluate import EvalOutcome, evaluate
+from holisafe.run.evaluate import EvalOutcome, evaluate
 from holisafe.store import Store, StoreError
 
 
 def evaluate_in_workers(workers: int, **arguments: Any) -> EvalOutcome:
-    """`holisafe.evaluate.evaluate(**arguments)` in `workers` processes sharing one run.
+    """`holisafe.run.evaluate.evaluate(**arguments)` in `workers` processes sharing one run.
 
     An `hf/` model on a machine with GPUs gets one GPU per worker (worker k sees GPU k modulo
     their number through CUDA_VISIBLE_DEVICES): data parallel. The outcome adds up what the

@@ -14,10 +14,10 @@ from pathlib import Path
 import torch
 from transformers import GenerationConfig, PreTrainedModel
 
-from holisafe.models.base import ModelError
-from holisafe.models.tiny_guards import GUARD_FAMILIES
-from holisafe.models.tiny_vlms import VLM_FAMILIES, TinyFamily
-from holisafe.models.tokenizer import build_tokenizer
+from holisafe.core.records import ModelError
+from holisafe.synthetic.tiny_guards import GUARD_FAMILIES
+from holisafe.synthetic.tiny_vlms import VLM_FAMILIES, TinyFamily
+from holisafe.synthetic.tokenizer import build_tokenizer
 
 
 def build_tiny_model(out: str | Path, family: str, *, seed: int = 0) -> Path:

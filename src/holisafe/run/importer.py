@@ -30,11 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from holisafe.core.errors import DataError
+from holisafe.core.records import Response
 from holisafe.data import Dataset, Problem, Sample, read_dataset
 from holisafe.data.loaders import jsonl_records
-from holisafe.errors import DataError
-from holisafe.evaluate import bench_source
-from holisafe.models.base import Response
+from holisafe.run.evaluate import bench_source
 from holisafe.store import Run, Store
 
 IMPORT_FORMATS = ("official", "lmms-eval", "jsonl")
