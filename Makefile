@@ -55,6 +55,7 @@ lean: $(LEAN)/.installed
 
 test: install browser lean docs
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports --no-cache
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-fast: install
@@ -62,6 +63,7 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/lint-imports --no-cache
 
 # The documentation site, built strictly: a broken link or anchor fails.
 docs: install
@@ -86,6 +88,7 @@ test-latest:
 	PIP_CONSTRAINT="" $(LATEST)/bin/python -m pip install --quiet --upgrade -e ".[all,test,docs]"
 	$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
 	$(LATEST)/bin/ruff check src tests benchmarks
+	$(LATEST)/bin/lint-imports --no-cache
 	OMP_NUM_THREADS=1 $(LATEST)/bin/python -m pytest $(PYTEST_ARGS)
 
 # The lowest version of each of the core's own dependencies (and the test tools'), no torch:
