@@ -7,8 +7,8 @@ is never edited: a change to the schema is a new migration at the end of MIGRATI
 Stores written before the migrations have user_version 0 and the first migration's tables,
 with any of the second's that they happened to need. Their `schema_version` table, whose one
 row has always held SCHEMA_VERSION, marks a file as a holisafe store; it stays, so that those
-releases still open the stores written since (migrations only add to what they read), and any
-other value in it is refused.
+releases still open and report the stores written since (migrations only add to what they read;
+adding a new benchmark to such a store needs this release), and any other value in it is refused.
 """
 
 SCHEMA_VERSION = 1
