@@ -79,13 +79,13 @@ lock: $(UV)
 	$(UV) pip compile pyproject.toml --extra all --extra test --extra docs --universal --upgrade \
 	  --constraint requirements/pins.txt -o $(LOCK)
 
-# The newest releases the ranges allow, torch included (PIP_CONSTRAINT="" lifts a machine-wide
-# pip cap such as this machine's, which holds torch to the builds on its disk).
+# The newest releases the ranges allow, torch included: PIP_CONSTRAINT=/dev/null lifts a
+# machine-wide pip cap such as this machine's, which holds torch to the builds on its disk.
 test-latest:
 	rm -rf $(LATEST)
 	$(PYTHON) -m venv $(LATEST)
 	$(LATEST)/bin/python -m pip install --quiet --upgrade pip
-	PIP_CONSTRAINT="" $(LATEST)/bin/python -m pip install --quiet --upgrade -e ".[all,test,docs]"
+	PIP_CONSTRAINT=/dev/null $(LATEST)/bin/python -m pip install --quiet --upgrade -e ".[all,test,docs]"
 	$(LATEST)/bin/python -m pip list --format=freeze > $(LATEST)/versions.txt
 	$(LATEST)/bin/ruff check src tests benchmarks
 	$(LATEST)/bin/lint-imports --no-cache
