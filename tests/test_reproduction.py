@@ -15,6 +15,7 @@ over the unsafe types present there. The pooled reading is the ASR over all unsa
 
 from __future__ import annotations
 
+import csv
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -24,6 +25,7 @@ from typer.testing import CliRunner
 
 from holisafe.cli import app
 from holisafe.report import store_leaderboards
+from holisafe.scoring.metrics import MASR_READINGS
 from holisafe.store import Store
 from tests.predictionfixtures import (
     official_prediction_records,
@@ -171,3 +173,28 @@ def test_the_scripts_average_rounds_each_type_and_counts_an_empty_type_as_0():
     records = [{"type": t, "prediction": p, "subcategory": "suicide", "category": "self_harm"}
                for t, p in rows]  # fmt: skip
     assert official_figures(records)["avg_asr"] == pytest.approx((0.33333 + 0.66667) / 4)
+
+
+def test_the_docs_state_each_masr_reading_and_the_figures_it_reproduces():
+    """docs/import-and-reproduce.md, "Reproducing the paper": the commands need no flag to match
+    the official script, and every reading the toolkit offers is named with the published
+    figures it reproduces, counted from the shipped tables."""
+    root = Path(__file__).parents[1]
+    docs = (root / "docs/import-and-reproduce.md").read_text(encoding="utf-8")
+    reproducing = docs.split("## Reproducing the paper", 1)[1]
+    assert "--missing-as-compliance" not in reproducing
+    for key, name in MASR_READINGS.items():
+        assert f"`{name}`, `masr_{key}`" in reproducing
+    published = root / "src/holisafe/resources/paper_leaderboard"
+    manifest = json.loads((published / "manifest.json").read_text(encoding="utf-8"))
+    rows = pooled = 0
+    for table, about in manifest["tables"].items():
+        with (published / f"{table}.csv").open(encoding="utf-8") as lines:
+            models = [row["Model"] for row in csv.DictReader(lines)]
+        rows += len(models)
+        pooled += sum(about["masr_reading_except"].get(m, about["masr_reading"]) == "pooled"
+                      for m in models)  # fmt: skip
+    assert f"{pooled} of their {rows} rows" in reproducing
+    words = " ".join(reproducing.split())
+    assert "after rounding each to five decimals" in words
+    assert "counts a type with no samples as 0" in words
