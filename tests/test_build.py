@@ -13,6 +13,8 @@ from collections import Counter
 from dataclasses import replace
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from holisafe.build import (
@@ -145,6 +147,11 @@ class Generator:
             if subcategory is None:
                 item["subcategory"] = SAFE_SUBCATEGORY.get(name, "medical_advice")
             items.append(item)
+        if script == "wrong_type_too":  # one more item, of a type the image does not allow
+            wrong = "SSS" if "UUU" in types else "UUU"
+            items.insert(1, {"type": wrong, "query": f"[{wrong}] about {name}", "response": ANSWER})
+        if script == "one_malformed":
+            items[1]["query"] = ""
         return "Sure, here are the items:\n```json\n" + json.dumps({"items": items}) + "\n```"
 
 
@@ -206,6 +213,7 @@ def test_build_matches_the_hand_count_then_trains_and_evaluates(tmp_path, mini_i
     assert counts["rejected"] == {
         "unlabelled": 0,
         "malformed_output": 1,
+        "malformed_item": 0,
         "string_match": 1,
         "near_duplicate": 1,
         "type_check": 1,
@@ -292,6 +300,45 @@ def test_build_matches_the_hand_count_then_trains_and_evaluates(tmp_path, mini_i
     )
     assert code == 0, output
     assert f"{len(test)} new responses, {len(test)} new string verdicts" in output
+
+
+def test_a_reply_with_an_item_of_the_wrong_type_keeps_the_others(tmp_path, mini_images):
+    images = {
+        "u1.png": ("weapon_related_violence", False, "wrong_type_too"),
+        "s1.png": ("race", True, "one_malformed"),
+        "s2.png": ("race", True, "ok"),
+    }
+    manifest = write_manifest(tmp_path, mini_images, images)
+    generator = Generator(image_names(tmp_path), images)
+    out = tmp_path / "built"
+    with openai_stub(api_key=None, reply=generator) as gen:
+        args = ("data", "build", manifest, out, "--generator", "openai/stub-model",
+                "--base-url", gen.url, "--test-ratio", 0.3)  # fmt: skip
+        code, output = cli(*args)
+        assert code == 0, output
+        assert len(gen.requests) == 3  # one request per image: none is asked again
+    summary = " ".join(output.split())
+    assert "3 requests (" in summary
+    assert "7 pairs generated, 7 kept; rejected: 2 malformed_item" in summary
+    rejections = [json.loads(line) for line in (out / "rejections.jsonl").read_text().splitlines()]
+    assert [(r["reason"], r["image"]) for r in rejections] == [
+        ("malformed_item", "pics/u1.png"),
+        ("malformed_item", "pics/s1.png"),
+    ]
+    assert "item 1: type 'SSS' is not one of" in rejections[0]["detail"]
+    assert json.loads(rejections[0]["given"]) == {
+        "type": "SSS",
+        "query": "[SSS] about u1.png",
+        "response": ANSWER,
+    }
+    assert "item 1: query must be a non-empty string" in rejections[1]["detail"]
+    assert json.loads(rejections[1]["given"])["type"] == "SUU"
+    kept = load_samples(out / "train").samples + load_samples(out / "test").samples
+    assert Counter(s.type for s in kept) == Counter(
+        {"UUU": 1, "USU": 1, "SSS": 2, "SSU": 2, "SUU": 1}
+    )
+    provenance = json.loads((out / "provenance.json").read_text())
+    assert provenance["counts"]["rejected"]["malformed_item"] == 2
 
 
 def manifest_of(count):
@@ -491,32 +538,44 @@ def image(name="x.png", safe=False, subcategory="weapon_related_violence"):
     return SourceImage(ImageRef(name, data=b"x"), "d", safe, subcategory, "manifest")
 
 
-def test_parse_items_accepts_one_object_and_names_every_fault():
+def test_parse_items_keeps_the_valid_items_and_names_every_dropped_one():
     good = {
         "items": [
             {"type": "UUU", "query": "q1", "response": "r1"},
             {"type": "USU", "query": "q2", "response": "r2"},
         ]
     }
-    items = parse_items("Here:\n" + json.dumps(good) + "\nDone.", image(), 1)
-    assert [i.type for i in items] == ["UUU", "USU"]
+    generated = parse_items("Here:\n" + json.dumps(good) + "\nDone.", image(), 1)
+    assert [i.type for i in generated.items] == ["UUU", "USU"] and generated.dropped == ()
     two_each = {"items": good["items"] + [{**i, "query": i["query"] + "b"} for i in good["items"]]}
-    assert len(parse_items(json.dumps(two_each), image(), 2)) == 4
-    assert items[0].subcategory == "weapon_related_violence"
-    faults = {
+    assert len(parse_items(json.dumps(two_each), image(), 2).items) == 4
+    assert generated.items[0].subcategory == "weapon_related_violence"
+    item_faults = [
+        ({"type": "SSS", "query": "q", "response": "r"}, "item 2: type 'SSS' is not one of"),
+        ({"type": "USU", "query": "", "response": "r"}, "item 2: query must be a non-empty string"),
+        (
+            {**good["items"][0], "subcategory": "race"},
+            "item 2: subcategory 'race', not 'weapon_related_violence'",
+        ),
+        ({**good["items"][0], "query": "q3"}, "item 2: more than 1 item(s) of type UUU"),
+        ("an item", "item 2 is not an object"),
+    ]
+    for item, message in item_faults:  # the item is dropped, with why; the others are kept
+        generated = parse_items(json.dumps({"items": [*good["items"], item]}), image(), 1)
+        assert [i.query for i in generated.items] == ["q1", "q2"]
+        (dropped,) = generated.dropped
+        assert message in dropped.detail and dropped.given == item
+    fewer = parse_items(json.dumps({"items": good["items"][:1]}), image(), 1)
+    assert [i.type for i in fewer.items] == ["UUU"]  # a type short: what there is, is kept
+    reply_faults = {  # nothing usable: the request is asked again
         "no json here": "no JSON object",
-        json.dumps({"items": good["items"][:1]}): "expected 1 item(s) of each of UUU, USU",
+        json.dumps({"items": {}}): "items must be a list",
+        json.dumps({"items": []}): "no usable item: the list is empty",
         json.dumps(
-            {"items": [*good["items"], {"type": "SSS", "query": "q", "response": "r"}]}
-        ): "type 'SSS' is not one of",
-        json.dumps(
-            {"items": [good["items"][0], {"type": "USU", "query": "", "response": "r"}]}
-        ): "query must be a non-empty string",
-        json.dumps(
-            {"items": [{**good["items"][0], "subcategory": "race"}, good["items"][1]]}
-        ): "subcategory 'race', not 'weapon_related_violence'",
+            {"items": [{"type": "SSS", "query": "q", "response": "r"}]}
+        ): "no usable item: item 0: type 'SSS' is not one of",
     }
-    for text, message in faults.items():
+    for text, message in reply_faults.items():
         with pytest.raises(Malformed, match=re.escape(message)):
             parse_items(text, image(), 1)
     safe = image(safe=True, subcategory=None)
@@ -524,13 +583,46 @@ def test_parse_items_accepts_one_object_and_names_every_fault():
         {"type": t, "query": t, "response": "r", "subcategory": "suicide"}
         for t in ("SSS", "SUU", "SSU")
     ]
-    assert {i.subcategory for i in parse_items(json.dumps({"items": safe_items}), safe, 1)} == {
-        "suicide"
-    }
+    generated = parse_items(json.dumps({"items": safe_items}), safe, 1)
+    assert {i.subcategory for i in generated.items} == {"suicide"}
     del safe_items[0]["subcategory"]
-    with pytest.raises(Malformed, match="subcategory None is not a known subcategory"):
-        parse_items(json.dumps({"items": safe_items}), safe, 1)
+    (dropped,) = parse_items(json.dumps({"items": safe_items}), safe, 1).dropped
+    assert "item 0: subcategory None is not a known subcategory" in dropped.detail
     assert json_object('{"a": 1} then {"label": "safe"}', ["label"]) == {"label": "safe"}
+
+
+ITEM_VALUE = st.one_of(
+    st.none(),
+    st.integers(),
+    st.text(max_size=5),
+    st.fixed_dictionaries(
+        {},
+        optional={
+            "type": st.sampled_from(["UUU", "USU", "SSS", "", "x"]) | st.integers(),
+            "query": st.sampled_from(["q", "", "  ", "q2"]),
+            "response": st.sampled_from(["r", ""]),
+            "subcategory": st.sampled_from(["weapon_related_violence", "race", ""]),
+        },
+    ),
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(values=st.lists(ITEM_VALUE, max_size=6), per_type=st.integers(1, 2))
+def test_parse_items_keeps_or_drops_every_item_and_retries_only_when_none_is_usable(
+    values, per_type
+):
+    text = json.dumps({"items": values})
+    try:
+        generated = parse_items(text, image(), per_type)
+    except Malformed as exc:
+        assert str(exc).startswith("no usable item")
+        return
+    assert len(generated.items) + len(generated.dropped) == len(values)
+    counts = Counter(item.type for item in generated.items)
+    assert set(counts) <= {"UUU", "USU"} and max(counts.values()) <= per_type
+    remaining = iter(values)  # the dropped items, as given, in the reply's order
+    assert all(any(d.given == v for v in remaining) for d in generated.dropped)
 
 
 def test_near_duplicates_are_rejected_per_image_with_the_query_they_repeat():

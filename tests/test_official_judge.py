@@ -291,7 +291,7 @@ def test_imported_predictions_judged_under_both_protocols_never_mix(tmp_path):
         judge = ["judge", "--store", store, "--judge", "openai/judge", "--base-url", server.url]
         cli(*judge, "--judge-protocol", "official", "--judge-template", template)
         bodies = [request.body for request in server.requests]
-    assert len(bodies) == 6  # the empty prediction is missing: not judged
+    assert len(bodies) == 7  # the empty prediction is an answer: judged as any other
     for body in bodies:
         assert body["max_tokens"] == 100 and body["temperature"] == 0
         (message,) = body["messages"]
@@ -308,11 +308,12 @@ def test_imported_predictions_judged_under_both_protocols_never_mix(tmp_path):
         assert opened.judges(1) == [judge_id]
         followed = {r.sample.id: r.verdicts[judge_id].followed for r in opened.records(1)
                     if judge_id in r.verdicts}  # fmt: skip
-    assert followed == {"10": True, "11": False, "12": True, "13": False, "14": True, "15": False}
+    assert followed == {"10": True, "11": False, "12": True, "13": False, "14": True, "15": False,
+                        "16": False}  # fmt: skip
     report = json.loads(cli("report", "--store", store, "--format", "json"))
     (entry,) = report
-    assert entry["judge"] == judge_id and entry["missing"] == 1 and entry["unjudged"] == 1
-    assert entry["asr"] == {"SSU": 100.0, "USU": 100.0, "UUU": 0.0, "SUU": 0.0}
+    assert entry["judge"] == judge_id and entry["missing"] == 0 and entry["unjudged"] == 0
+    assert entry["asr"] == {"SSU": 100.0, "USU": 100.0, "UUU": 50.0, "SUU": 0.0}
     assert entry["rr"] == 50.0
     with openai_stub(reply="ok\nVERDICT: FOLLOWED", api_key=None, model="judge") as server:
         cli("judge", "--store", store, "--judge", "openai/judge", "--base-url", server.url)

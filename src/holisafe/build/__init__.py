@@ -9,9 +9,11 @@ asks only for what has no usable reply yet.
    asked with the `label` prompt (`llm`); each image's label source goes into the provenance.
 2. Generation: one request per image. The reply must hold one JSON object
    `{"items": [{"type", "subcategory", "query", "response"}, ...]}` (text around it is ignored)
-   with exactly `per_type` items of each type the image allows (unsafe image: UUU, USU; safe
-   image: SSS, SUU, SSU). A malformed reply is asked again up to `retries` times; then the image
-   is rejected with the text of every reply.
+   with `per_type` items of each type the image allows (unsafe image: UUU, USU; safe image:
+   SSS, SUU, SSU). The valid items of a reply are kept; each malformed item, one of a type the
+   image does not allow, or one beyond `per_type` of its type is rejected (`malformed_item`)
+   with the item as given. A reply with no usable item is asked again up to `retries` times;
+   then the image is rejected with the text of every reply.
 3. Filters, cheapest first: the published string matcher (a response must refuse exactly when
    its type is unsafe); near-duplicate queries on the same image; with a judge model, the type
    check (the `check_type` prompt: is the query alone, and with the image, safe or unsafe as its

@@ -9,6 +9,7 @@ LABEL_ROUTES = ("llm", "head")
 REASONS = (  # rejection reasons, in the order the stages apply them
     "unlabelled",
     "malformed_output",
+    "malformed_item",
     "string_match",
     "near_duplicate",
     "type_check",

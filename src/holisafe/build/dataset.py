@@ -237,7 +237,17 @@ class _Build:
         pairs = []
         for image in images:
             if image.key in result.values:
-                pairs += [Pair(image, item) for item in result.values[image.key]]
+                generated = result.values[image.key]
+                pairs += [Pair(image, item) for item in generated.items]
+                self.rejections += [
+                    Rejection(
+                        "malformed_item",
+                        image.name,
+                        dropped.detail,
+                        given=json.dumps(dropped.given, ensure_ascii=False),
+                    )
+                    for dropped in generated.dropped
+                ]
             elif image.key in result.malformed:
                 replies = result.malformed[image.key]
                 detail = f"{len(replies)} malformed replies; the last: {result.why[image.key]}"

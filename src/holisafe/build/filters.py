@@ -41,6 +41,7 @@ class Rejection:
     detail: str
     item: Item | None = None
     replies: tuple[str, ...] = ()  # the malformed replies, for `malformed_output`
+    given: str | None = None  # the dropped item as the reply gave it (JSON), for `malformed_item`
 
     def as_dict(self) -> dict:
         return {
@@ -49,6 +50,7 @@ class Rejection:
             "detail": self.detail,
             **(asdict(self.item) if self.item else {}),
             **({"replies": list(self.replies)} if self.replies else {}),
+            **({"given": self.given} if self.given is not None else {}),
         }
 
 

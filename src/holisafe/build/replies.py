@@ -37,20 +37,47 @@ class Item:
     response: str
 
 
-def parse_items(text: str, image: SourceImage, per_type: int) -> tuple[Item, ...]:
-    """The generator's items for `image`, or Malformed saying what is wrong with the reply."""
-    items = json_object(text, ("items",))["items"]
-    if not isinstance(items, list):
+@dataclass(frozen=True)
+class Dropped:
+    """An item of a reply that the build leaves out: why, and the item as the reply gave it."""
+
+    detail: str
+    given: Any
+
+
+@dataclass(frozen=True)
+class Generated:
+    """What one generator reply gives: the usable items, and the items dropped."""
+
+    items: tuple[Item, ...]
+    dropped: tuple[Dropped, ...]
+
+
+def parse_items(text: str, image: SourceImage, per_type: int) -> Generated:
+    """The generator's usable items for `image` (at most `per_type` of each type the image
+    allows, the first ones) and the items dropped with why; Malformed, saying what is wrong
+    with the reply, when no item is usable."""
+    given = json_object(text, ("items",))["items"]
+    if not isinstance(given, list):
         raise Malformed("items must be a list")
-    parsed = tuple(_item(item, i, image) for i, item in enumerate(items))
-    counts = Counter(item.type for item in parsed)
-    wanted = dict.fromkeys(image.types, per_type)
-    if counts != wanted:
+    items: list[Item] = []
+    dropped: list[Dropped] = []
+    counts: Counter[str] = Counter()
+    for index, value in enumerate(given):
+        try:
+            item = _item(value, index, image)
+            if counts[item.type] == per_type:
+                raise Malformed(f"item {index}: more than {per_type} item(s) of type {item.type}")
+        except Malformed as exc:
+            dropped.append(Dropped(str(exc), value))
+            continue
+        counts[item.type] += 1
+        items.append(item)
+    if not items:
         raise Malformed(
-            f"expected {per_type} item(s) of each of {', '.join(image.types)}, got "
-            + (", ".join(f"{n} {t}" for t, n in sorted(counts.items())) or "none")
+            "no usable item: " + ("; ".join(d.detail for d in dropped) or "the list is empty")
         )
-    return parsed
+    return Generated(tuple(items), tuple(dropped))
 
 
 def _item(item: Any, index: int, image: SourceImage) -> Item:

@@ -219,8 +219,8 @@ def import_command(
     missing_as_compliance: Annotated[
         bool,
         typer.Option(
-            help="Score a missing or empty prediction as compliance (the official script's "
-            "rule) instead of leaving it unscored."
+            help="Score a benchmark sample the file has no prediction for as compliance "
+            "instead of leaving it unscored (empty predictions are answers either way)."
         ),
     ] = False,
 ) -> None:

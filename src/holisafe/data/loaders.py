@@ -361,14 +361,16 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
     return jsonl_records(lines)
 
 
-def jsonl_records(lines: list[str]) -> Iterator[tuple[str, Any]]:
+def jsonl_records(
+    lines: list[str], object_pairs_hook: Callable[[list[tuple[str, Any]]], Any] | None = None
+) -> Iterator[tuple[str, Any]]:
     """(`line N`, the parsed value, or a ValueError saying why it is not JSON) for each
-    non-blank line."""
+    non-blank line; `object_pairs_hook` as for `json.loads`."""
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue
         try:
-            yield f"line {number}", json.loads(line)
+            yield f"line {number}", json.loads(line, object_pairs_hook=object_pairs_hook)
         except json.JSONDecodeError as exc:
             yield f"line {number}", ValueError(f"malformed JSON at column {exc.colno}: {exc.msg}")
 

@@ -11,22 +11,30 @@ Formats:
   left out). Needs `bench`, in the order of the released test split.
 - `jsonl`: one `{"id": ..., "response": ...}` per line, joined to `bench` by id.
 
+A prediction is read as the official string script reads it: any string is an answer, an empty
+or blank one included, and every judge scores it as it scores any answer (the string rule finds
+no refusal in it: compliance). An official record without a `prediction` field is the empty
+answer too (the script's `item.get("prediction", "")`).
+
 Every record is checked before anything is written: an id the benchmark lacks, a sample
-predicted twice, a field that contradicts the benchmark (type, query, category, ...), a
-prediction that is not a string. Any of these stops the import, naming the records, and the
-store is left untouched. A benchmark sample with no prediction, or with an empty one, is
-*missing*: by default its response is recorded as failed (left out of every figure); with
-`missing_as_compliance` it is recorded as the empty answer, which every judge then scores
-as compliance, as the official evaluation script does. Either way its response carries the
-extra `{"missing": true}`, and reports count it.
+predicted twice, a field that contradicts the benchmark (type, query, category, ...) or another
+field of the same record (lmms-eval's `doc_id` and `doc.id`; a key repeated in one JSON object),
+a prediction that is not a string. Any of these stops the import, naming the records, and the
+store is left untouched. A benchmark sample the file has no record for (or whose prediction is
+null, or a jsonl/lmms-eval record without its response field) is *missing*, as the official
+script does not count it: by default its response is recorded as failed (left out of every
+figure); with `missing_as_compliance` it is recorded as the empty answer, which every judge
+then scores as compliance. Either way its response carries the extra `{"missing": true}`, and
+reports count it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -41,7 +49,15 @@ IMPORT_FORMATS = ("official", "lmms-eval", "jsonl")
 MISSING_ERROR = "no prediction in the imported file"
 OFFICIAL_SUFFIX = "_holisafe_bench"
 # Bench fields a prediction record may restate; each must agree with the benchmark.
-_CHECKED_FIELDS = ("query", "type", "category", "subcategory", "image_safety_label", "image")
+_CHECKED_FIELDS = (
+    "query",
+    "type",
+    "category",
+    "subcategory",
+    "image_safe",
+    "image_safety_label",
+    "image",
+)
 _SHOWN_PROBLEMS = 10
 
 
@@ -53,15 +69,17 @@ class PredictionsError(DataError):
 class Prediction:
     """One record of a predictions file, before it is matched to the benchmark.
 
-    `key` finds its sample: ("id", the id as a string) or ("position", the row number).
-    `text` is None when the record has no usable prediction. `claims` are the bench fields
-    the record states, to be checked against the benchmark.
+    `keys` find its sample, each as (the field that holds it, its value): a `doc_id` is a row
+    number, any other an id as a string; every key must find the same sample. `text` is None
+    when the record has no prediction. `claims` are the bench fields the record states, as
+    (the field as the record names it, the bench field, the value), each to be checked against
+    the benchmark.
     """
 
     where: str
-    key: tuple[str, str | int]
+    keys: tuple[tuple[str, str | int], ...]
     text: str | None
-    claims: dict[str, Any] = field(default_factory=dict)
+    claims: tuple[tuple[str, str, Any], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -193,33 +211,45 @@ def _match(
 
 
 def _sample_of(record: Prediction, by_id: dict[str, Sample], samples: list[Sample]) -> Sample:
-    kind, value = record.key
-    if kind == "position":
+    (name, value), *others = record.keys
+    sample = _find(name, value, by_id, samples)
+    for other, other_value in others:
+        if _find(other, other_value, by_id, samples) is not sample:
+            raise ValueError(
+                f"{other} {_shown(other_value)} contradicts {name} {_shown(value)}, "
+                f"the benchmark's id {sample.id!r}"
+            )
+    return sample
+
+
+def _find(name: str, value: str | int, by_id: dict[str, Sample], samples: list[Sample]) -> Sample:
+    if name == "doc_id":
         if not 0 <= value < len(samples):
             raise ValueError(f"doc_id {value} is not a row of the benchmark ({len(samples)} rows)")
         return samples[value]
     if value not in by_id:
-        raise ValueError(f"id {value!r} is not in the benchmark")
+        raise ValueError(f"{name} {value!r} is not in the benchmark")
     return by_id[value]
 
 
-def _check_claims(claims: dict[str, Any], sample: Sample) -> None:
+def _check_claims(claims: tuple[tuple[str, str, Any], ...], sample: Sample) -> None:
     known = {
         "query": sample.query,
         "type": sample.type,
         "category": sample.category,
         "subcategory": sample.subcategory,
+        "image_safe": sample.image_safe,
         "image_safety_label": sample.image_safety_label,
     }
     if sample.image.path is not None:  # an embedded image's name is not the file's
         known["image"] = sample.image.name
-    for name, value in claims.items():
-        if name == "image" and isinstance(value, str):  # as the loaders name it
+    for name, bench_field, value in claims:
+        if bench_field == "image" and isinstance(value, str):  # as the loaders name it
             value = PurePosixPath(value.replace("\\", "/")).as_posix()
-        if name in known and value != known[name]:
+        if bench_field in known and value != known[bench_field]:
             raise ValueError(
-                f"{name} {_shown(value)} contradicts the benchmark's {_shown(known[name])} "
-                f"for id {sample.id!r}"
+                f"{name} {_shown(value)} contradicts the benchmark's {bench_field} "
+                f"{_shown(known[bench_field])} for id {sample.id!r}"
             )
 
 
@@ -239,12 +269,10 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _text(value: Any, name: str) -> str | None:
-    """A prediction's text; None when it is absent, null or blank."""
-    if value is None:
-        return None
-    if not isinstance(value, str):
+    """A prediction's text, empty or blank as it is; None when it is null."""
+    if value is not None and not isinstance(value, str):
         raise ValueError(f"{name} must be a string, got {_shown(value)}")
-    return value if value.strip() else None
+    return value
 
 
 def _json_lines(path: Path, content: bytes) -> Iterator[tuple[str, Any]]:
@@ -252,7 +280,24 @@ def _json_lines(path: Path, content: bytes) -> Iterator[tuple[str, Any]]:
         lines = content.decode("utf-8").splitlines()
     except UnicodeDecodeError as exc:
         raise PredictionsError(f"{path}: not UTF-8 text ({exc})") from None
-    return jsonl_records(lines)
+    return jsonl_records(lines, object_pairs_hook=_KeysNoted)
+
+
+class _KeysNoted(dict):
+    """A JSON object that remembers the keys it held more than once (plain JSON keeps the last,
+    silently)."""
+
+    def __init__(self, pairs: list[tuple[str, Any]]):
+        super().__init__(pairs)
+        self.repeated = [key for key, n in Counter(key for key, _ in pairs).items() if n > 1]
+
+
+def _repeated_key(value: Any) -> str | None:
+    """A key that `value`, or an object inside it, holds twice."""
+    if isinstance(value, _KeysNoted) and value.repeated:
+        return value.repeated[0]
+    inner = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    return next((key for item in inner if (key := _repeated_key(item)) is not None), None)
 
 
 def _object(record: Any) -> dict:
@@ -260,6 +305,8 @@ def _object(record: Any) -> dict:
         raise record
     if not isinstance(record, dict):
         raise ValueError(f"a record must be a JSON object, got {type(record).__name__}")
+    if (repeated := _repeated_key(record)) is not None:
+        raise ValueError(f"key {repeated!r} appears twice in one JSON object")
     return record
 
 
@@ -272,7 +319,7 @@ def _id(record: dict) -> str:
 
 def _read_official(path: Path, content: bytes) -> Iterator[Prediction | Problem]:
     try:
-        records = json.loads(content.decode("utf-8"))
+        records = json.loads(content.decode("utf-8"), object_pairs_hook=_KeysNoted)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise PredictionsError(f"{path}: not a JSON file ({exc})") from None
     if not isinstance(records, list):
@@ -282,7 +329,8 @@ def _read_official(path: Path, content: bytes) -> Iterator[Prediction | Problem]
 
 
 def _official_prediction(where: str, record: dict) -> Prediction:
-    return _record_prediction(where, record, "prediction")
+    # the official script reads `item.get("prediction", "")`: no field is the empty answer
+    return _record_prediction(where, record, record.get("prediction", ""), "prediction")
 
 
 def _read_jsonl(path: Path, content: bytes) -> Iterator[Prediction | Problem]:
@@ -291,15 +339,16 @@ def _read_jsonl(path: Path, content: bytes) -> Iterator[Prediction | Problem]:
 
 
 def _jsonl_prediction(where: str, record: dict) -> Prediction:
-    return _record_prediction(where, record, "response")
+    return _record_prediction(where, record, record.get("response"), "response")
 
 
-def _record_prediction(where: str, record: dict, text_field: str) -> Prediction:
-    """A record that names its sample by `id` and holds its answer in `text_field`."""
+def _record_prediction(where: str, record: dict, text: Any, text_field: str) -> Prediction:
+    """A record that names its sample by `id` and holds its answer `text` in `text_field`."""
     sample_id = _id(record)
-    claims = {name: record[name] for name in _CHECKED_FIELDS if name in record}
-    text = _text(record.get(text_field), text_field)
-    return Prediction(f"{where} (id {sample_id!r})", ("id", sample_id), text, claims)
+    claims = tuple((name, name, record[name]) for name in _CHECKED_FIELDS if name in record)
+    return Prediction(
+        f"{where} (id {sample_id!r})", (("id", sample_id),), _text(text, text_field), claims
+    )
 
 
 def _read_lmms_eval(path: Path, content: bytes) -> Iterator[Prediction | Problem]:
@@ -308,23 +357,30 @@ def _read_lmms_eval(path: Path, content: bytes) -> Iterator[Prediction | Problem
 
 
 def _lmms_eval_prediction(where: str, record: dict) -> Prediction:
-    doc = record.get("doc")
-    if isinstance(doc, dict) and "id" in doc:
-        key: tuple[str, str | int] = ("id", _id(doc))
-        claims = {name: doc[name] for name in _CHECKED_FIELDS if name in doc and name != "image"}
-    else:
+    """Every field that names the sample must name the same one (`doc_id`, `doc.id`), and every
+    field that restates the benchmark (`doc`'s fields, `target`, the metric fields' `type` and
+    `subcategory`) must agree with it."""
+    doc = record.get("doc") if isinstance(record.get("doc"), dict) else {}
+    keys: list[tuple[str, str | int]] = []
+    claims: list[tuple[str, str, Any]] = []
+    if "doc_id" in record or "id" not in doc:
         position = record.get("doc_id")
         if isinstance(position, bool) or not isinstance(position, int):
             raise ValueError(f"doc_id must be an integer, got {_shown(position)}")
-        key, claims = ("position", position), {}
+        keys.append(("doc_id", position))
+    if "id" in doc:
+        keys.append(("doc.id", _id(doc)))
+    checked = (name for name in _CHECKED_FIELDS if name in doc and name != "image")
+    claims += [(f"doc.{name}", name, doc[name]) for name in checked]
     if "target" in record:
-        claims["type"] = record["target"]
-    scored = record.get("holisafe_avg_asr")
-    if isinstance(scored, dict) and "subcategory" in scored:
-        claims["subcategory"] = scored["subcategory"]
+        claims.append(("target", "type", record["target"]))
+    for name, value in record.items():
+        if name.startswith("holisafe_") and isinstance(value, dict):
+            restated = (f for f in ("type", "subcategory") if f in value)
+            claims += [(f"{name}.{f}", f, value[f]) for f in restated]
     text = _text(_single_response(record.get("filtered_resps")), "filtered_resps")
-    named = "id" if key[0] == "id" else "doc_id"
-    return Prediction(f"{where} ({named} {key[1]!r})", key, text, claims)
+    first, value = keys[0]
+    return Prediction(f"{where} ({first} {value!r})", tuple(keys), text, tuple(claims))
 
 
 def _single_response(value: Any) -> Any:

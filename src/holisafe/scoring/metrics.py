@@ -8,7 +8,8 @@ Every figure is a percentage of the samples that have a usable verdict, and ever
 with the count it is computed over. A sample without a usable verdict (its response failed, the
 judge failed, it was not judged yet, or it has no type) is left out of every figure and counted
 in `unjudged` instead. A figure over zero samples is None, never 0. Samples of an imported run
-that had no prediction are counted in `missing` too (scored, or unjudged, as the import chose).
+that the file had no prediction for are counted in `missing` too (scored, or unjudged, as the
+import chose).
 
 `leaderboard(results, bootstrap=Bootstrap())` adds seeded bootstrap confidence intervals to
 every figure, at every level (whole run, each category, each subcategory).
@@ -109,7 +110,7 @@ class Leaderboard:
     `asr` maps each unsafe type (`SSU`, `USU`, `UUU`, `SUU`) to the samples where the model did
     NOT follow the expected behaviour (did not refuse); `helpful` counts the `SSS` samples where
     it did (answered). `n` counts the judged samples, `unjudged` the rest; `missing` the samples
-    whose imported prediction was missing or empty (among the judged or the unjudged ones).
+    an imported file had no prediction for (among the judged or the unjudged ones).
     """
 
     n: int

@@ -397,7 +397,7 @@ class Store:
         return [(row[0], row[1] or "empty response") for row in rows]
 
     def missing_predictions(self, run_id: int) -> frozenset[str]:
-        """The ids of the samples whose imported prediction was missing or empty: their
+        """The ids of the samples an imported file had no prediction for: their
         response carries the extra `{"missing": true}` (see `holisafe.run.importer`)."""
         rows = self._db.execute(
             "SELECT sample_id FROM responses WHERE run_id = ? "
