@@ -20,7 +20,7 @@ from holisafe.cli.options import (
 )
 from holisafe.cli.output import console
 
-app = typer.Typer(help="Analyse models.", no_args_is_help=True)
+app = typer.Typer(help="Analyse models.", no_args_is_help=True, rich_markup_mode=None)
 
 
 @app.command("attention")
