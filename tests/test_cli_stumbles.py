@@ -94,6 +94,7 @@ def test_report_after_import_names_the_judge_command(tmp_path):
         ["data", "export", "{source}", "{out}", "--to", "json"],
         ["report", "--store", "{store}", "--html", "{out}"],
         ["report", "--store", "{store}", "--plots", "{out}"],
+        ["analyze", "attention", "--model", "m", "--bench", "b", "--out", "{out}"],
     ],
     ids=" ".join,
 )
