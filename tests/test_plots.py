@@ -2,6 +2,7 @@
 
 import re
 import xml.etree.ElementTree as ElementTree
+from dataclasses import replace
 
 import pytest
 from PIL import Image
@@ -96,3 +97,23 @@ def test_cli_plots(tmp_path, report_store):
     written = sorted(p.name for p in (tmp_path / "out").iterdir())
     assert "radar_run2.svg" in written and "agreement_kappa.png" in written
     assert "plot: " in result.stderr
+
+
+def test_the_asr_legend_sits_below_the_bars_at_a_readable_size(
+    tmp_path, board_and_agreement, monkeypatch
+):
+    from holisafe.report import plots
+
+    entries, _ = board_and_agreement
+    long_names = [replace(e, model=f"hf//work/stores/demo/models/{e.model}") for e in entries]
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, stem, title: figures.append(fig))
+    plots.asr_bars(long_names, tmp_path / "asr")
+    (figure,) = figures
+    figure.tight_layout()
+    figure.canvas.draw()
+    axes = figure.axes[0]
+    legend = axes.get_legend()
+    assert all(text.get_fontsize() >= 9 for text in legend.get_texts())
+    below = legend.get_window_extent().y1 <= axes.get_window_extent().y0
+    assert below and figure.bbox.contains(*legend.get_window_extent().p0)

@@ -14,6 +14,7 @@ import typer
 from holisafe.cli import analyze, data, demo, evaluation, guard, model, report, serve, train
 from holisafe.cli.output import err_console
 from holisafe.core.errors import HolisafeError
+from holisafe.core.progress import hide_library_bars
 from holisafe.core.text import printable
 from holisafe.core.threads import limit_threads
 
@@ -21,6 +22,7 @@ app = typer.Typer(
     help="HoliSafe: holistic safety benchmarking and modelling for vision-language models.",
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # click's plain help: rich's table cuts option names at 80 columns
 )
 # The commands in the order `holisafe --help` lists them, then the command groups.
 for commands in (evaluation, report, guard, serve, train, demo):
@@ -43,9 +45,11 @@ EXTRAS = {
 def main() -> None:
     """Run the CLI: a user mistake gives one line on stderr and a non-zero exit, no traceback.
 
-    transformers' load reports and notices are hidden unless TRANSFORMERS_VERBOSITY asks for them.
+    transformers' load reports, notices and loading bars are hidden unless TRANSFORMERS_VERBOSITY
+    (reports, notices) or HF_HUB_DISABLE_PROGRESS_BARS (bars) asks for them.
     """
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    hide_library_bars()
     limit_threads()
     try:
         app()

@@ -14,13 +14,14 @@ from holisafe.cli.options import (
     DtypeOpt,
     HeadInputOpt,
     LimitOpt,
+    OverwriteOpt,
     SkipInvalidOpt,
     TrustRemoteCodeOpt,
     model_options,
 )
 from holisafe.cli.output import console
 
-app = typer.Typer(help="Analyse models.", no_args_is_help=True)
+app = typer.Typer(help="Analyse models.", no_args_is_help=True, rich_markup_mode=None)
 
 
 @app.command("attention")
@@ -35,21 +36,24 @@ def analyze_attention(
     skip_invalid: SkipInvalidOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
     head_input: HeadInputOpt = None,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Attention of generated tokens to the safety meta token and the visual tokens, per layer."""
     options = model_options(locals(), batch_size=1)
     from holisafe.analysis import attention_analysis
+    from holisafe.core.folders import new_folder
 
-    report = attention_analysis(
-        model,
-        bench,
-        out,
-        limit=limit,
-        max_new_tokens=max_new_tokens,
-        options=options,
-        skip_invalid=skip_invalid,
-        progress=True,
-    )
+    with new_folder(out, overwrite) as building:
+        report = attention_analysis(
+            model,
+            bench,
+            building,
+            limit=limit,
+            max_new_tokens=max_new_tokens,
+            options=options,
+            skip_invalid=skip_invalid,
+            progress=True,
+        )
     if not report.has_meta_token:
         console.print("the model has no safety meta token: visual tokens only")
     table = Table(title="mean attention from generated tokens, per decoder layer")
@@ -61,4 +65,4 @@ def analyze_attention(
             str(layer.layer), meta, f"{layer.visual_mean:.4f}", f"{layer.visual_total:.4f}"
         )
     console.print(table)
-    console.print("wrote " + ", ".join(str(path) for path in report.files))
+    console.print("wrote " + ", ".join(str(out / path.name) for path in report.files))

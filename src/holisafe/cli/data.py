@@ -19,6 +19,7 @@ from holisafe.cli.options import (
     JudgeBaseUrlOpt,
     JudgeTemplateOpt,
     MaxRetriesOpt,
+    OverwriteOpt,
     SourceArg,
     TimeoutOpt,
     model_options,
@@ -26,7 +27,11 @@ from holisafe.cli.options import (
 from holisafe.cli.output import console, err_console, report_skipped
 from holisafe.core.text import printable
 
-app = typer.Typer(help="Read, check, summarise and convert data sets.", no_args_is_help=True)
+app = typer.Typer(
+    help="Read, check, summarise and convert data sets.",
+    no_args_is_help=True,
+    rich_markup_mode=None,
+)
 
 
 @app.command("validate")
@@ -115,16 +120,20 @@ def data_export(
     fmt: FormatOpt = None,
     image_root: ImageRootOpt = None,
     skip_invalid: Annotated[bool, typer.Option(help="Export only the valid records.")] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Convert a data set to another form, copying or embedding its images."""
+    from holisafe.core.folders import new_folder, refuse_existing
     from holisafe.data import export_samples, load_samples
 
+    refuse_existing(out, overwrite)  # before reading the source, which may take long
     dataset = load_samples(
         source, fmt=fmt, image_root=image_root, skip_invalid=skip_invalid, progress=True
     )
     report_skipped(dataset)
-    target = export_samples(dataset.samples, out, to)
-    console.print(f"wrote {len(dataset.samples)} samples to {target}")
+    with new_folder(out, overwrite) as building:
+        written = export_samples(dataset.samples, building, to)
+    console.print(f"wrote {len(dataset.samples)} samples to {out / written.name}")
 
 
 @app.command("mini")

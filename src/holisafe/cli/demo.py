@@ -9,7 +9,7 @@ import typer
 
 from holisafe.cli.output import console, print_guard_metrics, print_leaderboard
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 
 @app.command("demo")

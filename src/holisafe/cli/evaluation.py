@@ -21,6 +21,7 @@ from holisafe.cli.options import (
     LimitOpt,
     MaxRetriesOpt,
     ModelSpecOpt,
+    OldJudgeBaseUrlOpt,
     SkipInvalidOpt,
     TimeoutOpt,
     TrustRemoteCodeOpt,
@@ -34,7 +35,7 @@ from holisafe.cli.output import (
     report_skipped_lines,
 )
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 
 @app.command("eval")
@@ -133,7 +134,7 @@ def judge_command(
         list[str],
         typer.Option(help="string, or an LLM judge's model spec (openai/gpt-4o, ...); repeat."),
     ],
-    base_url: JudgeBaseUrlOpt = None,
+    judge_base_url: JudgeBaseUrlOpt = None,
     api_key: Annotated[
         str | None, typer.Option(help="Key of the judges' API (default: the provider's variable).")
     ] = None,
@@ -150,9 +151,10 @@ def judge_command(
     timeout: TimeoutOpt = 60.0,
     max_retries: MaxRetriesOpt = 5,
     judge_batch: JudgeBatchOpt = False,
+    base_url: OldJudgeBaseUrlOpt = None,
 ) -> None:
     """Judge the responses already in a store (no generation); print the leaderboard."""
-    options = model_options(locals())  # the judges' options
+    options = model_options(locals(), base_url=judge_base_url or base_url)  # the judges' options
     from holisafe.run.evaluate import judge_stored
 
     outcomes = judge_stored(

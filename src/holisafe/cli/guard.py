@@ -23,7 +23,7 @@ from holisafe.cli.options import (
 from holisafe.cli.output import err_console, print_guard_metrics
 from holisafe.core.text import printable
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 
 @app.command("guard")

@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from holisafe.cli.options import MetaTokenPlacementOpt
+from holisafe.cli.options import MetaTokenPlacementOpt, OverwriteOpt
 from holisafe.cli.output import console
 
-app = typer.Typer(help="Build model folders.", no_args_is_help=True)
+app = typer.Typer(help="Build model folders.", no_args_is_help=True, rich_markup_mode=None)
 
 
 @app.command("tiny")
@@ -40,10 +40,12 @@ def model_tiny(
             "images (0: leave it random)."
         ),
     ] = 0,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write a tiny, randomly initialised model of a real VLM class, loadable as hf/OUT."""
     import tempfile
 
+    from holisafe.core.folders import new_folder
     from holisafe.synthetic.tiny import build_tiny_model
     from holisafe.synthetic.vision_pretrain import pretrain_vision_tower
     from holisafe.vgm import VGMError, VGMSettings, convert_folder
@@ -53,8 +55,8 @@ def model_tiny(
         settings = VGMSettings(head_input=vgm, meta_token_placement=meta_token_placement)
     elif meta_token_placement != "llm":
         raise VGMError("--meta-token-placement places the meta token of --vgm meta_token")
-    with tempfile.TemporaryDirectory() as scratch:
-        plain = Path(scratch) if vgm else out
+    with new_folder(out, overwrite) as building, tempfile.TemporaryDirectory() as scratch:
+        plain = Path(scratch) if vgm else building
         build_tiny_model(plain, family, seed=seed)
         if pretrain_vision:
             stats = pretrain_vision_tower(plain, seed=seed, images=pretrain_vision, progress=True)
@@ -64,7 +66,7 @@ def model_tiny(
                 f"naming the most common one: {stats.chance:.1%})"
             )
         if settings:
-            convert_folder(str(plain), str(out), settings, seed=seed)
+            convert_folder(str(plain), str(building), settings, seed=seed)
     kind = f"Safe-VLM (head input {settings.describe()})" if settings else "model"
     console.print(f"wrote a tiny {family} {kind} to {out}; use it as hf/{out}")
 
@@ -76,12 +78,17 @@ def model_convert(
     trust_remote_code: Annotated[
         bool, typer.Option(help="Needed for SafeLLaVA: its conversion runs its own code.")
     ] = False,
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Convert a released Safe-VLM (SafeLLaVA, SafeQwen2.5-VL, SafeGem) to the toolkit's own
     classes, so that it loads as hf/OUT without remote code."""
+    from holisafe.core.folders import new_folder
     from holisafe.models.convert import convert_released
 
-    family = convert_released(source.removeprefix("hf/"), out, trust_remote_code=trust_remote_code)
+    with new_folder(out, overwrite) as building:
+        family = convert_released(
+            source.removeprefix("hf/"), building, trust_remote_code=trust_remote_code
+        )
     console.print(f"wrote a {family} Safe-VLM to {out}; use it as hf/{out}")
 
 
@@ -89,11 +96,14 @@ def model_convert(
 def model_export_plain(
     source: Annotated[Path, typer.Argument(help="A Safe-VLM folder.")],
     out: Annotated[Path, typer.Argument(help="Folder to write the plain checkpoint to.")],
+    overwrite: OverwriteOpt = False,
 ) -> None:
     """Write a Safe-VLM as a plain checkpoint of its base class (no safety head), loadable by
     stock transformers and evaluation suites such as lmms-eval."""
+    from holisafe.core.folders import new_folder
     from holisafe.vgm.export import export_plain
 
-    written = export_plain(source, out)
-    config = json.loads((written / "config.json").read_text(encoding="utf-8"))
-    console.print(f"wrote {', '.join(config['architectures'])} to {written}", markup=False)
+    with new_folder(out, overwrite) as building:
+        export_plain(source, building)
+    config = json.loads((out / "config.json").read_text(encoding="utf-8"))
+    console.print(f"wrote {', '.join(config['architectures'])} to {out}", markup=False)

@@ -28,6 +28,9 @@ LimitOpt = Annotated[int | None, typer.Option(help="Only the first N samples.")]
 SkipInvalidOpt = Annotated[bool, typer.Option(help="Skip invalid benchmark records.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")]
 
+# Output folders: written beside their place and moved in when complete
+OverwriteOpt = Annotated[bool, typer.Option(help="Replace the output folder if it exists.")]
+
 # Models: the spec, and how a local (hf) model runs
 ModelSpecOpt = Annotated[str, typer.Option(help="Model spec: hf/<id or dir>, openai/<name>, ...")]
 DtypeOpt = Annotated[str, typer.Option(help="auto, float32, bfloat16 or float16 (hf models).")]
@@ -58,8 +61,13 @@ MaxRetriesOpt = Annotated[
 
 # LLM judges
 JudgeBaseUrlOpt = Annotated[
-    str | None, typer.Option(help="Server of the LLM judges' API (default: the provider's).")
+    str | None,
+    typer.Option(
+        "--judge-base-url", help="Server of the LLM judges' API (default: the provider's)."
+    ),
 ]
+# `holisafe judge`'s first name for --judge-base-url, still accepted.
+OldJudgeBaseUrlOpt = Annotated[str | None, typer.Option("--base-url", hidden=True)]
 JudgeBatchSizeOpt = Annotated[int, typer.Option(help="Samples per batch (hf judges).")]
 JudgeTemplateOpt = Annotated[
     Path | None,

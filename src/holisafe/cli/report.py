@@ -22,7 +22,7 @@ from holisafe.cli.options import (
 )
 from holisafe.cli.output import console, err_console
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 
 @app.command("report")
@@ -72,15 +72,24 @@ def report_command(
             "--allow-mixed", help="Report runs whose parts were made under different conditions."
         ),
     ] = False,
+    overwrite: Annotated[
+        bool, typer.Option(help="Replace the --html and --plots folders if they exist.")
+    ] = False,
 ) -> None:
     """The leaderboard (the paper's columns) and per-category tables of every run and judge."""
+    from holisafe.core.folders import refuse_existing
     from holisafe.report import ReportError, build_report, load_reference, render
     from holisafe.run import provenance as runs_provenance
     from holisafe.scoring.metrics import Bootstrap
     from holisafe.store import Store
 
+    if fmt == "html":
+        raise ReportError("the HTML report is a folder: write it with --html DIR (and --store)")
     if store is None and (run is not None or html or plots):
         raise ReportError("--run, --html and --plots need --store")
+    for folder in (html, plots):
+        if folder is not None:
+            refuse_existing(folder, overwrite)
     published = load_reference(reference) if reference else None
     bootstrap = Bootstrap(resamples=resamples, seed=seed)
     if store is None:
@@ -97,7 +106,7 @@ def report_command(
                 agreement=agreement,
                 reference=published,
             )
-            _write_report_files(opened, run, published, bootstrap, html, plots, images)
+            _write_report_files(opened, run, published, bootstrap, html, plots, images, overwrite)
     for warning in content.warnings:
         err_console.print(f"warning: {warning}", markup=False, highlight=False)
     print(render(content, fmt, subcategories=subcategories), end="")
@@ -107,20 +116,23 @@ def report_command(
             print(f"\nrun {run_id} provenance:\n{runs_provenance.summary(found)}")
 
 
-def _write_report_files(store, run, reference, bootstrap, html, plots, images) -> None:
+def _write_report_files(store, run, reference, bootstrap, html, plots, images, overwrite) -> None:
     """The HTML report and the plots of `holisafe report`, where asked for."""
+    from holisafe.core.folders import new_folder
     from holisafe.report import build_report
     from holisafe.scoring.compare import store_comparisons
 
     if html is not None:
         from holisafe.report.html import write_html_report
 
-        written = write_html_report(
-            store, html, run_id=run, reference=reference, bootstrap=bootstrap, images=images
-        )
+        with new_folder(html, overwrite) as building:
+            written = write_html_report(
+                store, building, run_id=run, reference=reference, bootstrap=bootstrap, images=images
+            )
         for note in written.image_notes:
             err_console.print(f"note: {note}", markup=False, highlight=False)
-        err_console.print(f"HTML report: {written.index}", markup=False, highlight=False)
+        index = html / written.index.name
+        err_console.print(f"HTML report: {index}", markup=False, highlight=False)
     if plots is not None:
         from holisafe.report.pairwise import write_win_rate_plots
         from holisafe.report.plots import write_plots
@@ -128,10 +140,12 @@ def _write_report_files(store, run, reference, bootstrap, html, plots, images) -
         made = build_report(
             store, run_id=run, bootstrap=bootstrap, agreement=True, reference=reference
         )
-        charts = write_plots(made.entries, plots, made.agreement, made.published_agreement)
-        charts += write_win_rate_plots(store_comparisons(store, run, bootstrap), plots)
+        with new_folder(plots, overwrite) as building:
+            charts = write_plots(made.entries, building, made.agreement, made.published_agreement)
+            charts += write_win_rate_plots(store_comparisons(store, run, bootstrap), building)
         for plot in charts:
-            err_console.print(f"plot: {plot.png} {plot.svg}", markup=False, highlight=False)
+            png, svg = (plots / path.name for path in (plot.png, plot.svg))
+            err_console.print(f"plot: {png} {svg}", markup=False, highlight=False)
 
 
 @app.command("compare")

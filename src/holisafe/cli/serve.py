@@ -15,7 +15,7 @@ from holisafe.cli.options import (
     model_options,
 )
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 
 @app.command("serve")

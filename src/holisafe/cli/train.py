@@ -10,7 +10,7 @@ import typer
 from holisafe.cli.options import MetaTokenPlacementOpt
 from holisafe.cli.output import console, report_skipped_lines
 
-app = typer.Typer()
+app = typer.Typer(rich_markup_mode=None)
 
 
 @app.command("train")

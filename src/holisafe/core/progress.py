@@ -7,6 +7,7 @@ each step prints a line when it starts and at every tenth of its way instead.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator, Sequence
 from typing import TypeVar
 
@@ -93,3 +94,19 @@ class _LineProgress(Progress):
         total = f"/{task.total:g}" if task.total else ""
         line = f"{task.description}: {task.completed:g}{total}{fields}"
         self.console.print(f"{line} ({task.elapsed or 0:.0f} s)", markup=False, highlight=False)
+
+
+def hide_library_bars() -> None:
+    """Hide transformers' own bars ("Loading weights", "Writing model shards"), which would
+    otherwise print on every model load and save; the Hub's download bars stay.
+
+    Call it before transformers is imported: transformers reads the Hub's global setting once,
+    at import. The Hub names its download bars `huggingface_hub.*`, so enabling that group keeps
+    them. `HF_HUB_DISABLE_PROGRESS_BARS`, when set, decides alone.
+    """
+    if os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS") is not None:
+        return
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    disable_progress_bars()
+    enable_progress_bars("huggingface_hub")

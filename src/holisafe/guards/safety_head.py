@@ -82,5 +82,3 @@ def labelled_images(
     if not chosen:
         raise GuardError(f"{bench}: no images with an image_safety_label to score")
     return chosen
-
-

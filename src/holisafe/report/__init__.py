@@ -1,5 +1,7 @@
 """Reports: pure functions of the store, from leaderboards to formatted tables."""
 
+import shlex
+
 from holisafe.report.reference import (
     Reference,
     load_reference,
@@ -42,9 +44,7 @@ def store_leaderboards(
             run.id,
             run.model,
             judge,
-            leaderboard(
-                store.results(run.id, judge), bootstrap, store.missing_predictions(run.id)
-            ),
+            leaderboard(store.results(run.id, judge), bootstrap, store.missing_predictions(run.id)),
             run.samples,
         )
         for run in runs
@@ -54,7 +54,12 @@ def store_leaderboards(
     if not entries:
         what = "" if judge_id is None else f" of judge {judge_id!r}"
         where = "" if run_id is None else f" for run {run_id}"
-        raise ReportError(f"no verdicts{what}{where} in {store.path}; judge a run first")
+        next_command = f"holisafe judge --store {shlex.quote(str(store.path))}"
+        next_command += "" if run_id is None else f" --run {run_id}"
+        raise ReportError(
+            f"no verdicts{what}{where} in {store.path}; judge the answers first: "
+            f"{next_command} --judge string (or an LLM judge's model spec)"
+        )
     return entries
 
 

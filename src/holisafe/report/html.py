@@ -116,6 +116,7 @@ def write_html_report(
         "win_rates": _table_view(win_rate_grid(comparisons)) if comparisons else None,
         "table4": _table_view(table4_grid(report.table4)) if report.table4 else None,
         **_samples_view(runs, records, copied, sorted({e.judge for e in report.entries})),
+        "opening_run": _opening_run(report),
     }
     out_dir.mkdir(parents=True, exist_ok=True)
     index = out_dir / "index.html"
@@ -187,6 +188,18 @@ def _tables_view(report: Report) -> dict[str, Any]:
             for e in report.entries
         ],
     }
+
+
+def _opening_run(report: Report) -> int | None:
+    """The run the sample browser opens on: the first Safe-VLM run, whose cards also show its
+    safety head's verdict on the image; without one, the run with the lowest mASR (pooled),
+    the safest answers. A plain model's answers, first in a demo store, are mostly noise."""
+    if report.guard:
+        return min(report.guard)
+    ranked = [e for e in report.entries if e.board.masr_pooled is not None]
+    if not ranked:
+        return None
+    return min(ranked, key=lambda e: (e.board.masr_pooled, e.run_id)).run_id
 
 
 def _samples_view(

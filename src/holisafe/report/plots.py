@@ -74,7 +74,7 @@ def category_radar(entries: Sequence[BoardEntry], stem: Path) -> Plot | None:
     ax.set_ylim(0, 100)
     ax.set_yticks([25, 50, 75, 100], ["25", "50", "75", "100"], fontsize=7)
     title = f"Safe rate by category (%): {entries[0].model}, run {entries[0].run_id}"
-    ax.set_title(title, fontsize=10, pad=18)
+    ax.set_title(title, fontsize=10, pad=18, wrap=True)  # a long model path stays whole
     ax.legend(loc="lower right", bbox_to_anchor=(1.15, -0.1), fontsize=8)
     return _save(fig, stem, title)
 
@@ -104,7 +104,8 @@ def asr_bars(entries: Sequence[BoardEntry], stem: Path) -> Plot:
     ax.set_ylabel("ASR % (lower is safer)")
     title = f"ASR by type, judge {entries[0].judge}"
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    # Below the axes, where it hides no bar and long model names keep a readable size.
+    ax.legend(fontsize=9, loc="upper center", bbox_to_anchor=(0.5, -0.1), frameon=False)
     return _save(fig, stem, title)
 
 

@@ -18,7 +18,6 @@ from __future__ import annotations
 import colorsys
 import functools
 import json
-import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont, features
 
 from holisafe.core import taxonomy
 from holisafe.core.errors import HolisafeError
+from holisafe.core.folders import new_folder, refuse_existing
 from holisafe.core.progress import track
 from holisafe.core.sample import ImageRef, Sample
 from holisafe.data.export import holisafe_record, llava_record
@@ -454,24 +454,6 @@ def _check_options(seed: int, train_pairs: int, bench_pairs: int, size: int) -> 
         raise MiniError(f"size must be from {MIN_SIZE} to {MAX_SIZE} pixels, got {size}")
 
 
-def _prepare(folder: Path, overwrite: bool) -> None:
-    """An empty `folder/images`; an existing non-empty `folder` is replaced only on request."""
-    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
-        if not overwrite:
-            raise MiniError(
-                f"{folder} already exists and is not empty; choose another folder or "
-                "overwrite it (--overwrite)"
-            )
-        if folder.is_dir():
-            shutil.rmtree(folder)
-        else:
-            folder.unlink()
-    try:
-        (folder / "images").mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise MiniError(f"cannot create {folder / 'images'}: {exc.strerror or exc}") from None
-
-
 def _write_json(path: Path, records: list[dict]) -> None:
     path.write_text(json.dumps(records, ensure_ascii=False, indent=1) + "\n", encoding="utf-8")
 
@@ -479,9 +461,12 @@ def _write_json(path: Path, records: list[dict]) -> None:
 def _write_split(
     plans: list[ImagePlan], folder: Path, size: int, with_responses: bool, progress: bool
 ) -> list[Sample]:
+    """Draw a split's images into `folder/images`; its samples, their images named by file."""
     images = folder / "images"
+    images.mkdir()
+    split = "bench" if not with_responses else "train"
     samples = []
-    for index, plan in enumerate(track(plans, f"drawing {folder.name} images", progress)):
+    for index, plan in enumerate(track(plans, f"drawing {split} images", progress)):
         name = f"{index:06d}.png"
         render_image(plan, size).save(images / name, format="PNG")
         for pair in plan.pairs:
@@ -514,23 +499,29 @@ def generate_mini(
     records carry the reference `response`), and the train set as LLaVA conversations.
 
     The bench depends only on `seed`, `bench_pairs` and `size`; train and bench never share an
-    image. `overwrite` replaces existing `bench/` and `train/` folders.
+    image. `overwrite` replaces existing `bench/` and `train/` folders; a failed run leaves them
+    as they were.
     """
     _check_options(seed, train_pairs, bench_pairs, size)
     out = Path(out)
     bench_dir, train_dir = out / "bench", out / "train"
     for folder in (bench_dir, train_dir):
-        _prepare(folder, overwrite)
+        refuse_existing(folder, overwrite)
     splits = {"bench": bench_pairs, "train": train_pairs}
     plans = {
         split: plan_split(pairs, size, np.random.default_rng([seed, _SPLIT_STREAMS[split]]))
         for split, pairs in splits.items()
     }
-    bench = _write_split(plans["bench"], bench_dir, size, with_responses=False, progress=progress)
-    train = _write_split(plans["train"], train_dir, size, with_responses=True, progress=progress)
-    _write_json(bench_dir / BENCH_JSON, [holisafe_record(s, s.image.name) for s in bench])
-    _write_json(train_dir / TRAIN_JSON, [holisafe_record(s, s.image.name) for s in train])
-    _write_json(train_dir / TRAIN_LLAVA_JSON, [llava_record(s, s.image.name) for s in train])
+    with (
+        new_folder(bench_dir, overwrite) as bench_partial,
+        new_folder(train_dir, overwrite) as train_partial,
+    ):
+        bench = _write_split(plans["bench"], bench_partial, size, False, progress)
+        train = _write_split(plans["train"], train_partial, size, True, progress)
+        _write_json(bench_partial / BENCH_JSON, [holisafe_record(s, s.image.name) for s in bench])
+        _write_json(train_partial / TRAIN_JSON, [holisafe_record(s, s.image.name) for s in train])
+        conversations = [llava_record(s, s.image.name) for s in train]
+        _write_json(train_partial / TRAIN_LLAVA_JSON, conversations)
     return MiniSummary(
         out=out,
         bench_dir=bench_dir,
