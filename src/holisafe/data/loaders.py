@@ -21,6 +21,7 @@ from typing import Any, TypeVar
 
 from holisafe.core import taxonomy
 from holisafe.core.errors import DataError, RecordError
+from holisafe.core.files import read_regular_text, require_regular_file
 from holisafe.core.hub import is_hub_id, local_or_hub
 from holisafe.core.progress import track
 from holisafe.core.sample import ImageError, ImageRef, Sample
@@ -327,7 +328,7 @@ def vlguard_samples(record: Any, images: ImageFolder) -> list[Sample]:
 
 def _read_json(path: Path) -> list:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_text(path)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
@@ -355,7 +356,7 @@ def _json_format(records: list) -> str:
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_regular_text(path).splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     return jsonl_records(lines)
@@ -383,7 +384,7 @@ def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
         raise DataError(f"{path}: no parquet files found")
     for shard in shards:
         try:
-            table = pq.read_table(shard)
+            table = pq.read_table(require_regular_file(shard))
         except Exception as exc:  # pyarrow raises several unrelated types for a bad file
             raise DataError(f"{shard}: not a readable parquet file ({exc})") from None
         for row, record in enumerate(table.to_pylist()):

@@ -30,6 +30,7 @@ from importlib import resources
 from pathlib import Path
 
 from holisafe.core import taxonomy
+from holisafe.core.files import read_regular_text
 from holisafe.core.records import GenerationSettings, Model, Request, Response, Verdict
 from holisafe.core.sample import ImageError, Sample
 from holisafe.judges.base import JudgeError
@@ -58,7 +59,7 @@ def default_template() -> str:
 def load_template(path: str | Path) -> str:
     """A user's rubric template, checked for its placeholders."""
     try:
-        template = Path(path).read_text(encoding="utf-8")
+        template = read_regular_text(path)
     except OSError as exc:
         raise JudgeError(f"cannot read judge template {path}: {exc.strerror or exc}") from None
     check_template(template, where=f"judge template {path}")

@@ -23,6 +23,7 @@ import string
 from pathlib import Path
 
 from holisafe.core import taxonomy
+from holisafe.core.files import read_regular_text
 from holisafe.core.records import GenerationSettings, Verdict
 from holisafe.core.sample import Sample
 from holisafe.judges.base import JudgeError
@@ -86,7 +87,7 @@ def load_official_template(path: str | Path) -> str:
     """The template in `path`: a Python file's `PROMPT_TEMPLATE` (`.py`), else the whole text."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_text(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise JudgeError(f"cannot read judge template {path}: {exc}") from None
     template = template_from_script(text, str(path)) if path.suffix == ".py" else text
