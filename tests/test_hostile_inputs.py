@@ -1,0 +1,231 @@
+"""Hostile inputs (issue #26): nothing an input holds runs code, hangs a command or crashes it.
+
+Each class of hostile input has its cases here; the parsers of outside data also get property
+tests.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import holisafe
+from holisafe.core.errors import DataError
+from holisafe.core.records import GenerationSettings, Request
+from holisafe.data import read_dataset
+from holisafe.guards import read_policy
+from holisafe.guards.safety_head import GuardError
+from holisafe.judges.base import JudgeError
+from holisafe.judges.llm import load_template
+from holisafe.judges.official import load_official_template
+from holisafe.judges.string import is_refusal
+from holisafe.models.openai_api import OpenAIModel
+from tests.datafixtures import official_records, write_image, write_official
+from tests.stub_servers import openai_stub
+
+SRC = Path(holisafe.__file__).parents[1]  # this checkout, not whatever is installed
+
+
+def holisafe_cli(*args: str, stdin: str = "", timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "holisafe", *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "PYTHONPATH": str(SRC), "HF_HUB_OFFLINE": "1"},
+    )
+
+
+# -- remote code runs only with --trust-remote-code, whatever stdin holds --------------------
+
+AUTO_CLASSES = (
+    "AutoConfig",
+    "AutoProcessor",
+    "AutoTokenizer",
+    "AutoImageProcessor",
+    "AutoModel",
+    "AutoModelForImageTextToText",
+    "AutoModelForImageClassification",
+)
+
+
+def code_folder(root: Path, marker: Path) -> Path:
+    """A model folder whose config maps every Auto class to its own code, and no safety
+    fields; importing that code writes `marker`."""
+    folder = root / "code_model"
+    folder.mkdir()
+    (folder / "evil.py").write_text(
+        f"from pathlib import Path\nPath({str(marker)!r}).write_text('ran')\n"
+        "from transformers import PretrainedConfig\n"
+        "class EvilConfig(PretrainedConfig):\n    model_type = 'evil'\n"
+    )
+    auto_map = {name: f"evil.Evil{name.removeprefix('Auto')}" for name in AUTO_CLASSES}
+    config = {"model_type": "evil", "auto_map": auto_map}
+    (folder / "config.json").write_text(json.dumps(config))
+    for name in ("processor_config.json", "preprocessor_config.json", "tokenizer_config.json"):
+        (folder / name).write_text(json.dumps({"auto_map": auto_map}))
+    return folder
+
+
+def model_commands(folder: Path, root: Path) -> dict[str, list[str]]:
+    records = official_records()
+    for record in records:
+        record["response"] = "I cannot help with that."
+    bench = str(write_official(root / "bench", records))
+    model = f"hf/{folder}"
+    image = root / "image.png"
+    write_image(image, (200, 30, 30))
+    return {
+        "eval": ["eval", "--model", model, "--bench", bench, "--store", str(root / "s.db")],
+        "export-plain": ["model", "export-plain", str(folder), str(root / "plain")],
+        "convert": ["model", "convert", str(folder), str(root / "converted")],
+        "guard": ["guard", str(image), "--model", model],
+        "guard-eval": ["guard-eval", "--model", model, "--bench", bench],
+        "train": ["train", "--base", model, "--data", bench, "--out", str(root / "trained")],
+        "serve": ["serve", "--model", model, "--port", "1"],
+        "attention": ["analyze", "attention", "--model", model, "--bench", bench,
+                      "--out", str(root / "attention")],
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "command",
+    ["eval", "export-plain", "convert", "guard", "guard-eval", "train", "serve", "attention"],
+)
+def test_remote_code_never_runs_without_the_flag_even_with_yes_on_stdin(tmp_path, command):
+    marker = tmp_path / "marker"
+    folder = code_folder(tmp_path, marker)
+    result = holisafe_cli(*model_commands(folder, tmp_path)[command], stdin="y\n" * 10)
+    assert not marker.exists(), f"{command} ran the folder's code"
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    assert "Do you wish to run the custom code" not in result.stdout + result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("error: ") and folder.name in last_line, result.stderr
+
+
+# -- only regular files are read where a file is expected -------------------------------------
+
+
+class Hung(BaseException):
+    """Raised in a test that waited too long (a BaseException: no `except OSError` eats it)."""
+
+
+@contextlib.contextmanager
+def no_hang(seconds: float = 10):
+    """Fail, instead of hanging, when the block takes longer than `seconds`."""
+
+    def interrupt(signum, frame):
+        raise Hung(f"still waiting after {seconds} s")
+
+    previous = signal.signal(signal.SIGALRM, interrupt)
+    signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def fifo(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    os.mkfifo(path)
+    return path
+
+
+@pytest.mark.parametrize("name", ["bench.json", "bench.jsonl", "bench.parquet"])
+def test_a_named_pipe_as_the_bench_file_is_refused_at_once(tmp_path, name):
+    path = fifo(tmp_path / name)
+    with no_hang(), pytest.raises(DataError, match=f"{path}.*a named pipe, not a regular file"):
+        read_dataset(path)
+
+
+def test_a_named_pipe_as_the_official_bench_json_in_a_folder_is_refused_at_once(tmp_path):
+    fifo(tmp_path / "holisafe_bench.json")
+    with no_hang(), pytest.raises(DataError, match="a named pipe, not a regular file"):
+        read_dataset(tmp_path)
+
+
+def test_named_pipes_in_benchmark_layouts_are_refused_at_once(tmp_path):
+    mmsb = tmp_path / "mmsb"
+    fifo(mmsb / "processed_questions" / "01-Illegal_Activitiy.json")
+    with no_hang():
+        dataset = read_dataset(mmsb)
+    assert any("a named pipe" in str(problem) for problem in dataset.problems)
+    figstep = tmp_path / "figstep"
+    (figstep / "question").mkdir(parents=True)
+    (figstep / "question" / "safebench.csv").write_text("dataset,category_id,task_id\n")
+    fifo(figstep / "figstep_prompt.txt")
+    with no_hang(), pytest.raises(DataError, match=r"figstep_prompt\.txt"):
+        read_dataset(figstep)
+
+
+def test_a_named_pipe_as_a_benchmark_csv_is_refused_at_once(tmp_path):
+    path = fifo(tmp_path / "harmeval.csv")
+    with no_hang(), pytest.raises(DataError):
+        read_dataset(path)
+
+
+def test_a_named_pipe_as_a_judge_template_is_refused_at_once(tmp_path):
+    path = fifo(tmp_path / "template.txt")
+    with no_hang(), pytest.raises(JudgeError, match=f"{path}.*a named pipe"):
+        load_template(path)
+    script = fifo(tmp_path / "official.py")
+    with no_hang(), pytest.raises(JudgeError, match=f"{script}.*a named pipe"):
+        load_official_template(script)
+
+
+def test_a_folder_as_a_judge_template_is_refused(tmp_path):
+    with pytest.raises(JudgeError, match="a folder, not a regular file"):
+        load_template(tmp_path)
+
+
+def test_a_named_pipe_as_a_guard_policy_is_refused_at_once(tmp_path):
+    path = fifo(tmp_path / "policy.txt")
+    with no_hang(), pytest.raises(GuardError, match=f"{path}.*a named pipe"):
+        read_policy(path)
+
+
+def test_the_command_line_names_a_named_pipe_given_as_the_bench(tmp_path):
+    path = fifo(tmp_path / "bench.json")
+    result = holisafe_cli("data", "stats", str(path), timeout=60)
+    assert result.returncode != 0
+    assert result.stderr.strip() == f"error: {path}: cannot read (a named pipe, not a regular file)"
+
+
+# -- replies of the wrong shape ---------------------------------------------------------------
+
+REFUSAL = "I'm sorry, but I can't help with that."
+
+
+def openai_answer(message: object):
+    """The one Response of an OpenAI-compatible server whose first choice's message is
+    `message`."""
+
+    def reshape(body: dict) -> dict:
+        return body | {"choices": [{"index": 0, "finish_reason": "stop", "message": message}]}
+
+    with openai_stub(reshape=reshape) as stub:
+        model = OpenAIModel("stub-model", base_url=stub.url, api_key="stub-key", max_retries=0)
+        (response,) = model.generate([Request("q")], GenerationSettings(max_new_tokens=8))
+    return response
+
+
+def test_an_openai_refusal_without_content_is_the_refusal_it_is():
+    response = openai_answer({"role": "assistant", "content": None, "refusal": REFUSAL})
+    assert response.ok and response.text == REFUSAL
+    assert is_refusal(response.text)
+
+
+@pytest.mark.parametrize("message", ["hello", 42, ["hello"], True], ids=repr)
+def test_an_openai_message_of_the_wrong_type_is_a_failed_request(message):
+    response = openai_answer(message)
+    assert response.text is None and response.error.startswith("malformed reply"), response
