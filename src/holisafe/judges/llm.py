@@ -23,7 +23,6 @@ import functools
 import hashlib
 import re
 import secrets
-import string
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
@@ -33,7 +32,7 @@ from holisafe.core import taxonomy
 from holisafe.core.files import read_regular_text
 from holisafe.core.records import GenerationSettings, Model, Request, Response, Verdict
 from holisafe.core.sample import ImageError, Sample
-from holisafe.judges.base import JudgeError
+from holisafe.judges.base import JudgeError, template_fields
 from holisafe.judges.official import (
     OFFICIAL_SETTINGS,
     check_official_template,
@@ -68,12 +67,7 @@ def load_template(path: str | Path) -> str:
 
 def check_template(template: str, where: str = "judge template") -> None:
     """Raise JudgeError unless `template` uses every required placeholder and no unknown one."""
-    try:
-        fields = {
-            field for _, field, _, _ in string.Formatter().parse(template) if field is not None
-        }
-    except ValueError as exc:
-        raise _invalid(where, exc) from None
+    fields = template_fields(template, where)
     unknown = sorted(fields - set(PLACEHOLDERS))
     if unknown:
         raise JudgeError(
@@ -86,17 +80,6 @@ def check_template(template: str, where: str = "judge template") -> None:
             f"{where} lacks placeholder(s) {_braced(missing)}; "
             f"a judge template needs {_braced(REQUIRED_PLACEHOLDERS)}"
         )
-    try:
-        template.format(**{name: name for name in PLACEHOLDERS})
-    except ValueError as exc:  # a bad format spec, e.g. {query:%}
-        raise _invalid(where, exc) from None
-
-
-def _invalid(where: str, exc: Exception) -> JudgeError:
-    return JudgeError(
-        f"{where} is not a valid str.format template ({exc}); write {{{{ and }}}} for "
-        "literal braces"
-    )
 
 
 def _braced(names: Iterable[str]) -> str:
