@@ -90,6 +90,8 @@ class ImageFolder:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"image must be a non-empty path string, got {name!r}")
         relative = PurePosixPath(name.replace("\\", "/"))
+        if not relative.parts:
+            raise ValueError(f"image path {name!r} names no file")
         if relative.is_absolute() or re.match(r"[A-Za-z]:", name):
             raise ValueError(f"image path {name!r} is absolute; it must be relative to {self.root}")
         official = (
@@ -99,7 +101,11 @@ class ImageFolder:
         )
         candidates = [official, self.root / relative]
         for candidate in candidates:
-            if not candidate.resolve().is_relative_to(self.root):
+            try:
+                resolved = candidate.resolve()
+            except (OSError, RuntimeError) as exc:  # a link loop: RuntimeError before 3.13
+                raise ValueError(f"image path {name!r} cannot be followed: {exc}") from None
+            if not resolved.is_relative_to(self.root):
                 raise ValueError(
                     f"image path {name!r} escapes the image root {self.root}"
                     + self._through_link(candidate)

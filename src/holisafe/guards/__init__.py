@@ -23,7 +23,7 @@ from PIL import Image
 from transformers import AutoModelForImageClassification, AutoProcessor
 
 from holisafe.core import taxonomy
-from holisafe.core.files import read_regular_text
+from holisafe.core.files import read_regular_bytes, read_regular_text
 from holisafe.core.records import GenerationSettings, Request, SafetyPrediction
 from holisafe.core.sample import ImageError, decode_image
 from holisafe.guards.formats import (
@@ -176,7 +176,7 @@ def judge_files(guard: ImageGuard, files: Sequence[Path]) -> list[tuple[Path, Gu
     readable = {}
     for path in files:
         try:
-            readable[path] = decode_image(path.read_bytes(), str(path))
+            readable[path] = decode_image(read_regular_bytes(path), str(path))
         except (ImageError, OSError) as exc:
             verdicts[path] = GuardVerdict(None, error=str(exc))
     judged = guard.judge_images(list(readable.values())) if readable else []
