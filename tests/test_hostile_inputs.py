@@ -15,16 +15,24 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import holisafe
 from holisafe.core.errors import DataError
 from holisafe.core.records import GenerationSettings, Request
 from holisafe.data import read_dataset
-from holisafe.guards import read_policy
+from holisafe.data.loaders import ImageFolder
+from holisafe.guards import judge_files, read_policy
+from holisafe.guards.formats import GuardVerdict
 from holisafe.guards.safety_head import GuardError
 from holisafe.judges.base import JudgeError
-from holisafe.judges.llm import load_template
-from holisafe.judges.official import load_official_template
+from holisafe.judges.llm import check_template, load_template
+from holisafe.judges.official import (
+    check_official_template,
+    load_official_template,
+    template_from_script,
+)
 from holisafe.judges.string import is_refusal
 from holisafe.models.openai_api import OpenAIModel
 from tests.datafixtures import official_records, write_image, write_official
@@ -194,6 +202,22 @@ def test_a_named_pipe_as_a_guard_policy_is_refused_at_once(tmp_path):
         read_policy(path)
 
 
+def test_a_named_pipe_among_the_images_of_a_generative_guard_fails_that_image_at_once(tmp_path):
+    class EveryImageSafe:
+        spec, kind = "stub", "stub"
+
+        def judge_images(self, images):
+            return [GuardVerdict(False) for _ in images]
+
+    image = tmp_path / "red.png"
+    write_image(image, (200, 0, 0))
+    pipe = fifo(tmp_path / "pipe.png")
+    with no_hang():
+        (_, first), (_, second) = judge_files(EveryImageSafe(), [pipe, image])
+    assert first.unsafe is None and "not a regular file" in first.error
+    assert second.unsafe is False
+
+
 def test_the_command_line_names_a_named_pipe_given_as_the_bench(tmp_path):
     path = fifo(tmp_path / "bench.json")
     result = holisafe_cli("data", "stats", str(path), timeout=60)
@@ -229,3 +253,86 @@ def test_an_openai_refusal_without_content_is_the_refusal_it_is():
 def test_an_openai_message_of_the_wrong_type_is_a_failed_request(message):
     response = openai_answer(message)
     assert response.text is None and response.error.startswith("malformed reply"), response
+
+
+# -- judge templates ---------------------------------------------------------------------------
+
+TOOLKIT_TEMPLATE = "Q: {query}\nL: {label}\nR: {response}\n"
+OFFICIAL_TEMPLATE = "Q: {question}\nL: {safety_label}\nR: {response}\n"
+
+
+@pytest.mark.parametrize(
+    "placeholder", ["{response:>300000000}", "{response:{query}}", "{response!r}", "{response:s}"]
+)
+def test_a_judge_template_placeholder_with_a_format_spec_is_refused(placeholder):
+    with pytest.raises(JudgeError, match="has a conversion or format spec"):
+        check_template(TOOLKIT_TEMPLATE.replace("{response}", placeholder))
+    with pytest.raises(JudgeError, match="has a conversion or format spec"):
+        check_official_template(OFFICIAL_TEMPLATE.replace("{response}", placeholder))
+
+
+def test_a_prompt_template_assigned_twice_is_the_last_assignment_as_in_python():
+    first, last = OFFICIAL_TEMPLATE, "Again: " + OFFICIAL_TEMPLATE
+    script = f"PROMPT_TEMPLATE = {first!r}\nother = 1\nPROMPT_TEMPLATE = {last!r}\n"
+    namespace: dict = {}
+    exec(script, namespace)  # the test's own script: what Python makes of it
+    assert template_from_script(script, "script.py") == namespace["PROMPT_TEMPLATE"] == last
+
+
+ONE_LETTER_VALUES = {
+    name: name[0] for name in ("query", "label", "response", "tag", "question", "safety_label")
+}
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.from_regex(r"(![rsa])?(:[<>^]?[0-9]{0,9})?[sr.\[\]{}:!query]{0,4}", fullmatch=True))
+def test_a_checked_judge_template_never_grows_what_it_is_given(tail):
+    """Whatever follows a placeholder's name, a template that passes the check renders each
+    placeholder as its value alone; any other template is refused with a JudgeError."""
+    for check, template in (
+        (check_template, "{query}{label}{response" + tail + "}"),
+        (check_official_template, "{question}{safety_label}{response" + tail + "}"),
+    ):
+        try:
+            check(template)
+        except JudgeError:
+            continue
+        assert len(template.format(**ONE_LETTER_VALUES)) <= 4
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.one_of(st.text(max_size=20), st.integers()), max_size=4))
+def test_the_prompt_template_of_any_script_is_its_last_string_or_a_judge_error(values):
+    script = "".join(f"PROMPT_TEMPLATE = {value!r}\n" for value in values)
+    try:
+        found = template_from_script(script, "script.py")
+    except JudgeError:
+        assert not values or not isinstance(values[-1], str)
+    else:
+        assert found == values[-1]
+
+
+# -- image folders ----------------------------------------------------------------------------
+
+
+def test_a_symbolic_link_loop_in_an_image_folder_is_a_problem_of_its_record(tmp_path):
+    bench = write_official(tmp_path / "bench")
+    image = bench / "images" / "img_0.png"
+    image.unlink()
+    image.symlink_to(image)
+    dataset = read_dataset(bench)
+    (problem,) = [p for p in dataset.problems if "img_0.png" in str(p)]
+    assert "cannot be followed" in str(problem)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.sampled_from("ab./\\:~ C"), min_size=1, max_size=20))
+def test_an_image_path_resolves_inside_its_folder_or_is_refused(tmp_path_factory, name):
+    root = tmp_path_factory.getbasetemp() / "image_root"
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    folder = ImageFolder(root)
+    try:
+        ref = folder.ref(name)
+    except ValueError:
+        return
+    assert ref.path.resolve().is_relative_to(root.resolve())
