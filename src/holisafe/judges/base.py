@@ -45,7 +45,9 @@ def template_fields(template: str, where: str) -> set[str]:
             "literal braces"
         ) from None
     for field, conversion, spec in parsed:
-        if conversion or spec:
+        # a field that is no name (`{"a": 1}`, meant as literal braces) is left to the caller
+        # to refuse as an unknown placeholder
+        if field.isidentifier() and (conversion or spec):
             written = f"{field}{'!' + conversion if conversion else ''}{':' + spec if spec else ''}"
             raise JudgeError(
                 f"{where}: the placeholder {{{written[:60]}}} has a conversion or format spec; "
