@@ -10,8 +10,10 @@ import contextlib
 import json
 import os
 import signal
+import sqlite3
 import subprocess
 import sys
+from contextlib import closing
 from pathlib import Path
 
 import pytest
@@ -21,10 +23,11 @@ from hypothesis import strategies as st
 import holisafe
 from holisafe.core.errors import DataError
 from holisafe.core.records import GenerationSettings, Request
+from holisafe.core.safe_json import JSONLimitError, parse_json
 from holisafe.data import read_dataset
 from holisafe.data.loaders import ImageFolder
 from holisafe.guards import judge_files, read_policy
-from holisafe.guards.formats import GuardVerdict
+from holisafe.guards.formats import GuardVerdict, parse_llavaguard
 from holisafe.guards.safety_head import GuardError
 from holisafe.judges.base import JudgeError
 from holisafe.judges.llm import check_template, load_template
@@ -34,7 +37,10 @@ from holisafe.judges.official import (
     template_from_script,
 )
 from holisafe.judges.string import is_refusal
+from holisafe.models import ModelOptions
 from holisafe.models.openai_api import OpenAIModel
+from holisafe.run.evaluate import evaluate
+from tests.batch_stub import batch_stub
 from tests.datafixtures import official_records, write_image, write_official
 from tests.stub_servers import openai_stub
 
@@ -336,3 +342,116 @@ def test_an_image_path_resolves_inside_its_folder_or_is_refused(tmp_path_factory
     except ValueError:
         return
     assert ref.path.resolve().is_relative_to(root.resolve())
+
+
+# -- deep and broken JSON from outside --------------------------------------------------------
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_a_reply_nested_100000_deep_fails_its_request_not_the_run():
+    response = openai_answer_text(DEEP)
+    assert response.text is None and response.error.startswith("malformed reply"), response
+
+
+def openai_answer_text(body: str):
+    """The one Response of an OpenAI-compatible server that answers `body` as it is."""
+    with openai_stub(reshape=lambda _: body) as stub:
+        model = OpenAIModel("stub-model", base_url=stub.url, api_key="stub-key", max_retries=0)
+        (response,) = model.generate([Request("q")], GenerationSettings(max_new_tokens=8))
+    return response
+
+
+def broken_batch_line(line: str) -> str:
+    """Sample 2's result nested 100,000 deep, sample 4's without its id, sample 5's body of
+    the wrong shape, sample 6's not JSON; the others as sent."""
+    item = json.loads(line)
+    match item["custom_id"]:
+        case "2":
+            return '{"custom_id": "2", "response": ' + DEEP + "}"
+        case "4":
+            return json.dumps({k: v for k, v in item.items() if k != "custom_id"})
+        case "5":
+            return json.dumps(item | {"response": {"status_code": 200, "body": {"choices": "x"}}})
+        case "6":
+            return line[: len(line) // 2]
+    return line
+
+
+def test_unreadable_batch_result_lines_fail_their_samples_and_the_batch_is_collected(tmp_path):
+    bench = write_official(tmp_path / "bench")
+    store = tmp_path / "runs.db"
+    judge = "openai/judge-model"
+
+    def followed(body):
+        return "Fine.\nVERDICT: FOLLOWED"
+
+    with (
+        openai_stub(api_key=None) as answers,
+        batch_stub(reply=followed, rewrite_line=broken_batch_line) as batches,
+    ):
+        outcome = evaluate(
+            "openai/stub-model",
+            bench,
+            store,
+            judges=[judge],
+            options=ModelOptions(base_url=answers.url, api_key="k"),
+            judge_options=ModelOptions(base_url=batches.url, api_key="k"),
+            judge_batch=True,
+            batch_poll_s=0.01,
+        )
+    failed = dict(outcome.verdict_errors[judge])
+    assert sorted(failed) == ["2", "4", "5", "6"]
+    assert "malformed result" in failed["5"] and "without an answer" in failed["2"]
+    with closing(sqlite3.connect(store)) as db:
+        assert db.execute("SELECT collected FROM judge_batches").fetchall() == [(1,)]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.recursive(st.none() | st.integers() | st.text(max_size=5), lambda inner: (
+    st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+)), st.integers(min_value=1, max_value=6))  # fmt: skip
+def test_parse_json_gives_back_what_is_within_its_limits_and_refuses_the_rest(value, depth):
+    text = json.dumps(value)
+    try:
+        parsed = parse_json(text, max_depth=depth)
+    except JSONLimitError:
+        assert nesting(value) > depth
+    else:
+        assert parsed == value and nesting(value) <= depth
+
+
+def nesting(value) -> int:
+    if isinstance(value, dict):
+        value = list(value.values())
+    if isinstance(value, list):
+        return 1 + max(map(nesting, value), default=0)
+    return 0
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.text(alphabet=st.sampled_from('[]{}",:0 a\\'), max_size=60), st.integers(0, 5000))
+def test_any_text_parses_or_fails_as_a_value_error(text, depth):
+    with contextlib.suppress(ValueError):  # anything else, a RecursionError above all, fails
+        parse_json("[" * depth + text + "]" * depth, max_depth=8)
+
+
+def test_json_over_the_size_limit_is_refused_before_it_is_parsed():
+    with pytest.raises(JSONLimitError, match="over the limit"):
+        parse_json("[" + "0," * 100 + "0]", max_chars=50)
+
+
+def test_a_bench_file_nested_100000_deep_is_one_clear_error(tmp_path):
+    path = tmp_path / "bench.json"
+    path.write_text(DEEP)
+    with pytest.raises(DataError, match=f"{path}: JSON nested deeper than"):
+        read_dataset(path)
+    lines = tmp_path / "bench.jsonl"
+    lines.write_text(DEEP + "\n")
+    (problem,) = read_dataset(lines).problems
+    assert "line 1" in str(problem) and "nested deeper than" in str(problem)
+
+
+def test_a_guard_answer_nested_100000_deep_is_unparseable():
+    verdict = parse_llavaguard(DEEP)
+    assert verdict.unsafe is None and verdict.error

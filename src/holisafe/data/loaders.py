@@ -24,6 +24,7 @@ from holisafe.core.errors import DataError, RecordError
 from holisafe.core.files import read_regular_text, require_regular_file
 from holisafe.core.hub import is_hub_id, local_or_hub
 from holisafe.core.progress import track
+from holisafe.core.safe_json import JSONLimitError, parse_json
 from holisafe.core.sample import ImageError, ImageRef, Sample
 from holisafe.core.text import lone_surrogate
 from holisafe.data import benchmarks
@@ -340,11 +341,13 @@ def _read_json(path: Path) -> list:
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     try:
-        records = json.loads(text)
+        records = parse_json(text, max_chars=None)
     except json.JSONDecodeError as exc:
         raise DataError(
             f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from None
+    except JSONLimitError as exc:
+        raise DataError(f"{path}: {exc}") from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     return records
@@ -377,9 +380,14 @@ def jsonl_records(
         if not line.strip():
             continue
         try:
-            yield f"line {number}", json.loads(line, object_pairs_hook=object_pairs_hook)
+            yield (
+                f"line {number}",
+                parse_json(line, max_chars=None, object_pairs_hook=object_pairs_hook),
+            )
         except json.JSONDecodeError as exc:
             yield f"line {number}", ValueError(f"malformed JSON at column {exc.colno}: {exc.msg}")
+        except JSONLimitError as exc:
+            yield f"line {number}", exc
 
 
 def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
