@@ -47,6 +47,11 @@ def read_regular_text(path: str | Path, encoding: str = "utf-8") -> str:
     return text.replace("\r\n", "\n").replace("\r", "\n")
 
 
+def regular_csv_text(path: str | Path, encoding: str) -> io.StringIO:
+    """The regular file `path` as text for the csv module (its newlines kept as they are)."""
+    return io.StringIO(read_regular_bytes(path).decode(encoding), newline="")
+
+
 def require_regular_file(path: str | Path) -> Path:
     """`path`, when it names a regular file (after links), for readers that open it
     themselves; raises OSError as `read_regular_bytes` does."""
@@ -58,8 +63,3 @@ def require_regular_file(path: str | Path) -> Path:
 
 def _kind(mode: int) -> str:
     return next((name for test, name in _KINDS.items() if test(mode)), "no regular file")
-
-
-def regular_csv_text(path: str | Path, encoding: str) -> io.StringIO:
-    """The regular file `path` as text for the csv module (its newlines kept as they are)."""
-    return io.StringIO(read_regular_bytes(path).decode(encoding), newline="")
