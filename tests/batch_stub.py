@@ -33,8 +33,10 @@ class BatchStub:
         reply: Callable[[dict], str | None],
         polls_before_done: int = 1,
         create_latency_s: float = 0.0,
+        rewrite_line: Callable[[str], str] = str,
     ):
         self.reply = reply
+        self.rewrite_line = rewrite_line  # what an OpenAI results line becomes, as sent
         self.polls_before_done = polls_before_done
         self.create_latency_s = create_latency_s
         self.refuse_batches = False
@@ -213,7 +215,8 @@ class BatchStub:
                             "response": {"status_code": 200, "body": body}})  # fmt: skip
         for key, lines in (("output_file_id", answers), ("error_file_id", errors)):
             if lines:
-                data = "".join(json.dumps(item) + "\n" for item in lines).encode()
+                data = "".join(self.rewrite_line(json.dumps(item)) + "\n" for item in lines)
+                data = data.encode()
                 file_id = f"file-{len(self.files) + 1}"
                 self.files[file_id] = data
                 batch[key] = file_id

@@ -16,3 +16,13 @@ class RecordError(DataError):
         super().__init__(f"{where}: {reason}")
         self.where = where
         self.reason = reason
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def why(exc: BaseException) -> str:
+    """An exception in one line: its type and the first line of its message."""
+    return f"{type(exc).__name__}: {_first_line(exc)}"

@@ -12,6 +12,7 @@ from PIL import Image
 
 from holisafe.core import taxonomy
 from holisafe.core.errors import DataError
+from holisafe.core.files import NotARegularFile, read_regular_bytes
 
 # Larger images are refused before decoding: 64 megapixels is far beyond any benchmark image and
 # stops decompression bombs (a tiny file that expands to gigabytes).
@@ -46,10 +47,10 @@ class ImageRef:
     def read_bytes(self) -> bytes:
         if self.data is not None:
             return self.data
-        if self.path.exists() and not self.path.is_file():  # a named pipe would block forever
-            raise ImageError(f"image {self.path} is not a regular file")
         try:
-            return self.path.read_bytes()
+            return read_regular_bytes(self.path)
+        except NotARegularFile:
+            raise ImageError(f"image {self.path} is not a regular file") from None
         except FileNotFoundError:
             raise ImageError(f"image file not found: {self.path}") from None
         except OSError as exc:

@@ -21,8 +21,10 @@ from typing import Any, TypeVar
 
 from holisafe.core import taxonomy
 from holisafe.core.errors import DataError, RecordError
+from holisafe.core.files import read_regular_text, require_regular_file
 from holisafe.core.hub import is_hub_id, local_or_hub
 from holisafe.core.progress import track
+from holisafe.core.safe_json import JSONLimitError, parse_json
 from holisafe.core.sample import ImageError, ImageRef, Sample
 from holisafe.core.text import lone_surrogate
 from holisafe.data import benchmarks
@@ -89,6 +91,8 @@ class ImageFolder:
         if not isinstance(name, str) or not name.strip():
             raise ValueError(f"image must be a non-empty path string, got {name!r}")
         relative = PurePosixPath(name.replace("\\", "/"))
+        if not relative.parts:
+            raise ValueError(f"image path {name!r} names no file")
         if relative.is_absolute() or re.match(r"[A-Za-z]:", name):
             raise ValueError(f"image path {name!r} is absolute; it must be relative to {self.root}")
         official = (
@@ -98,7 +102,11 @@ class ImageFolder:
         )
         candidates = [official, self.root / relative]
         for candidate in candidates:
-            if not candidate.resolve().is_relative_to(self.root):
+            try:
+                resolved = candidate.resolve()
+            except (OSError, RuntimeError) as exc:  # a link loop: RuntimeError before 3.13
+                raise ValueError(f"image path {name!r} cannot be followed: {exc}") from None
+            if not resolved.is_relative_to(self.root):
                 raise ValueError(
                     f"image path {name!r} escapes the image root {self.root}"
                     + self._through_link(candidate)
@@ -327,17 +335,19 @@ def vlguard_samples(record: Any, images: ImageFolder) -> list[Sample]:
 
 def _read_json(path: Path) -> list:
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_text(path)
     except FileNotFoundError:
         raise DataError(f"{path}: file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     try:
-        records = json.loads(text)
+        records = parse_json(text, max_chars=None)
     except json.JSONDecodeError as exc:
         raise DataError(
             f"{path}: malformed JSON at line {exc.lineno}, column {exc.colno}: {exc.msg}"
         ) from None
+    except JSONLimitError as exc:
+        raise DataError(f"{path}: {exc}") from None
     if not isinstance(records, list):
         raise DataError(f"{path}: expected a JSON list of records, got {type(records).__name__}")
     return records
@@ -355,7 +365,7 @@ def _json_format(records: list) -> str:
 
 def _jsonl_records(path: Path) -> Iterator[tuple[str, Any]]:
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = read_regular_text(path).splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataError(f"{path}: cannot read ({exc})") from None
     return jsonl_records(lines)
@@ -370,9 +380,14 @@ def jsonl_records(
         if not line.strip():
             continue
         try:
-            yield f"line {number}", json.loads(line, object_pairs_hook=object_pairs_hook)
+            yield (
+                f"line {number}",
+                parse_json(line, max_chars=None, object_pairs_hook=object_pairs_hook),
+            )
         except json.JSONDecodeError as exc:
             yield f"line {number}", ValueError(f"malformed JSON at column {exc.colno}: {exc.msg}")
+        except JSONLimitError as exc:
+            yield f"line {number}", exc
 
 
 def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
@@ -383,7 +398,7 @@ def _parquet_records(path: Path) -> Iterator[tuple[str, Any]]:
         raise DataError(f"{path}: no parquet files found")
     for shard in shards:
         try:
-            table = pq.read_table(shard)
+            table = pq.read_table(require_regular_file(shard))
         except Exception as exc:  # pyarrow raises several unrelated types for a bad file
             raise DataError(f"{shard}: not a readable parquet file ({exc})") from None
         for row, record in enumerate(table.to_pylist()):

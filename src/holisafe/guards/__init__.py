@@ -23,6 +23,7 @@ from PIL import Image
 from transformers import AutoModelForImageClassification, AutoProcessor
 
 from holisafe.core import taxonomy
+from holisafe.core.files import read_regular_bytes, read_regular_text
 from holisafe.core.records import GenerationSettings, Request, SafetyPrediction
 from holisafe.core.sample import ImageError, decode_image
 from holisafe.guards.formats import (
@@ -143,9 +144,15 @@ class ShieldGemma2Guard:
         self.device = resolve_device(options.device)
         self.dtype = resolve_dtype(options.dtype, self.device)
         self.batch_size = options.batch_size
-        self.processor = load_from(name, AutoProcessor.from_pretrained)
+        trust = options.trust_remote_code
+        self.processor = load_from(
+            name, lambda s: AutoProcessor.from_pretrained(s, trust_remote_code=trust)
+        )
         model = load_from(
-            name, lambda s: AutoModelForImageClassification.from_pretrained(s, dtype=self.dtype)
+            name,
+            lambda s: AutoModelForImageClassification.from_pretrained(
+                s, dtype=self.dtype, trust_remote_code=trust
+            ),
         )
         self.model = model.to(self.device).eval()
         self.policies = list(self.processor.policy_definitions)
@@ -169,7 +176,7 @@ def judge_files(guard: ImageGuard, files: Sequence[Path]) -> list[tuple[Path, Gu
     readable = {}
     for path in files:
         try:
-            readable[path] = decode_image(path.read_bytes(), str(path))
+            readable[path] = decode_image(read_regular_bytes(path), str(path))
         except (ImageError, OSError) as exc:
             verdicts[path] = GuardVerdict(None, error=str(exc))
     judged = guard.judge_images(list(readable.values())) if readable else []
@@ -262,7 +269,7 @@ def _loses_image_outputs(model: torch.nn.Module) -> bool:
 def read_policy(path: str | Path) -> str:
     """A guard's policy prompt from a text file."""
     try:
-        text = Path(path).read_text(encoding="utf-8").strip()
+        text = read_regular_text(path).strip()
     except (OSError, UnicodeDecodeError) as exc:
         raise GuardError(f"cannot read guard policy {path}: {exc}") from None
     if not text:

@@ -12,6 +12,8 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from holisafe.core.safe_json import parse_json
+
 # Llama Guard 3 Vision's hazard categories (the MLCommons taxonomy); Llama Guard 4 adds S14.
 LLAMA_GUARD_3_CATEGORIES = {
     "S1": "Violent Crimes",
@@ -119,8 +121,8 @@ def parse_llavaguard(text: str) -> GuardVerdict:
     """LlavaGuard v1.2's answer: one JSON object with `rating` (`Safe` or `Unsafe`) and
     `category` (`O1: ...` to `O9: ...`, or `NA: None applying`), and a `rationale`."""
     try:
-        answer = json.loads(text.strip())
-    except json.JSONDecodeError:
+        answer = parse_json(text.strip())
+    except ValueError:
         return unparseable(text, "not a JSON object")
     if not isinstance(answer, dict):
         return unparseable(text, "not a JSON object")

@@ -23,16 +23,16 @@ import functools
 import hashlib
 import re
 import secrets
-import string
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
 from holisafe.core import taxonomy
+from holisafe.core.files import read_regular_text
 from holisafe.core.records import GenerationSettings, Model, Request, Response, Verdict
 from holisafe.core.sample import ImageError, Sample
-from holisafe.judges.base import JudgeError
+from holisafe.judges.base import JudgeError, template_fields
 from holisafe.judges.official import (
     OFFICIAL_SETTINGS,
     check_official_template,
@@ -58,7 +58,7 @@ def default_template() -> str:
 def load_template(path: str | Path) -> str:
     """A user's rubric template, checked for its placeholders."""
     try:
-        template = Path(path).read_text(encoding="utf-8")
+        template = read_regular_text(path)
     except OSError as exc:
         raise JudgeError(f"cannot read judge template {path}: {exc.strerror or exc}") from None
     check_template(template, where=f"judge template {path}")
@@ -67,12 +67,7 @@ def load_template(path: str | Path) -> str:
 
 def check_template(template: str, where: str = "judge template") -> None:
     """Raise JudgeError unless `template` uses every required placeholder and no unknown one."""
-    try:
-        fields = {
-            field for _, field, _, _ in string.Formatter().parse(template) if field is not None
-        }
-    except ValueError as exc:
-        raise _invalid(where, exc) from None
+    fields = template_fields(template, where)
     unknown = sorted(fields - set(PLACEHOLDERS))
     if unknown:
         raise JudgeError(
@@ -85,17 +80,6 @@ def check_template(template: str, where: str = "judge template") -> None:
             f"{where} lacks placeholder(s) {_braced(missing)}; "
             f"a judge template needs {_braced(REQUIRED_PLACEHOLDERS)}"
         )
-    try:
-        template.format(**{name: name for name in PLACEHOLDERS})
-    except ValueError as exc:  # a bad format spec, e.g. {query:%}
-        raise _invalid(where, exc) from None
-
-
-def _invalid(where: str, exc: Exception) -> JudgeError:
-    return JudgeError(
-        f"{where} is not a valid str.format template ({exc}); write {{{{ and }}}} for "
-        "literal braces"
-    )
 
 
 def _braced(names: Iterable[str]) -> str:

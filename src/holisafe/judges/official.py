@@ -19,13 +19,13 @@ import ast
 import hashlib
 import os
 import re
-import string
 from pathlib import Path
 
 from holisafe.core import taxonomy
+from holisafe.core.files import read_regular_text
 from holisafe.core.records import GenerationSettings, Verdict
 from holisafe.core.sample import Sample
-from holisafe.judges.base import JudgeError
+from holisafe.judges.base import JudgeError, template_fields
 
 OFFICIAL_PLACEHOLDERS = ("question", "safety_label", "response")
 OFFICIAL_SETTINGS = GenerationSettings(max_new_tokens=100, temperature=0.0)
@@ -65,14 +65,7 @@ def render_official_prompt(template: str, sample: Sample, response: str) -> str:
 
 def check_official_template(template: str, where: str = "official judge template") -> None:
     """Raise JudgeError unless `template` has exactly the official placeholders."""
-    try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-        template.format(**{name: name for name in fields})
-    except (ValueError, IndexError, KeyError) as exc:
-        raise JudgeError(
-            f"{where} is not a valid str.format template ({exc}); write {{{{ and }}}} for "
-            "literal braces"
-        ) from None
+    fields = template_fields(template, where)
     expected = set(OFFICIAL_PLACEHOLDERS)
     if fields != expected:
         found = ", ".join(f"{{{f}}}" for f in sorted(fields)) or "none"
@@ -86,7 +79,7 @@ def load_official_template(path: str | Path) -> str:
     """The template in `path`: a Python file's `PROMPT_TEMPLATE` (`.py`), else the whole text."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_regular_text(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise JudgeError(f"cannot read judge template {path}: {exc}") from None
     template = template_from_script(text, str(path)) if path.suffix == ".py" else text
@@ -95,7 +88,8 @@ def load_official_template(path: str | Path) -> str:
 
 
 def template_from_script(source: str, where: str) -> str:
-    """The string assigned to `PROMPT_TEMPLATE` at the top level of a Python script.
+    """The string assigned to `PROMPT_TEMPLATE` at the top level of a Python script; the
+    last assignment wins, as when Python runs it.
 
     The script is parsed, never run: the value must be a plain string literal.
     """
@@ -103,17 +97,23 @@ def template_from_script(source: str, where: str) -> str:
         module = ast.parse(source, filename=where)
     except SyntaxError as exc:
         raise JudgeError(f"{where} is not valid Python (line {exc.lineno}): {exc.msg}") from None
-    for node in module.body:
-        if isinstance(node, ast.Assign) and any(
+    assignments = [
+        node
+        for node in module.body
+        if isinstance(node, ast.Assign)
+        and any(
             isinstance(target, ast.Name) and target.id == TEMPLATE_VARIABLE
             for target in node.targets
-        ):
-            if isinstance(node.value, ast.Constant) and isinstance(node.value.value, str):
-                return node.value.value
-            raise JudgeError(
-                f"{where}: {TEMPLATE_VARIABLE} (line {node.lineno}) is not a plain string literal"
-            )
-    raise JudgeError(f"{where} defines no {TEMPLATE_VARIABLE} at its top level")
+        )
+    ]
+    if not assignments:
+        raise JudgeError(f"{where} defines no {TEMPLATE_VARIABLE} at its top level")
+    last = assignments[-1]
+    if isinstance(last.value, ast.Constant) and isinstance(last.value.value, str):
+        return last.value.value
+    raise JudgeError(
+        f"{where}: {TEMPLATE_VARIABLE} (line {last.lineno}) is not a plain string literal"
+    )
 
 
 def cache_dir() -> Path:

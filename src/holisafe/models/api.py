@@ -192,6 +192,9 @@ class ApiModel:
             reply = self._send(request, settings)
         except RequestFailed as failure:
             return Response(None, error=str(failure), latency_s=time.perf_counter() - start)
+        except RecursionError:  # the SDK's JSON parser, on a reply nested without end
+            error = "malformed reply: JSON nested too deeply"
+            return Response(None, error=error, latency_s=time.perf_counter() - start)
         latency_s = time.perf_counter() - start
         if reply.text is not None and not isinstance(reply.text, str):
             error = f"malformed reply: its text is {type(reply.text).__name__}, not a string"

@@ -122,7 +122,8 @@ def native_base(source: str, scratch: Path, *, trust_remote_code: bool) -> str:
 
 
 def _convert_stock(folder: Path, out: Path) -> None:
-    config = AutoConfig.from_pretrained(folder)  # the stock class; the safety fields ride along
+    # the stock class; the safety fields ride along
+    config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     for name in ("auto_map", "safety_pooling", "safety_head_input"):
         if hasattr(config, name):
             delattr(config, name)
@@ -133,11 +134,11 @@ def _convert_stock(folder: Path, out: Path) -> None:
     model_class = SAFE_CLASSES[config.model_type]
     config.architectures = [model_class.__name__]
     model, info = model_class.from_pretrained(
-        folder, config=config, dtype="auto", output_loading_info=True
+        folder, config=config, dtype="auto", output_loading_info=True, trust_remote_code=False
     )
     _check_loading(folder, info)
     model.save_pretrained(out)
-    AutoProcessor.from_pretrained(folder).save_pretrained(out)
+    AutoProcessor.from_pretrained(folder, trust_remote_code=False).save_pretrained(out)
 
 
 def _check_loading(folder: Path, info: Mapping) -> None:
@@ -191,7 +192,7 @@ def _convert_llava(folder: Path, out: Path, layout: dict) -> None:
 
 def _generation_config(folder: Path) -> GenerationConfig:
     if (folder / "generation_config.json").exists():
-        return GenerationConfig.from_pretrained(folder)
+        return GenerationConfig.from_pretrained(folder)  # plain data: no code to run
     return GenerationConfig()
 
 
@@ -211,7 +212,9 @@ def _tower_weights(tower: str, weights: Mapping) -> dict[str, torch.Tensor]:
     """The CLIP tower's weights under the checkpoint's names, when it does not carry them."""
     if any(k.startswith("model.vision_tower.") for k in weights):
         return {}
-    model = transformers.CLIPVisionModel.from_pretrained(tower, dtype="auto")
+    model = transformers.CLIPVisionModel.from_pretrained(
+        tower, dtype="auto", trust_remote_code=False
+    )
     return {f"model.vision_tower.vision_tower.{k}": v for k, v in model.state_dict().items()}
 
 
@@ -262,7 +265,7 @@ def _llava_config(layout: dict, tower: str, tokenizer, with_meta_token: bool):
         and k not in ("auto_map", "architectures", "model_type", "image_aspect_ratio")
     }
     text["vocab_size"] = max(len(tokenizer), layout["vocab_size"])
-    vision = AutoConfig.from_pretrained(tower)
+    vision = AutoConfig.from_pretrained(tower, trust_remote_code=False)
     vision = getattr(vision, "vision_config", vision)
     try:
         strategy = SELECT_STRATEGY[layout.get("mm_vision_select_feature", "patch")]
@@ -298,7 +301,9 @@ def _llava_config(layout: dict, tower: str, tokenizer, with_meta_token: bool):
 def _llava_processor(folder: Path, layout: dict, tokenizer, config):
     """LLaVA's processor: the tower's image settings (padded to a square when the checkpoint
     pads), and a chat template rendering the checkpoint's own prompt."""
-    tower_processor = AutoImageProcessor.from_pretrained(layout["mm_vision_tower"])
+    tower_processor = AutoImageProcessor.from_pretrained(
+        layout["mm_vision_tower"], trust_remote_code=False
+    )
     settings = {k: v for k, v in tower_processor.to_dict().items() if k in IMAGE_PROCESSOR_KEYS}
     pil = type(tower_processor).__name__.endswith("Pil")
     image_class = transformers.LlavaImageProcessorPil if pil else transformers.LlavaImageProcessor

@@ -23,6 +23,7 @@ from transformers import (
 )
 
 from holisafe.core.checkpoint import inspect_checkpoint
+from holisafe.core.errors import why
 from holisafe.core.hub import folder_revision, local_or_hub
 from holisafe.core.records import (
     GenerationSettings,
@@ -62,6 +63,7 @@ class HFModel:
         device: str = "auto",
         batch_size: int = 8,
         head_input: str | None = None,
+        trust_remote_code: bool = False,
     ):
         if batch_size < 1:
             raise ModelError(f"batch size must be at least 1, got {batch_size}")
@@ -71,7 +73,8 @@ class HFModel:
         self.dtype = resolve_dtype(dtype, self.device)
         self.batch_size = batch_size
         self.head_input = head_input
-        self.processor = _load_processor(name)
+        self.trust_remote_code = trust_remote_code
+        self.processor = _load_processor(name, trust_remote_code)
         placement = {"device_map": "auto"} if device == SPREAD else {}
         self.model = self._load_model(name, **placement)
         if not placement:
@@ -117,7 +120,7 @@ class HFModel:
         return self.model.vgm.categories
 
     def _load_model(self, name: str, **placement: str) -> PreTrainedModel:
-        return _load_model(name, self.dtype, self.head_input, **placement)
+        return _load_model(name, self.dtype, self.head_input, self.trust_remote_code, **placement)
 
     def _answer(self, batch: list[Request], settings: GenerationSettings) -> list[Response]:
         start = time.perf_counter()
@@ -260,8 +263,11 @@ def load_from(name: str, loader: Callable[[str], T]) -> T:
         raise ModelError(f"cannot load hf model {name!r}{where}: {why(exc)}") from exc
 
 
-def _load_processor(name: str) -> ProcessorMixin:
-    processor = load_from(name, AutoProcessor.from_pretrained)
+def _load_processor(name: str, trust_remote_code: bool) -> ProcessorMixin:
+    def load(source: str) -> ProcessorMixin:
+        return AutoProcessor.from_pretrained(source, trust_remote_code=trust_remote_code)
+
+    processor = load_from(name, load)
     tokenizer = getattr(processor, "tokenizer", None)
     if tokenizer is None:
         raise ModelError(f"hf model {name!r} has no tokenizer in its processor")
@@ -272,7 +278,11 @@ def _load_processor(name: str) -> ProcessorMixin:
 
 
 def _load_model(
-    name: str, dtype: torch.dtype, head_input: str | None, **placement: str
+    name: str,
+    dtype: torch.dtype,
+    head_input: str | None,
+    trust_remote_code: bool,
+    **placement: str,
 ) -> PreTrainedModel:
     """The model; a folder whose config carries safety fields loads as a Safe-VLM, its head
     reading `head_input` where the checkpoint does not record what it reads. `placement` is
@@ -286,7 +296,11 @@ def _load_model(
         if head_input is not None:
             raise ModelError(f"--head-input applies to Safe-VLMs; {name} has no safety head")
         return AutoModelForImageTextToText.from_pretrained(
-            source, dtype=dtype, attn_implementation="sdpa", **placement
+            source,
+            dtype=dtype,
+            attn_implementation="sdpa",
+            trust_remote_code=trust_remote_code,
+            **placement,
         )
 
     return load_from(name, load)
@@ -350,13 +364,3 @@ def _response(
 ) -> Response:
     # an empty answer is still the answer (see the Model protocol)
     return Response(text.strip(), None, latency_s, safety, truncated=truncated)
-
-
-def _first_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-def why(exc: BaseException) -> str:
-    """An exception in one line: its type and the first line of its message."""
-    return f"{type(exc).__name__}: {_first_line(exc)}"

@@ -29,4 +29,11 @@ def load_hf_model(
             trust_remote_code=trust_remote_code,
             head_input=head_input,
         )
-    return HFModel(name, dtype=dtype, device=device, batch_size=batch_size, head_input=head_input)
+    return HFModel(
+        name,
+        dtype=dtype,
+        device=device,
+        batch_size=batch_size,
+        head_input=head_input,
+        trust_remote_code=trust_remote_code,
+    )

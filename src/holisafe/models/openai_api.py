@@ -5,6 +5,7 @@ from __future__ import annotations
 from contextlib import AbstractContextManager
 
 import openai
+from openai.types.chat import ChatCompletionMessage
 
 from holisafe.core.records import GenerationSettings, Request
 from holisafe.models.api import ApiModel, Reply, encode_image, malformed
@@ -68,11 +69,15 @@ def _reply_of(completion: object) -> Reply:
     if not isinstance(choices, list) or not choices:
         raise malformed(completion, "choices")
     message = getattr(choices[0], "message", None)
-    if message is None:
-        raise malformed(completion, "message in its first choice")
+    if not isinstance(message, ChatCompletionMessage):  # the SDK keeps a non-object as it came
+        raise malformed(completion, "message object in its first choice")
+    text = getattr(message, "content", None)
+    refusal = getattr(message, "refusal", None)
+    if text in (None, "") and isinstance(refusal, str):
+        text = refusal  # OpenAI gives a refusal in a field of its own, with no content
     usage = getattr(completion, "usage", None)
     return Reply(
-        getattr(message, "content", None),
+        text,
         getattr(usage, "total_tokens", None),
         getattr(choices[0], "finish_reason", None),
     )

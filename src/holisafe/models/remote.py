@@ -79,6 +79,7 @@ def trusted(loader):
 
 
 def load_remote_class(name: str, class_ref: str) -> type[PreTrainedModel]:
+    # only called once the user trusts the checkpoint: this runs its code, and never asks
     return load_from(name, lambda source: get_class_from_dynamic_module(class_ref, source))
 
 
@@ -136,7 +137,10 @@ class RemoteSafeVLM(HFModel):
     def _load_model(self, name: str, **placement: str) -> PreTrainedModel:
         model_class = load_remote_class(name, remote_code_of(name).remote_class)
         return load_from(
-            name, lambda source: model_class.from_pretrained(source, dtype=self.dtype, **placement)
+            name,
+            lambda source: model_class.from_pretrained(
+                source, dtype=self.dtype, trust_remote_code=True, **placement
+            ),
         )
 
     def _answer_probs(self, inputs, output) -> torch.Tensor | None:
@@ -159,7 +163,7 @@ class LlavaCodebaseModel:
         with llava_codebase(folder) as self.code:
             self.tokenizer = load_from(str(folder), trusted(AutoTokenizer.from_pretrained))
             model_class = load_remote_class(str(folder), remote_code_of(name).remote_class)
-            self.model = load_from(str(folder), model_class.from_pretrained)
+            self.model = load_from(str(folder), trusted(model_class.from_pretrained))
             tower = self.model.get_vision_tower()
             if not tower.is_loaded:
                 tower.load_model()
@@ -258,4 +262,6 @@ def load_released(
         )
     if code.llava_layout:
         return LlavaCodebaseModel(name, dtype=dtype, device=device)
-    return RemoteSafeVLM(name, dtype=dtype, device=device, batch_size=batch_size)
+    return RemoteSafeVLM(
+        name, dtype=dtype, device=device, batch_size=batch_size, trust_remote_code=True
+    )

@@ -32,7 +32,9 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from holisafe.core.chunks import chunks
+from holisafe.core.errors import why
 from holisafe.core.records import GenerationSettings, Request, Response
+from holisafe.core.safe_json import parse_json
 from holisafe.core.sample import Sample
 from holisafe.judges.base import JudgeError
 from holisafe.judges.llm import LLMJudge
@@ -86,10 +88,9 @@ class _OpenAIBatches:
         batch = self.client.batches.retrieve(batch_id)
         found: dict[str, Response] = {}
         for file_id in (batch.output_file_id, batch.error_file_id):
-            for line in self.client.files.content(file_id).text.splitlines() if file_id else []:
-                if line.strip():
-                    item = json.loads(line)
-                    found[item["custom_id"]] = _openai_response(item)
+            if file_id:
+                text = self.client.files.content(file_id).text
+                found |= _result_lines(text, "custom_id", _openai_response)
         return found
 
 
@@ -114,14 +115,13 @@ class _AnthropicBatches:
     def results(self, batch_id: str) -> dict[str, Response]:
         found: dict[str, Response] = {}
         for entry in self.client.messages.batches.results(batch_id):
-            result = entry.result
-            if result.type == "succeeded":
-                text = "".join(b.text for b in result.message.content if b.type == "text")
-                found[entry.custom_id] = Response(text=text or None, error=_empty(text))
-            else:
-                detail = getattr(getattr(result, "error", None), "error", None)
-                message = getattr(detail, "message", None) or result.type
-                found[entry.custom_id] = Response(text=None, error=f"batch: {message}")
+            custom_id = getattr(entry, "custom_id", None)
+            if not isinstance(custom_id, str):
+                continue  # that sample counts as unanswered
+            try:
+                found[custom_id] = _anthropic_response(entry.result)
+            except SHAPE_ERRORS as exc:
+                found[custom_id] = _malformed(exc)
         return found
 
 
@@ -155,12 +155,37 @@ class _GeminiBatches:
         output = self.client.batches.get(name=batch_id).dest
         if output is None or output.file_name is None:
             return {}
-        found: dict[str, Response] = {}
-        for line in self.client.files.download(file=output.file_name).decode().splitlines():
-            if line.strip():
-                item = json.loads(line)
-                found[item["key"]] = _gemini_response(item)
-        return found
+        text = self.client.files.download(file=output.file_name).decode()
+        return _result_lines(text, "key", _gemini_response)
+
+
+# What reading a result of the wrong shape raises (pydantic's ValidationError is a ValueError).
+SHAPE_ERRORS = (AttributeError, TypeError, KeyError, IndexError, ValueError)
+
+
+def _result_lines(
+    text: str, id_key: str, response_of: Callable[[dict], Response]
+) -> dict[str, Response]:
+    """The answers in a batch's results file, by sample id. A line that is not a JSON object
+    with its sample's id is passed over (that sample then counts as unanswered: a failed
+    verdict); a line whose result has the wrong shape fails its sample."""
+    found: dict[str, Response] = {}
+    for line in text.splitlines():
+        try:
+            item = parse_json(line)
+        except ValueError:
+            continue
+        if not isinstance(item, dict) or not isinstance(item.get(id_key), str):
+            continue
+        try:
+            found[item[id_key]] = response_of(item)
+        except SHAPE_ERRORS as exc:
+            found[item[id_key]] = _malformed(exc)
+    return found
+
+
+def _malformed(exc: Exception) -> Response:
+    return Response(None, error=f"batch: malformed result ({why(exc)})")
 
 
 def _jsonl(lines: list[dict]) -> bytes:
@@ -169,6 +194,15 @@ def _jsonl(lines: list[dict]) -> bytes:
 
 def _empty(text: str) -> str | None:
     return None if text and text.strip() else "empty reply"
+
+
+def _anthropic_response(result) -> Response:
+    if result.type == "succeeded":
+        text = "".join(b.text for b in result.message.content if b.type == "text")
+        return Response(text=text or None, error=_empty(text))
+    detail = getattr(getattr(result, "error", None), "error", None)
+    message = getattr(detail, "message", None) or result.type
+    return Response(text=None, error=f"batch: {message}")
 
 
 def _openai_response(item: dict) -> Response:

@@ -141,7 +141,9 @@ def most_common_accuracy(train_targets: torch.Tensor, heldout_targets: torch.Ten
 def _load(model_dir: Path):
     if not (model_dir / "config.json").is_file():
         raise VisionPretrainError(f"{model_dir} is not a model folder (no config.json)")
-    model = AutoModelForImageTextToText.from_pretrained(model_dir, dtype=torch.float32)
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_dir, dtype=torch.float32, trust_remote_code=False
+    )
     if model.config.model_type != "llava":
         raise VisionPretrainError(
             f"{model_dir}: vision pretraining supports LLaVA models, not {model.config.model_type}"
@@ -151,7 +153,7 @@ def _load(model_dir: Path):
             f"{model_dir}: expected vision_feature_select_strategy 'default' (class token "
             f"dropped), got {model.config.vision_feature_select_strategy!r}"
         )
-    return model, AutoProcessor.from_pretrained(model_dir).image_processor
+    return model, AutoProcessor.from_pretrained(model_dir, trust_remote_code=False).image_processor
 
 
 def _plans(images: int, seed: int, stream: int, size: int) -> list[ImagePlan]:

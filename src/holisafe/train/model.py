@@ -11,6 +11,7 @@ from peft import LoraConfig, PeftModel, get_peft_model
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
 from holisafe.core.checkpoint import inspect_checkpoint
+from holisafe.core.errors import why
 from holisafe.core.hub import local_or_hub
 from holisafe.models.hf import gpu_half_dtype
 from holisafe.train.record import read_record
@@ -33,9 +34,9 @@ def source_of(settings: TrainSettings) -> str:
 
 def load_processor(source: str):
     try:
-        return AutoProcessor.from_pretrained(source)
+        return AutoProcessor.from_pretrained(source, trust_remote_code=False)
     except (OSError, ValueError) as exc:
-        raise TrainError(f"cannot load the processor of {source}: {exc}") from exc
+        raise TrainError(f"cannot load the processor of {source}: {why(exc)}") from exc
 
 
 def training_dtype(settings: TrainSettings) -> torch.dtype:
@@ -55,10 +56,12 @@ def base_model(settings: TrainSettings, source: str, processor):
         if inspect_checkpoint(source).is_safe_vlm:
             return _existing_safe_vlm(settings, source, dtype)
         if settings.vgm == "none":
-            return AutoModelForImageTextToText.from_pretrained(source, dtype=dtype)
+            return AutoModelForImageTextToText.from_pretrained(
+                source, dtype=dtype, trust_remote_code=False
+            )
         return attach_visual_guard(source, vgm_settings(settings), processor, dtype=dtype)
     except (OSError, ValueError) as exc:
-        raise TrainError(f"cannot load the base model {source}: {exc}") from exc
+        raise TrainError(f"cannot load the base model {source}: {why(exc)}") from exc
 
 
 def vgm_settings(settings: TrainSettings) -> VGMSettings:

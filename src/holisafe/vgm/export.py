@@ -32,7 +32,7 @@ _IMAGE_PLACEHOLDER = "<image>"
 def export_plain(source: str | Path, out: str | Path) -> Path:
     """Write the Safe-VLM at `source` to `out` as a plain checkpoint of its base class."""
     model = load_safe_vlm(str(source))
-    processor = transformers.AutoProcessor.from_pretrained(str(source))
+    processor = transformers.AutoProcessor.from_pretrained(str(source), trust_remote_code=False)
     settings: VGMSettings = model.vgm
     if settings.meta_token_placement == "vision":
         raise VGMError(

@@ -27,6 +27,7 @@ from transformers.conversion_mapping import (
 from transformers.utils import ModelOutput
 
 from holisafe.core.checkpoint import inspect_checkpoint
+from holisafe.core.errors import why
 from holisafe.core.records import SafetyPrediction
 from holisafe.vgm.config import META_TOKEN, VGMError, VGMSettings
 from holisafe.vgm.families import family_of
@@ -281,6 +282,14 @@ def is_safe_vlm(config) -> bool:
     return inspect_checkpoint(config).is_safe_vlm
 
 
+def stock_config(source: str):
+    """`source`'s config through transformers' own classes: code shipped with it never runs."""
+    try:
+        return transformers.AutoConfig.from_pretrained(source, trust_remote_code=False)
+    except ValueError as exc:
+        raise VGMError(f"cannot read the config of {source}: {why(exc)}") from None
+
+
 def load_safe_vlm(source: str, *, head_input: str | None = None, **load_kwargs):
     """Load a Safe-VLM saved by this project or in the released HoliSafe format.
 
@@ -289,7 +298,7 @@ def load_safe_vlm(source: str, *, head_input: str | None = None, **load_kwargs):
     checkpoint does not record it (a released checkpoint: `image_mean` unless asked otherwise);
     asking for another input than a checkpoint records is an error.
     """
-    config = transformers.AutoConfig.from_pretrained(source)
+    config = stock_config(source)
     kind = inspect_checkpoint(config)
     if not kind.is_safe_vlm:
         raise VGMError(f"{source} has no visual guard module (no safety_categories in its config)")
@@ -301,7 +310,9 @@ def load_safe_vlm(source: str, *, head_input: str | None = None, **load_kwargs):
                 f"but {head_input!r} was asked"
             )
         config.safety_head_input = head_input
-    return safe_class(config).from_pretrained(source, config=config, **load_kwargs)
+    return safe_class(config).from_pretrained(
+        source, config=config, trust_remote_code=False, **load_kwargs
+    )
 
 
 def attach_visual_guard(source: str, settings: VGMSettings, processor, **load_kwargs):
@@ -311,7 +322,7 @@ def attach_visual_guard(source: str, settings: VGMSettings, processor, **load_kw
     and its embedding starts as the mean of the existing embeddings; under the vision placement
     the vision-side token starts as a copy of the vision tower's class token.
     """
-    config = transformers.AutoConfig.from_pretrained(source)
+    config = stock_config(source)
     family_of(config)
     if is_safe_vlm(config):
         raise VGMError(f"{source} already has a visual guard module")
@@ -325,7 +336,9 @@ def attach_visual_guard(source: str, settings: VGMSettings, processor, **load_kw
         )
     for name, value in settings.config_fields().items():
         setattr(config, name, value)
-    model = safe_class(config).from_pretrained(source, config=config, **load_kwargs)
+    model = safe_class(config).from_pretrained(
+        source, config=config, trust_remote_code=False, **load_kwargs
+    )
     if settings.meta_token_id is not None:
         embeddings = model.get_input_embeddings()
         if settings.meta_token_id >= embeddings.num_embeddings:
@@ -341,7 +354,7 @@ def attach_visual_guard(source: str, settings: VGMSettings, processor, **load_kw
 
 def convert_folder(source: str, out: str, settings: VGMSettings, *, seed: int = 0) -> None:
     """Write a Safe-VLM folder: the plain VLM at `source` with a new, seeded visual guard module."""
-    processor = transformers.AutoProcessor.from_pretrained(source)
+    processor = transformers.AutoProcessor.from_pretrained(source, trust_remote_code=False)
     torch.manual_seed(seed)
     model = attach_visual_guard(source, settings, processor)
     model.save_pretrained(out)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from holisafe.core.errors import DataError
+from holisafe.core.files import read_regular_text, regular_csv_text
 from holisafe.core.sample import Sample
 from holisafe.data.benchmarks.base import (
     Benchmark,
@@ -46,7 +47,7 @@ def figstep_records(prompt_file: Path, image_root: Path) -> Iterator[tuple[str, 
     the instruction from `figstep_prompt.txt`."""
     root = prompt_file.parent
     try:
-        prompt = prompt_file.read_text(encoding="utf-8").strip()
+        prompt = read_regular_text(prompt_file).strip()
     except (OSError, UnicodeDecodeError):
         prompt = ""
     if not prompt:
@@ -55,8 +56,7 @@ def figstep_records(prompt_file: Path, image_root: Path) -> Iterator[tuple[str, 
             "FigStep repository) there, as this toolkit does not ship it"
         )
     try:
-        with (root / FIGSTEP_QUESTIONS).open(encoding="utf-8", newline="") as file:
-            rows = list(csv.DictReader(file))
+        rows = list(csv.DictReader(regular_csv_text(root / FIGSTEP_QUESTIONS, "utf-8")))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{root / FIGSTEP_QUESTIONS}: cannot read ({exc})") from None
     for line, row in enumerate(rows, start=2):

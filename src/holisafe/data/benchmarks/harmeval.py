@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from holisafe.core.errors import DataError
+from holisafe.core.files import regular_csv_text
 from holisafe.core.sample import IMAGE_SUFFIXES, Sample
 from holisafe.data.benchmarks.base import (
     Benchmark,
@@ -46,8 +47,7 @@ def harmeval_csv(path: Path) -> Path | None:
     if path.suffix.lower() != ".csv":
         return None
     try:
-        with path.open(encoding="utf-8-sig", newline="") as file:
-            header = next(csv.reader(file), [])
+        header = next(csv.reader(regular_csv_text(path, "utf-8-sig")), [])
     except (OSError, UnicodeDecodeError, csv.Error):
         return None
     return path if set(HARMEVAL_COLUMNS) <= set(header) else None
@@ -67,8 +67,7 @@ def harmeval_records(questions: Path, image_root: Path) -> Iterator[tuple[str, A
             f"images to pair them with in {HARMEVAL_IMAGES}/ beside {questions.name}"
         )
     try:
-        with questions.open(encoding="utf-8-sig", newline="") as file:
-            rows = list(csv.DictReader(file))
+        rows = list(csv.DictReader(regular_csv_text(questions, "utf-8-sig")))
     except (OSError, UnicodeDecodeError, csv.Error) as exc:
         raise DataError(f"{questions}: cannot read ({exc})") from None
     for row, record in enumerate(rows):

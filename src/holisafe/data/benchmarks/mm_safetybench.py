@@ -19,6 +19,7 @@ from statistics import mean
 from typing import TYPE_CHECKING, Any
 
 from holisafe.core.errors import DataError
+from holisafe.core.files import read_regular_text
 from holisafe.core.sample import Sample
 from holisafe.data.benchmarks.base import (
     Benchmark,
@@ -55,7 +56,7 @@ def mmsb_records(questions: Path, image_root: Path) -> Iterator[tuple[str, Any]]
     for path in files:
         scenario = path.stem
         try:
-            records = json.loads(path.read_text(encoding="utf-8"))
+            records = json.loads(read_regular_text(path))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
             yield path.name, ValueError(f"cannot read {path.name}: {exc}")
             continue
