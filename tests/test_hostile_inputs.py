@@ -21,6 +21,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import holisafe
+from holisafe.build import BuildError, load_prompt, read_source
+from holisafe.build.common import Malformed
+from holisafe.build.replies import SEARCH_DEPTH, json_object
 from holisafe.core.errors import DataError
 from holisafe.core.records import GenerationSettings, Request
 from holisafe.core.safe_json import JSONLimitError, parse_json
@@ -40,6 +43,7 @@ from holisafe.judges.string import is_refusal
 from holisafe.models import ModelOptions
 from holisafe.models.openai_api import OpenAIModel
 from holisafe.run.evaluate import evaluate
+from holisafe.run.importer import PredictionsError, import_predictions
 from tests.batch_stub import batch_stub
 from tests.datafixtures import official_records, write_image, write_official
 from tests.stub_servers import openai_stub
@@ -456,3 +460,79 @@ def test_a_bench_file_nested_100000_deep_is_one_clear_error(tmp_path):
 def test_a_guard_answer_nested_100000_deep_is_unparseable():
     verdict = parse_llavaguard(DEEP)
     assert verdict.unsafe is None and verdict.error
+
+
+# --- JSON in a generator's prose ----------------------------------------------------------------
+
+
+def test_json_in_prose_is_found_nested_after_braced_prose_and_past_braces_in_strings():
+    assert json_object('{"a": 1} then {"label": "safe"}', ["label"]) == {"label": "safe"}
+    assert json_object('{"outer": {"label": "x"}}', ["label"]) == {"label": "x"}
+    assert json_object('See {this note} and {"q": "a } {", "label": 1}', ["label"])["q"] == "a } {"
+    assert json_object('{ prose {"label": 2} }', ["label"]) == {"label": 2}
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "{" * 200_000,  # never closed: no span at all
+        '{"a": ' * 20_000,
+        '{"a":' * 100_000 + "1" + "}" * 100_000,  # past the depth limit: a crash before
+        "{x" * 20_000 + "}" * 20_000,  # prose in braces, nested
+    ],
+    ids=["open-braces", "open-objects", "deep", "nested-prose"],
+)
+def test_json_in_prose_is_read_in_linear_time_and_never_crashes(monkeypatch, text):
+    parsed = []
+
+    def counting_parse(span, **limits):
+        parsed.append(len(span))
+        return parse_json(span, **limits)
+
+    monkeypatch.setattr("holisafe.build.replies.parse_json", counting_parse)
+    with pytest.raises(Malformed, match="no JSON object"):
+        json_object(text, ["label"])
+    assert sum(parsed) <= SEARCH_DEPTH * len(
+        text
+    )  # each character parsed a bounded number of times
+
+
+@given(st.text(alphabet='{}"\\:,[] ab1', max_size=200))
+@settings(max_examples=300, deadline=None)
+def test_json_in_any_prose_gives_an_object_or_malformed(text):
+    try:
+        found = json_object(text, ["a"])
+    except Malformed:
+        return
+    assert isinstance(found, dict) and "a" in found
+
+
+# --- named pipes and deep JSON where import and data build read ---------------------------------
+
+
+def test_a_named_pipe_as_a_predictions_file_is_refused_at_once(tmp_path):
+    predictions = fifo(tmp_path / "model_holisafe_bench.json")
+    with no_hang(), pytest.raises(PredictionsError, match="not a regular file"):
+        import_predictions(predictions, tmp_path / "runs.db", bench=write_official(tmp_path / "b"))
+    assert not (tmp_path / "runs.db").exists()
+
+
+def test_deep_json_as_a_predictions_file_is_one_clear_error(tmp_path):
+    predictions = tmp_path / "model_holisafe_bench.json"
+    predictions.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(PredictionsError, match=r"not a JSON file.*deeper than"):
+        import_predictions(predictions, tmp_path / "runs.db", bench=write_official(tmp_path / "b"))
+
+
+def test_named_pipes_as_a_build_manifest_or_prompt_are_refused_at_once(tmp_path):
+    with no_hang(), pytest.raises(BuildError, match="not a regular file"):
+        read_source(fifo(tmp_path / "manifest.jsonl"))
+    with no_hang(), pytest.raises(BuildError, match="not a regular file"):
+        load_prompt("generate", fifo(tmp_path / "generate.txt"))
+
+
+def test_a_deep_manifest_line_is_a_problem_of_that_line(tmp_path):
+    manifest = tmp_path / "manifest.jsonl"
+    manifest.write_text("[" * 100_000 + "]" * 100_000 + "\n")
+    with pytest.raises(BuildError, match=r"line 1.*deeper than"):
+        read_source(manifest)

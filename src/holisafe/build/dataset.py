@@ -42,8 +42,10 @@ from holisafe.build.stages import (
     run_stage,
 )
 from holisafe.core import taxonomy
+from holisafe.core.files import read_regular_text
 from holisafe.core.progress import progress_bar
 from holisafe.core.records import GenerationSettings, Request
+from holisafe.core.safe_json import parse_json
 from holisafe.core.sample import Sample
 from holisafe.data.export import export_samples
 from holisafe.data.loaders import read_dataset
@@ -378,7 +380,7 @@ class _Build:
 
 
 def _head_label(key: str, text: str) -> int:
-    return taxonomy.label_index(json.loads(text)["label"])
+    return taxonomy.label_index(parse_json(text)["label"])
 
 
 def _sample(pair: Pair, sample_id: int | str) -> Sample:
@@ -542,7 +544,7 @@ def _template_provenance(path: str | Path | None) -> dict:
             "file": "default",
             "sha256": hashlib.sha256(default_template().encode("utf-8")).hexdigest(),
         }
-    text = Path(path).read_text(encoding="utf-8")
+    text = read_regular_text(path)
     return {"file": str(path), "sha256": hashlib.sha256(text.encode("utf-8")).hexdigest()}
 
 

@@ -9,6 +9,7 @@ from importlib import resources
 from pathlib import Path
 
 from holisafe.build.common import BuildError
+from holisafe.core.files import read_regular_text
 
 PROMPTS: dict[str, tuple[str, ...]] = {  # prompt name → its placeholders, all required
     "generate": ("image", "types", "per_type", "subcategories"),
@@ -38,7 +39,7 @@ def load_prompt(name: str, path: str | Path | None = None) -> Prompt:
         text = resources.files("holisafe") / "resources" / "build_prompts" / f"{name}.txt"
         return Prompt(name, text.read_text(encoding="utf-8"), "default")
     try:
-        text = Path(path).read_text(encoding="utf-8")
+        text = read_regular_text(path)
     except (OSError, UnicodeDecodeError) as exc:
         raise BuildError(f"cannot read the {name} prompt {path}: {exc}") from None
     try:

@@ -2,29 +2,80 @@
 
 from __future__ import annotations
 
-import json
 import re
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from holisafe.build.common import Malformed
 from holisafe.build.sources import SourceImage
 from holisafe.core import taxonomy
+from holisafe.core.safe_json import JSONLimitError, parse_json
+
+# How many spans of prose in braces json_object looks inside, one within another.
+SEARCH_DEPTH = 4
+# What json_object's scan stops at: braces, quotes, and a backslash with what it escapes.
+_SPECIAL = re.compile(r'\\.|[{}"]', re.DOTALL)
 
 
 def json_object(text: str, keys: Sequence[str]) -> dict:
-    """The first JSON object in `text` that has all `keys`; the text around it is ignored."""
-    decoder = json.JSONDecoder()
-    for match in re.finditer(r"\{", text):
+    """The first JSON object in `text` that has all `keys`, nested in another or not; the text
+    around it is ignored.
+
+    Linear in the text's length: each balanced `{...}` span is parsed once. Only a span that is
+    no JSON (prose in braces) is searched inside, at most SEARCH_DEPTH spans deep; one nested
+    past the JSON depth limit is left whole.
+    """
+    found = _object_in(text, 0, len(text), keys, SEARCH_DEPTH)
+    if found is None:
+        raise Malformed(f"no JSON object with {', '.join(map(repr, keys))} in the reply")
+    return found
+
+
+def _object_in(text: str, start: int, end: int, keys: Sequence[str], depth: int) -> dict | None:
+    for first, last in _brace_spans(text, start, end):
         try:
-            value, _ = decoder.raw_decode(text, match.start())
-        except json.JSONDecodeError:
+            found = _with_keys(parse_json(text[first : last + 1]), keys)
+        except JSONLimitError:
             continue
-        if isinstance(value, dict) and all(key in value for key in keys):
-            return value
-    raise Malformed(f"no JSON object with {', '.join(map(repr, keys))} in the reply")
+        except ValueError:
+            found = _object_in(text, first + 1, last, keys, depth - 1) if depth > 1 else None
+        if found is not None:
+            return found
+    return None
+
+
+def _brace_spans(text: str, start: int, end: int) -> Iterator[tuple[int, int]]:
+    """The outermost balanced `{...}` spans of text[start:end], braces inside JSON strings not
+    counted; an opening brace never closed gives no span."""
+    depth, opened, in_string = 0, 0, False
+    for match in _SPECIAL.finditer(text, start, end):
+        char, index = match.group(), match.start()
+        if in_string:
+            in_string = char != '"'  # an escaped character is matched with its backslash
+        elif char == '"' and depth:
+            in_string = True
+        elif char == "{":
+            opened, depth = (index if depth == 0 else opened), depth + 1
+        elif char == "}" and depth:
+            depth -= 1
+            if depth == 0:
+                yield opened, index
+
+
+def _with_keys(value: Any, keys: Sequence[str]) -> dict | None:
+    """The first object in `value` (itself, then what it holds, in order) with all `keys`."""
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            if all(key in item for key in keys):
+                return item
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, list):
+            stack.extend(reversed(item))
+    return None
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,8 @@ from typing import Any
 from holisafe.build.common import IMAGE_TYPES, MANIFEST_FIELDS, BuildError
 from holisafe.core import taxonomy
 from holisafe.core.errors import HolisafeError
+from holisafe.core.files import read_regular_text
+from holisafe.core.safe_json import parse_json
 from holisafe.core.sample import ImageRef, decode_image
 from holisafe.data.loaders import ImageFolder
 
@@ -87,16 +88,16 @@ def read_source(source: str | Path) -> list[SourceImage]:
 
 
 def _manifest_rows(path: Path) -> list[tuple[str, Any]]:
-    text = path.read_text(encoding="utf-8")
+    text = read_regular_text(path)
     if path.suffix.lower() == ".csv":
         return [(f"line {i + 2}", row) for i, row in enumerate(csv.DictReader(text.splitlines()))]
     rows = []
     for number, line in enumerate(text.splitlines(), start=1):
         if line.strip():
             try:
-                rows.append((f"line {number}", json.loads(line)))
-            except json.JSONDecodeError as exc:
-                rows.append((f"line {number}", ValueError(f"malformed JSON: {exc.msg}")))
+                rows.append((f"line {number}", parse_json(line, max_chars=None)))
+            except ValueError as exc:
+                rows.append((f"line {number}", ValueError(f"malformed JSON: {exc}")))
     return rows
 
 

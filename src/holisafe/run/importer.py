@@ -39,7 +39,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from holisafe.core.errors import DataError
+from holisafe.core.files import read_regular_bytes
 from holisafe.core.records import Response
+from holisafe.core.safe_json import parse_json
 from holisafe.data import Dataset, Problem, Sample, read_dataset
 from holisafe.data.loaders import jsonl_records
 from holisafe.run.evaluate import bench_source
@@ -263,7 +265,7 @@ def _shown(value: Any) -> str:
 
 def _read_bytes(path: Path) -> bytes:
     try:
-        return path.read_bytes()
+        return read_regular_bytes(path)
     except OSError as exc:
         raise PredictionsError(f"cannot read predictions {path}: {exc.strerror or exc}") from None
 
@@ -319,8 +321,8 @@ def _id(record: dict) -> str:
 
 def _read_official(path: Path, content: bytes) -> Iterator[Prediction | Problem]:
     try:
-        records = json.loads(content.decode("utf-8"), object_pairs_hook=_KeysNoted)
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        records = parse_json(content.decode("utf-8"), max_chars=None, object_pairs_hook=_KeysNoted)
+    except (UnicodeDecodeError, ValueError) as exc:
         raise PredictionsError(f"{path}: not a JSON file ({exc})") from None
     if not isinstance(records, list):
         raise PredictionsError(f"{path}: expected a JSON list of records")
