@@ -24,6 +24,7 @@ import holisafe
 from holisafe.build import BuildError, load_prompt, read_source
 from holisafe.build.common import Malformed
 from holisafe.build.replies import SEARCH_DEPTH, json_object
+from holisafe.build.stages import Budget, Metered
 from holisafe.core.errors import DataError
 from holisafe.core.records import GenerationSettings, Request
 from holisafe.core.safe_json import JSONLimitError, parse_json
@@ -536,3 +537,29 @@ def test_a_deep_manifest_line_is_a_problem_of_that_line(tmp_path):
     manifest.write_text("[" * 100_000 + "]" * 100_000 + "\n")
     with pytest.raises(BuildError, match=r"line 1.*deeper than"):
         read_source(manifest)
+
+
+# --- usage counts from outside -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tokens", ["many", -5, 2.5, [3]])
+def test_a_usage_count_that_is_no_count_is_ignored_with_a_note_and_never_counted(tokens, caplog):
+    def reshape(body):
+        return body | {
+            "usage": {"total_tokens": tokens, "prompt_tokens": 1, "completion_tokens": 1}
+        }
+
+    with openai_stub(reshape=reshape) as stub:
+        model = OpenAIModel("stub-model", base_url=stub.url, api_key="stub-key", max_retries=0)
+        budget = Budget(None, token_limit=10)
+        (response,) = Metered(model, budget).generate([Request("q")], GenerationSettings())
+    assert response.ok and response.tokens is None and budget.tokens == 0
+    assert f"reported {tokens!r} tokens used; ignored" in caplog.text
+
+
+def test_a_usage_count_counts_against_the_token_budget():
+    with openai_stub(reshape=lambda body: body | {"usage": {"total_tokens": 7}}) as stub:
+        model = OpenAIModel("stub-model", base_url=stub.url, api_key="stub-key", max_retries=0)
+        budget = Budget(None, token_limit=10)
+        Metered(model, budget).generate([Request("q")], GenerationSettings())
+    assert budget.tokens == 7 and budget.grant(1) == 1

@@ -150,11 +150,11 @@ class _Lazy:
 
     def __call__(self):
         if self._model is None:
-            self._model = _Metered(load_model(self.spec, self.options), self.budget)
+            self._model = Metered(load_model(self.spec, self.options), self.budget)
         return self._model
 
 
-class _Metered:
+class Metered:
     """A model whose replies' reported tokens are added to the budget."""
 
     def __init__(self, model: Model, budget: Budget):

@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import base64
 import io
+import logging
 import os
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import ModuleType
 from typing import ClassVar
 
@@ -29,6 +30,8 @@ from PIL import Image
 
 from holisafe.core.records import GenerationSettings, ModelError, Request, Response
 from holisafe.core.text import replace_surrogates
+
+log = logging.getLogger(__name__)
 
 # The stop reasons of OpenAI, Anthropic and Gemini for an answer cut at the token limit.
 LENGTH_STOP_REASONS = ("length", "max_tokens", "MAX_TOKENS")
@@ -196,6 +199,7 @@ class ApiModel:
             error = "malformed reply: JSON nested too deeply"
             return Response(None, error=error, latency_s=time.perf_counter() - start)
         latency_s = time.perf_counter() - start
+        reply = replace(reply, tokens=self._sane_tokens(reply.tokens))
         if reply.text is not None and not isinstance(reply.text, str):
             error = f"malformed reply: its text is {type(reply.text).__name__}, not a string"
             return Response(None, error=error, latency_s=latency_s)
@@ -205,6 +209,14 @@ class ApiModel:
         text = replace_surrogates(reply.text)
         truncated = reply.stop_reason in LENGTH_STOP_REASONS
         return Response(text, latency_s=latency_s, tokens=reply.tokens, truncated=truncated)
+
+    def _sane_tokens(self, tokens: object) -> int | None:
+        """The token count a reply reports, when it is a count; anything else (a string, a
+        negative number) is ignored with a note, so that budgets count only sane values."""
+        if tokens is None or (type(tokens) is int and tokens >= 0):
+            return tokens
+        log.warning("%s reported %r tokens used; ignored, not counted", self.spec, tokens)
+        return None
 
     def missing_key(self) -> ModelError:
         names = " or ".join(self.key_variables)
