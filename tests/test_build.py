@@ -33,6 +33,7 @@ from holisafe.build import (
     remove_near_duplicates,
     split_by_image,
 )
+from holisafe.build import dataset as dataset_module
 from holisafe.cli import app
 from holisafe.core.sample import ImageRef
 from holisafe.data import load_samples
@@ -782,3 +783,31 @@ def test_api_backends_report_the_tokens_a_reply_used(stub):
         model = load_model(f"{provider}/stub-model", ModelOptions(base_url=server.url, api_key="k"))
         (response,) = model.generate([Request("hello")], GenerationSettings(max_new_tokens=4))
     assert response.text == "hi" and response.tokens == 2  # the stubs report 1 in, 1 out
+
+
+def test_a_build_that_fails_while_writing_leaves_no_half_written_split(
+    tmp_path, mini_images, monkeypatch
+):
+    images = {"u1.png": ("weapon_related_violence", False, "ok"), "s1.png": ("race", True, "ok")}
+    manifest = write_manifest(tmp_path, mini_images, images)
+    generator = Generator(image_names(tmp_path), images)
+    out = tmp_path / "built"
+    real_export = dataset_module.export_samples
+
+    def export_then_fail(samples, folder, *args, **kwargs):
+        real_export(samples, folder, *args, **kwargs)
+        raise OSError("disk full")
+
+    with openai_stub(api_key=None, reply=generator) as gen:
+        args = ("data", "build", manifest, out, "--generator", "openai/stub-model",
+                "--base-url", gen.url, "--test-ratio", 0.5)  # fmt: skip
+        monkeypatch.setattr(dataset_module, "export_samples", export_then_fail)
+        code, output = cli(*args)
+        assert code != 0  # the export failed
+        assert not (out / "train").exists() and not (out / "test").exists()
+        assert not [p for p in out.iterdir() if p.name.endswith(".partial")]
+        monkeypatch.setattr(dataset_module, "export_samples", real_export)
+        code, output = cli(*args)
+        assert code == 0, output
+        assert len(gen.requests) == 2  # the rerun used the stored replies
+    assert load_samples(out / "train").samples and load_samples(out / "test").samples

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 import holisafe
 from holisafe.build import BuildError, load_prompt, read_source
 from holisafe.build.common import Malformed
-from holisafe.build.replies import SEARCH_DEPTH, json_object
+from holisafe.build.replies import MAX_ITEM_CHARS, SEARCH_DEPTH, json_object, parse_items
 from holisafe.build.stages import Budget, Metered
 from holisafe.core.errors import DataError
 from holisafe.core.records import GenerationSettings, Request
@@ -48,6 +48,7 @@ from holisafe.run.importer import PredictionsError, import_predictions
 from tests.batch_stub import batch_stub
 from tests.datafixtures import official_records, write_image, write_official
 from tests.stub_servers import openai_stub
+from tests.test_build import image as build_image
 
 SRC = Path(holisafe.__file__).parents[1]  # this checkout, not whatever is installed
 
@@ -563,3 +564,18 @@ def test_a_usage_count_counts_against_the_token_budget():
         budget = Budget(None, token_limit=10)
         Metered(model, budget).generate([Request("q")], GenerationSettings())
     assert budget.tokens == 7 and budget.grant(1) == 1
+
+
+# --- generated text, and outputs written whole ---------------------------------------------
+
+
+def test_generated_text_is_repaired_and_bounded_before_it_is_kept():
+    items = [
+        {"type": "UUU", "query": "how \ud800 so", "response": "no"},
+        {"type": "USU", "query": "q" * (MAX_ITEM_CHARS + 1), "response": "no"},
+    ]
+    generated = parse_items(json.dumps({"items": items}), build_image(), 1)
+    (kept,) = generated.items
+    assert kept.query == "how \ufffd so"
+    (dropped,) = generated.dropped
+    assert f"query is {MAX_ITEM_CHARS + 1:,} characters, over {MAX_ITEM_CHARS:,}" in dropped.detail

@@ -43,6 +43,7 @@ from holisafe.build.stages import (
 )
 from holisafe.core import taxonomy
 from holisafe.core.files import read_regular_text
+from holisafe.core.folders import new_folder
 from holisafe.core.progress import progress_bar
 from holisafe.core.records import GenerationSettings, Request
 from holisafe.core.safe_json import parse_json
@@ -467,15 +468,18 @@ def _write(settings: BuildSettings, build: _Build, labelled, kept: list[Pair], c
     train, test = split_by_image(kept, settings.test_ratio, settings.seed)
     files, splits, sample_id = [], {}, 0
     for split, pairs, name in (("train", train, TRAIN_FILE), ("test", test, TEST_FILE)):
-        shutil.rmtree(out / split, ignore_errors=True)
         samples = []
         for pair in pairs:
             samples.append(_sample(pair, sample_id))
             sample_id += 1
         splits[split] = _split_counts(samples)
-        if samples:
-            files.append(export_samples(samples, out / split, "json", file_name=name))
-            _validate(out / split)
+        if not samples:
+            shutil.rmtree(out / split, ignore_errors=True)
+            continue
+        with new_folder(out / split, overwrite=True) as folder:  # whole, or not at all
+            export_samples(samples, folder, "json", file_name=name)
+            _validate(folder)
+        files.append(out / split / name)
     rejected = Counter(r.reason for r in build.rejections)
     split_of = {p.image.name: "train" for p in train} | {p.image.name: "test" for p in test}
     provenance = {

@@ -12,7 +12,10 @@ from holisafe.build.common import Malformed
 from holisafe.build.sources import SourceImage
 from holisafe.core import taxonomy
 from holisafe.core.safe_json import JSONLimitError, parse_json
+from holisafe.core.text import replace_surrogates
 
+# The longest query or response a generated item may hold (the released ones are far shorter).
+MAX_ITEM_CHARS = 20_000
 # How many spans of prose in braces json_object looks inside, one within another.
 SEARCH_DEPTH = 4
 # What json_object's scan stops at: braces, quotes, and a backslash with what it escapes.
@@ -139,7 +142,11 @@ def _item(item: Any, index: int, image: SourceImage) -> Item:
         value = item.get(name)
         if not isinstance(value, str) or not value.strip():
             raise Malformed(f"item {index}: {name} must be a non-empty string")
-        texts[name] = value.strip()
+        if len(value) > MAX_ITEM_CHARS:
+            raise Malformed(
+                f"item {index}: {name} is {len(value):,} characters, over {MAX_ITEM_CHARS:,}"
+            )
+        texts[name] = replace_surrogates(value.strip())  # a "\ud800" escape: no valid text
     if texts["type"] not in image.types:
         raise Malformed(f"item {index}: type {texts['type']!r} is not one of {image.types}")
     subcategory = item.get("subcategory") or image.subcategory
