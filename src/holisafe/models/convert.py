@@ -197,33 +197,39 @@ def _verify(source: str, folder: Path, out: Path) -> dict:
     converted = HFModel(str(out), dtype="float32", device="cpu", batch_size=1)
     ours = [_probe(converted, probe) for probe in probes]
     rows = []
-    for index, ((their_probs, their_logits), (our_probs, our_logits)) in enumerate(
-        zip(theirs, ours, strict=True)
+    for probe, (their_probs, their_logits), (our_probs, our_logits) in zip(
+        probes, theirs, ours, strict=True
     ):
         # the conversion may add tokens (the meta token) after the released vocabulary
         probs_gap = (our_probs - their_probs).abs()
         logits_gap = (our_logits[: len(their_logits)] - their_logits).abs()
         category, token = int(probs_gap.argmax()), int(logits_gap.argmax())
         rows.append({
-            "image_size": list(probes[index].image.size),
+            "image_size": list(probe.image.size),
             "max_probability_difference": float(probs_gap[category]),
             "at_category": categories[category],
+            "released_probability": float(their_probs[category]),
+            "converted_probability": float(our_probs[category]),
             "max_logit_difference": float(logits_gap[token]),
             "at_token_id": token,
         })  # fmt: skip
-        where = f"probe {index} ({'×'.join(map(str, probes[index].image.size))} image)"
-        if probs_gap[category] > PROBABILITY_TOLERANCE:
-            raise VGMError(
-                f"cannot convert {source}: on {where} the converted model gives "
-                f"p({categories[category]}) = {float(our_probs[category]):.4g}, the release's "
-                f"own code {float(their_probs[category]):.4g}: a difference of "
-                f"{float(probs_gap[category]):.3g} > {PROBABILITY_TOLERANCE:g}; nothing written"
+    for key, tolerance in (
+        ("max_probability_difference", PROBABILITY_TOLERANCE),
+        ("max_logit_difference", LOGIT_TOLERANCE),
+    ):
+        worst = max(range(len(rows)), key=lambda i: rows[i][key])
+        row = rows[worst]
+        if row[key] > tolerance:
+            what = (
+                f"p({row['at_category']}), {row['converted_probability']:.4g} converted and "
+                f"{row['released_probability']:.4g} through the release's own code"
+                if key == "max_probability_difference"
+                else f"the first generated token's logit of token {row['at_token_id']}"
             )
-        if logits_gap[token] > LOGIT_TOLERANCE:
             raise VGMError(
-                f"cannot convert {source}: on {where} the converted model's first-token logit "
-                f"of token {token} differs from the release's own code by "
-                f"{float(logits_gap[token]):.3g} > {LOGIT_TOLERANCE:g}; nothing written"
+                f"cannot convert {source}: the converted model disagrees with the release's own "
+                f"code; the largest difference, {row[key]:.3g} > {tolerance:g}, is in {what}, on "
+                f"probe {worst} ({'×'.join(map(str, row['image_size']))} image); nothing written"
             )
     return {
         "verified": True,
