@@ -72,6 +72,15 @@ BENCHMARKS = (
         "waiting on the network, so the ideal speed-up is the concurrency.",
     ),
     Benchmark(
+        "An image's own file against a PNG re-encoding (API backends)",
+        "bench_image_bytes.py",
+        "16 seeded photo-like 1024x768 JPEGs (gradients and soft blobs under noise, quality 90) "
+        "in the request bodies the `openai`, `anthropic` and `google` backends build: as before, "
+        "the image re-encoded as PNG, and now, the JPEG file's own bytes. Body sizes and the CPU "
+        "time per image of building a body (the encoding included), with their ratios, and how "
+        "many images pass Anthropic's 5 MB per-image limit either way.",
+    ),
+    Benchmark(
         "`evaluate()` under long-tailed answer times (`openai` backend)",
         "bench_eval_pipeline.py",
         "`holisafe.run.evaluate.evaluate` itself (answer, store each response as it arrives, judge "

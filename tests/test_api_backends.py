@@ -4,17 +4,31 @@ from __future__ import annotations
 
 import base64
 import io
+import random
 import threading
 from collections.abc import Callable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from PIL import Image
 
-from holisafe.core.records import GenerationSettings, ModelError, Request
+from holisafe.core.records import GenerationSettings, ImageFile, ModelError, Request
+from holisafe.core.sample import decode_image
 from holisafe.models.anthropic_api import AnthropicModel
-from holisafe.models.api import ApiModel, encode_image
+from holisafe.models.api import (
+    ANTHROPIC_IMAGES,
+    GEMINI_IMAGES,
+    MB,
+    OPENAI_IMAGES,
+    ApiModel,
+    ImageLimits,
+    encode_image,
+    image_to_send,
+    media_type_of,
+)
 from holisafe.models.google_api import GoogleModel
 from holisafe.models.openai_api import OpenAIModel
 from tests.stub_servers import (
@@ -37,9 +51,10 @@ class Payload:
 
     system: str | None
     query: str
-    image_png: bytes | None
+    image: bytes | None
     max_tokens: int
     temperature: float | None
+    media_type: str | None = None
 
 
 def openai_payload(body: dict) -> Payload:
@@ -51,8 +66,9 @@ def openai_payload(body: dict) -> Payload:
     (text,) = [part["text"] for part in content if part["type"] == "text"]
     (url,) = [part["image_url"]["url"] for part in content if part["type"] == "image_url"]
     header, data = url.split(",", 1)
-    assert header == "data:image/png;base64"
-    return Payload(system, text, base64.b64decode(data), body["max_tokens"], body["temperature"])
+    media_type = header.removeprefix("data:").removesuffix(";base64")
+    image = base64.b64decode(data)
+    return Payload(system, text, image, body["max_tokens"], body["temperature"], media_type)
 
 
 def anthropic_payload(body: dict) -> Payload:
@@ -62,9 +78,10 @@ def anthropic_payload(body: dict) -> Payload:
         return Payload(system, content, None, body["max_tokens"], body.get("temperature"))
     (text,) = [block["text"] for block in content if block["type"] == "text"]
     (source,) = [block["source"] for block in content if block["type"] == "image"]
-    assert (source["type"], source["media_type"]) == ("base64", "image/png")
-    png = base64.b64decode(source["data"])
-    return Payload(system, text, png, body["max_tokens"], body.get("temperature"))
+    assert source["type"] == "base64"
+    image = base64.b64decode(source["data"])
+    temperature = body.get("temperature")
+    return Payload(system, text, image, body["max_tokens"], temperature, source["media_type"])
 
 
 def gemini_payload(body: dict) -> Payload:
@@ -73,15 +90,17 @@ def gemini_payload(body: dict) -> Payload:
     system = instruction["parts"][0]["text"] if instruction else None
     (text,) = [part["text"] for part in parts if "text" in part]
     inline = [part["inlineData"] for part in parts if "inlineData" in part]
-    png = None
+    image = media_type = None
     if inline:
         # The SDK writes the field in snake case; the service takes either spelling.
-        assert inline[0].get("mimeType", inline[0].get("mime_type")) == "image/png"
+        media_type = inline[0].get("mimeType", inline[0].get("mime_type"))
         # The SDK writes bytes in URL-safe base64; the service takes either alphabet.
         data = inline[0]["data"].replace("+", "-").replace("/", "_")
-        png = base64.urlsafe_b64decode(data)
+        image = base64.urlsafe_b64decode(data)
     config = body["generationConfig"]
-    return Payload(system, text, png, config["maxOutputTokens"], config["temperature"])
+    return Payload(
+        system, text, image, config["maxOutputTokens"], config["temperature"], media_type
+    )
 
 
 @dataclass(frozen=True)
@@ -132,7 +151,8 @@ def test_the_request_carries_query_image_system_prompt_and_settings(backend):
     # The Messages API refuses sampling parameters since version 2026-10-21.
     temperature = None if backend.name == "anthropic" else 0.25
     assert (sent.max_tokens, sent.temperature) == (37, temperature)
-    received = Image.open(io.BytesIO(sent.image_png))
+    assert sent.media_type == "image/png"  # an image without its file goes as PNG
+    received = Image.open(io.BytesIO(sent.image))
     assert received.size == image.size and received.tobytes() == image.tobytes()
 
 
@@ -141,7 +161,58 @@ def test_a_text_only_request_has_no_image_and_no_system_prompt(backend):
         (response,) = ask(backend.build(stub.url), "just text")
     assert response.ok
     sent = backend.payload(stub.requests[0].body)
-    assert (sent.system, sent.query, sent.image_png) == (None, "just text", None)
+    assert (sent.system, sent.query, sent.image) == (None, "just text", None)
+
+
+def photo_file(name: str, image_format: str, size=(96, 64)) -> tuple[Image.Image, ImageFile]:
+    """A noisy seeded picture saved in `image_format`, decoded back as a sample's image is."""
+    rng = random.Random(7)
+    image = Image.frombytes(
+        "RGB", size, bytes(rng.randrange(256) for _ in range(size[0] * size[1] * 3))
+    )
+    buffer = io.BytesIO()
+    image.save(buffer, format=image_format)
+    data = buffer.getvalue()
+    return decode_image(data, name), ImageFile(name, data)
+
+
+def test_a_jpeg_goes_as_its_own_file(backend):
+    image, file = photo_file("photo.jpg", "JPEG")
+    with backend.stub() as stub:
+        model = backend.build(stub.url)
+        (response,) = ask(model, "what is shown?", image=image, image_file=file)
+    assert response.ok
+    sent = backend.payload(stub.requests[0].body)
+    assert (sent.media_type, sent.image) == ("image/jpeg", file.data)
+    assert model.reencoded.as_dict() == {}
+
+
+def test_a_format_the_provider_does_not_take_is_reencoded_and_counted(backend):
+    image, file = photo_file("scan.bmp", "BMP")
+    with backend.stub() as stub:
+        model = backend.build(stub.url)
+        ask(model, "a", "b", image=image, image_file=file)
+    sent = backend.payload(stub.requests[0].body)
+    assert sent.media_type == "image/png"
+    assert Image.open(io.BytesIO(sent.image)).tobytes() == image.tobytes()
+    assert model.reencoded.as_dict() == {"format BMP": {"count": 2, "examples": ["scan.bmp"]}}
+
+
+def test_an_image_over_the_size_limit_is_reencoded_to_fit():
+    image, file = photo_file("huge.png", "PNG", size=(400, 300))
+    limits = ImageLimits(("image/png", "image/jpeg"), len(file.data))  # under its base64 size
+    encoded, reason = image_to_send(Request("q", image, image_file=file), limits)
+    assert reason == f"over {len(file.data) / MB:g} MB"
+    assert encoded.media_type == "image/jpeg" and len(encoded.base64) <= limits.max_bytes
+
+
+def test_the_providers_take_their_documented_formats():
+    for limits in (OPENAI_IMAGES, ANTHROPIC_IMAGES, GEMINI_IMAGES):
+        assert {"image/jpeg", "image/png", "image/webp"} <= set(limits.media_types)
+    assert ANTHROPIC_IMAGES.max_bytes == 5 * MB
+    for image_format, media_type in [("GIF", "image/gif"), ("WEBP", "image/webp")]:
+        _, file = photo_file("x", image_format, size=(8, 8))
+        assert media_type_of(file.data) == media_type
 
 
 def test_an_image_without_rgb_mode_is_sent_as_png():
@@ -319,3 +390,25 @@ def test_the_spec_and_details_name_the_model_and_endpoint(backend):
         model = backend.build(stub.url, concurrency=4)
     assert model.spec == f"{backend.name}/stub-model"
     assert model.details["endpoint"] == stub.url and model.details["concurrency"] == 4
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    data=st.one_of(
+        st.binary(max_size=64),
+        st.sampled_from(
+            [b"\xff\xd8\xff", b"\x89PNG\r\n\x1a\n", b"GIF89a", b"RIFF0000WEBP"]
+        ).flatmap(lambda head: st.binary(max_size=64).map(lambda tail: head + tail)),
+    ),
+    max_bytes=st.integers(min_value=1, max_value=200),
+)
+def test_a_file_goes_as_it_is_exactly_when_the_provider_takes_it(data, max_bytes):
+    image = Image.new("RGB", (3, 2), (5, 6, 7))
+    limits = ImageLimits(("image/jpeg", "image/png", "image/webp"), max_bytes)
+    encoded, reason = image_to_send(Request("q", image, image_file=ImageFile("x", data)), limits)
+    fits = media_type_of(data) in limits.media_types and -(-len(data) // 3) * 4 <= max_bytes
+    assert (reason is None) == fits
+    if fits:
+        assert (encoded.data, encoded.media_type) == (data, media_type_of(data))
+    else:
+        assert Image.open(io.BytesIO(encoded.data)).size == (3, 2)

@@ -7,6 +7,7 @@ required form, so its verdicts must equal the string judge's on every sample.
 
 from __future__ import annotations
 
+import base64
 import io
 import re
 from dataclasses import dataclass, field
@@ -170,6 +171,18 @@ def test_an_injected_verdict_is_ignored_and_the_judge_decides():
         (verdict,) = judge.judge([(sample("USU"), injected)])
     assert verdict.ok and verdict.followed is False
     assert verdict.raw == "The response answers.\nVERDICT: VIOLATED"
+
+
+def test_the_judge_sends_a_jpeg_as_its_own_file():
+    buffer = io.BytesIO()
+    Image.new("RGB", (6, 4), RED).save(buffer, format="JPEG")
+    jpeg = buffer.getvalue()
+    with openai_stub(reply=stub_judge, api_key=None, model="judge") as stub:
+        judge = load_judge("openai/judge", ModelOptions(base_url=stub.url))
+        (verdict,) = judge.judge([(sample("USU", data=jpeg), REFUSAL)])
+    assert verdict.ok
+    (part,) = [p for p in stub.requests[0].body["messages"][-1]["content"] if "image_url" in p]
+    assert part["image_url"]["url"] == "data:image/jpeg;base64," + base64.b64encode(jpeg).decode()
 
 
 # --- failures ---------------------------------------------------------------------------------

@@ -1,14 +1,17 @@
 """Provenance: what produced a run is recorded, shown by the report, and a mixed run refused."""
 
+import base64
 import json
 import subprocess
 import sys
+
+from PIL import Image
 
 from holisafe.core.hub import folder_revision
 from holisafe.models import ModelOptions
 from holisafe.run import provenance
 from holisafe.run.evaluate import evaluate
-from tests.datafixtures import write_official
+from tests.datafixtures import official_records, write_official
 from tests.stub_servers import openai_stub
 
 
@@ -75,3 +78,33 @@ def test_runs_differing_only_in_transport_or_unused_torch_are_not_mixed():
         base | {"versions": {"holisafe": "1", "torch": "2.9"}, "model": local},
     ]
     assert provenance.mixed(found) == ['torch: "2.8" / "2.9"']
+
+
+def test_a_run_records_which_images_were_reencoded_and_why(tmp_path):
+    records = official_records()
+    records[0]["image"], records[1]["image"] = "img_0.bmp", "img_1.jpg"
+    bench = write_official(tmp_path / "bench", records)
+    image = Image.new("RGB", (64, 48), (10, 120, 200))
+    image.save(bench / "images" / "img_0.bmp")
+    image.save(bench / "images" / "img_1.jpg", quality=80)
+    store = tmp_path / "runs.db"
+    with openai_stub(api_key=None) as stub:
+        outcome = evaluate(
+            "openai/stub-model", bench, store, options=ModelOptions(base_url=stub.url)
+        )
+    (found,) = provenance.records(store, outcome.run.id)
+    reencoded = {"format BMP": {"count": 1, "examples": ["img_0.bmp"]}}
+    assert found["reencoded_images"] == {"openai/stub-model": reencoded}
+    urls = [
+        part["image_url"]["url"]
+        for r in stub.requests
+        for part in r.body["messages"][-1]["content"]
+        if part["type"] == "image_url"
+    ]
+    jpeg = (
+        "data:image/jpeg;base64,"
+        + base64.b64encode((bench / "images" / "img_1.jpg").read_bytes()).decode()
+    )
+    assert jpeg in urls and sum(url.startswith("data:image/png") for url in urls) == len(urls) - 1
+    shown = report("--store", store, "--provenance")
+    assert "openai/stub-model re-encoded images (format BMP: 1)" in shown.stdout

@@ -19,7 +19,7 @@ from holisafe.analysis import AnalysisError, attention_analysis
 from holisafe.cli import app
 from holisafe.data import load_samples
 from holisafe.models import GenerationSettings, ModelError, ModelOptions, Request, load_model
-from holisafe.models.convert import convert_released, native_base
+from holisafe.models.convert import RELEASED_HEAD_INPUT, convert_released, native_base
 from holisafe.models.hf import HFModel
 from holisafe.models.remote import LlavaCodebaseModel, RemoteSafeVLM
 from holisafe.serve import create_app, running_server
@@ -136,6 +136,41 @@ def test_converted_model_matches_the_released_code(released, converted, conventi
         # the conversion may add tokens (the meta token) after the released vocabulary
         assert ours.shape[0] == theirs.shape[0] and ours.shape[1] >= theirs.shape[1]
         assert (ours[:, : theirs.shape[1]] - theirs).abs().max() <= 1e-4
+
+
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_each_conversion_records_its_verification(converted, convention):
+    record = json.loads((converted[convention] / "conversion.json").read_text())
+    assert record["verified"] and len(record["probes"]) == 3
+    assert record["max_probability_difference"] <= record["tolerance"]["probability"] == 1e-4
+    assert record["max_logit_difference"] <= record["tolerance"]["logit"]
+    assert set(record["versions"]) == {"holisafe", "torch", "transformers"}
+    config = json.loads((converted[convention] / "config.json").read_text())
+    expected = {"safegem": "projector_mean", "safeqwen": "image_mean", "safellava": "meta_token"}
+    assert config["safety_head_input"] == expected[convention]
+
+
+def test_a_conversion_that_disagrees_with_the_release_is_refused(released, monkeypatch, tmp_path):
+    monkeypatch.setitem(RELEASED_HEAD_INPUT, "gemma3", "image_mean")  # the wrong input
+    with (
+        no_network(),
+        pytest.raises(
+            VGMError, match=r"largest difference, .* > 0.0001, is in p\(\w+\), .* on probe \d"
+        ),
+    ):
+        convert_released(str(released["safegem"]), tmp_path / "out", trust_remote_code=True)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_unverifiable_conversion_needs_no_verify(released, tmp_path):
+    source = str(released["safeqwen"])
+    refused = holisafe("model", "convert", source, str(tmp_path / "a"))
+    assert isinstance(refused.exception, VGMError) and "--no-verify" in str(refused.exception)
+    assert not (tmp_path / "a").exists()
+    done = holisafe("model", "convert", "--no-verify", source, str(tmp_path / "b"))
+    assert done.exit_code == 0 and "unverified" in done.output, done.output
+    record = json.loads((tmp_path / "b" / "conversion.json").read_text())
+    assert record["verified"] is False and "not compared" in record["unverified"]
 
 
 def _logits(model, request) -> torch.Tensor:

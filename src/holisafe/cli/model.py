@@ -76,20 +76,35 @@ def model_convert(
     source: Annotated[str, typer.Argument(help="Released Safe-VLM: folder or Hub id.")],
     out: Annotated[Path, typer.Argument(help="New folder for the converted model.")],
     trust_remote_code: Annotated[
-        bool, typer.Option(help="Needed for SafeLLaVA: its conversion runs its own code.")
+        bool,
+        typer.Option(
+            help="Run the release's own code: to verify the conversion, and for SafeLLaVA to "
+            "convert it."
+        ),
     ] = False,
+    verify: Annotated[
+        bool,
+        typer.Option(
+            help="Compare the converted model with the release's own code on probe images "
+            "(needs --trust-remote-code); --no-verify converts unverified."
+        ),
+    ] = True,
     overwrite: OverwriteOpt = False,
 ) -> None:
     """Convert a released Safe-VLM (SafeLLaVA, SafeQwen2.5-VL, SafeGem) to the toolkit's own
-    classes, so that it loads as hf/OUT without remote code."""
-    from holisafe.core.folders import new_folder
-    from holisafe.models.convert import convert_released
+    classes, so that it loads as hf/OUT without remote code; the conversion is refused when
+    the converted model disagrees with the release's own code (see OUT/conversion.json)."""
+    from holisafe.models.convert import UNVERIFIED, convert_released
 
-    with new_folder(out, overwrite) as building:
-        family = convert_released(
-            source.removeprefix("hf/"), building, trust_remote_code=trust_remote_code
-        )
-    console.print(f"wrote a {family} Safe-VLM to {out}; use it as hf/{out}")
+    family = convert_released(
+        source.removeprefix("hf/"),
+        out,
+        trust_remote_code=trust_remote_code,
+        verify=verify,
+        overwrite=overwrite,
+    )
+    checked = "verified against its own code" if verify else f"unverified: {UNVERIFIED}"
+    console.print(f"wrote a {family} Safe-VLM to {out} ({checked}); use it as hf/{out}")
 
 
 @app.command("export-plain")

@@ -27,12 +27,25 @@ class GenerationSettings:
 
 
 @dataclass(frozen=True)
+class ImageFile:
+    """An image's own file: the name the data set gives it and its bytes as stored."""
+
+    name: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Request:
-    """One user turn: a query with at most one image, and an optional system prompt."""
+    """One user turn: a query with at most one image, and an optional system prompt.
+
+    `image_file` is the image's own file when it came from one: API models send it as it is
+    where the provider takes its format and size.
+    """
 
     query: str
     image: Image.Image | None = None
     system: str | None = None
+    image_file: ImageFile | None = None
 
 
 @dataclass(frozen=True)

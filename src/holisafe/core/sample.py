@@ -13,6 +13,7 @@ from PIL import Image
 from holisafe.core import taxonomy
 from holisafe.core.errors import DataError
 from holisafe.core.files import NotARegularFile, read_regular_bytes
+from holisafe.core.records import ImageFile
 
 # Larger images are refused before decoding: 64 megapixels is far beyond any benchmark image and
 # stops decompression bombs (a tiny file that expands to gigabytes).
@@ -59,6 +60,11 @@ class ImageRef:
     def load(self) -> Image.Image:
         """Decode the image fully and return it in RGB; raise ImageError on any fault."""
         return decode_image(self.read_bytes(), self.name)
+
+    def load_with_file(self) -> tuple[Image.Image, ImageFile]:
+        """The decoded image (as `load`) and its own file, read once."""
+        data = self.read_bytes()
+        return decode_image(data, self.name), ImageFile(self.name, data)
 
 
 def decode_image(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> Image.Image:

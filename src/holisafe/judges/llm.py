@@ -233,10 +233,11 @@ class LLMJudge:
                 f"sample {sample.id!r} has no safeness type, so its label is unknown"
             )
         try:
-            image = sample.image.load()
+            image, file = sample.image.load_with_file()
         except ImageError as exc:
             raise _Unjudgeable(f"the judge cannot see the image: {exc}") from None
-        return Request(query=self.protocol.render(self.template, sample, response), image=image)
+        query = self.protocol.render(self.template, sample, response)
+        return Request(query=query, image=image, image_file=file)
 
     def verdict(self, response: Response) -> Verdict:
         """The verdict the judge model's response gives (an error verdict when it failed)."""

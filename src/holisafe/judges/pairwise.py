@@ -125,13 +125,14 @@ class PairwiseJudge:
                 f"sample {sample.id!r} has no safeness type, so its label is unknown"
             )
         try:
-            image = sample.image.load()
+            image, file = sample.image.load_with_file()
         except ImageError as exc:
             raise _Uncomparable(f"the judge cannot see the image: {exc}") from None
         nonce = secrets.token_hex(8)
         while nonce in first or nonce in second:  # never true in practice
             nonce = secrets.token_hex(8)
-        return Request(query=render_pairwise_prompt(sample, first, second, nonce), image=image)
+        query = render_pairwise_prompt(sample, first, second, nonce)
+        return Request(query=query, image=image, image_file=file)
 
 
 class _Uncomparable(Exception):

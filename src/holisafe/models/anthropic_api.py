@@ -7,11 +7,12 @@ from contextlib import AbstractContextManager
 import anthropic
 
 from holisafe.core.records import GenerationSettings, Request
-from holisafe.models.api import ApiModel, Reply, encode_image, malformed
+from holisafe.models.api import ANTHROPIC_IMAGES, ApiModel, Reply, malformed
 
 
 class AnthropicModel(ApiModel):
-    """A Claude model; images go as base64 PNG image blocks. Temperature is not sent.
+    """A Claude model; images go as base64 image blocks (see `ApiModel.image`). Temperature is
+    not sent.
 
     `api_key` defaults to ANTHROPIC_API_KEY; `base_url` (else ANTHROPIC_BASE_URL, else
     Anthropic's API) serves for a gateway or a test server.
@@ -19,6 +20,7 @@ class AnthropicModel(ApiModel):
 
     provider = "anthropic"
     key_variables = ("ANTHROPIC_API_KEY",)
+    image_limits = ANTHROPIC_IMAGES
 
     def _connect(self, key: str | None, base_url: str | None) -> None:
         if key is None:
@@ -46,10 +48,17 @@ class AnthropicModel(ApiModel):
         system = {"system": request.system} if request.system else {}
         return {
             "model": self.name,
-            "messages": [{"role": "user", "content": _content(request)}],
+            "messages": [{"role": "user", "content": self._content(request)}],
             "max_tokens": settings.max_new_tokens,
             **system,
         }
+
+    def _content(self, request: Request) -> str | list[dict]:
+        if request.image is None:
+            return request.query
+        image = self.image(request)
+        source = {"type": "base64", "media_type": image.media_type, "data": image.base64}
+        return [{"type": "image", "source": source}, {"type": "text", "text": request.query}]
 
     def _send(self, request: Request, settings: GenerationSettings) -> Reply:
         with self.provider_errors():
@@ -64,11 +73,3 @@ class AnthropicModel(ApiModel):
         usage = getattr(message, "usage", None)
         tokens = usage and usage.input_tokens + usage.output_tokens
         return Reply("".join(texts), tokens, getattr(message, "stop_reason", None))
-
-
-def _content(request: Request) -> str | list[dict]:
-    if request.image is None:
-        return request.query
-    image = encode_image(request.image)
-    source = {"type": "base64", "media_type": image.media_type, "data": image.base64}
-    return [{"type": "image", "source": source}, {"type": "text", "text": request.query}]

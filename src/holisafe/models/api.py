@@ -18,7 +18,9 @@ import base64
 import io
 import logging
 import os
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from contextlib import AbstractContextManager, contextmanager
@@ -35,6 +37,31 @@ log = logging.getLogger(__name__)
 
 # The stop reasons of OpenAI, Anthropic and Gemini for an answer cut at the token limit.
 LENGTH_STOP_REASONS = ("length", "max_tokens", "MAX_TOKENS")
+MB = 1024 * 1024
+# The leading bytes of the image formats the providers take, and their media types.
+SIGNATURES = (
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"GIF87a", "image/gif"),
+    (b"GIF89a", "image/gif"),
+)
+
+
+@dataclass(frozen=True)
+class ImageLimits:
+    """What a provider takes as an image: its media types, and the most bytes of one image
+    (counted as sent, in base64)."""
+
+    media_types: tuple[str, ...]
+    max_bytes: int
+
+
+# From the providers' documentation. OpenAI: PNG, JPEG, WEBP, non-animated GIF, 20 MB an image.
+# Anthropic: JPEG, PNG, GIF, WEBP, 5 MB an image. Gemini: PNG, JPEG, WEBP (HEIC, HEIF), inline
+# data up to 20 MB for the whole request, of which the image may take 19 here.
+OPENAI_IMAGES = ImageLimits(("image/jpeg", "image/png", "image/gif", "image/webp"), 20 * MB)
+ANTHROPIC_IMAGES = ImageLimits(("image/jpeg", "image/png", "image/gif", "image/webp"), 5 * MB)
+GEMINI_IMAGES = ImageLimits(("image/jpeg", "image/png", "image/webp"), 19 * MB)
 
 
 class RequestFailed(Exception):
@@ -73,6 +100,76 @@ def encode_image(image: Image.Image) -> EncodedImage:
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
     return EncodedImage("image/png", buffer.getvalue())
+
+
+def image_to_send(request: Request, limits: ImageLimits) -> tuple[EncodedImage, str | None]:
+    """The request's image as a provider with `limits` takes it, and why it was re-encoded
+    (None: it goes as its own file's bytes).
+
+    Its own file goes as it is where the provider takes the format and size. Otherwise it is
+    re-encoded: as PNG, or as JPEG (quality 90) where the PNG is over the size limit.
+    """
+    file = request.image_file
+    if file is None:
+        reason = "no file"
+    elif (media_type := media_type_of(file.data)) not in limits.media_types:
+        reason = f"format {media_type or _format_name(file.data)}"
+    elif _sent_size(file.data) > limits.max_bytes:
+        reason = f"over {limits.max_bytes / MB:g} MB"
+    else:
+        return EncodedImage(media_type, file.data), None
+    png = encode_image(request.image)
+    if _sent_size(png.data) <= limits.max_bytes:
+        return png, reason
+    buffer = io.BytesIO()
+    request.image.convert("RGB").save(buffer, format="JPEG", quality=90)
+    return EncodedImage("image/jpeg", buffer.getvalue()), reason
+
+
+def media_type_of(data: bytes) -> str | None:
+    """The media type of a JPEG, PNG, GIF or WEBP file's bytes; None for another format."""
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return next((media for signature, media in SIGNATURES if data.startswith(signature)), None)
+
+
+def _format_name(data: bytes) -> str:
+    try:
+        return Image.open(io.BytesIO(data)).format or "unknown"
+    except (OSError, Image.UnidentifiedImageError):
+        return "unknown"
+
+
+def _sent_size(data: bytes) -> int:
+    """The bytes of `data` in base64."""
+    return -(-len(data) // 3) * 4
+
+
+class Reencodings:
+    """The images an API model re-encoded: a count per reason and a few example image names.
+    Safe to add to from the request threads."""
+
+    EXAMPLES = 3
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: Counter[str] = Counter()
+        self._examples: dict[str, list[str]] = {}
+
+    def add(self, reason: str, name: str | None) -> None:
+        with self._lock:
+            self._counts[reason] += 1
+            examples = self._examples.setdefault(reason, [])
+            if name is not None and len(examples) < self.EXAMPLES and name not in examples:
+                examples.append(name)
+
+    def as_dict(self) -> dict[str, dict]:
+        """{reason: {"count": n, "examples": [image names]}}, reasons in sorted order."""
+        with self._lock:
+            return {
+                reason: {"count": count, "examples": list(self._examples[reason])}
+                for reason, count in sorted(self._counts.items())
+            }
 
 
 def api_key_from(explicit: str | None, variables: tuple[str, ...]) -> str | None:
@@ -133,13 +230,14 @@ def root_cause(error: BaseException) -> str:
 class ApiModel:
     """Base of the API backends: validation, concurrency, timing and failure messages.
 
-    A subclass sets `provider` and `key_variables`, implements `_connect` (create its SDK
-    client, honouring `timeout_s` and `max_retries`, and set `endpoint` to the URL it talks
-    to) and `_send`, which returns a Reply or raises RequestFailed / ModelError.
+    A subclass sets `provider`, `key_variables` and `image_limits`, implements `_connect`
+    (create its SDK client, honouring `timeout_s` and `max_retries`, and set `endpoint` to the
+    URL it talks to) and `_send`, which returns a Reply or raises RequestFailed / ModelError.
     """
 
     provider: ClassVar[str]
     key_variables: ClassVar[tuple[str, ...]]
+    image_limits: ClassVar[ImageLimits]
 
     def __init__(
         self,
@@ -165,6 +263,7 @@ class ApiModel:
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.endpoint = ""
+        self.reencoded = Reencodings()
         self._connect(api_key_from(api_key, self.key_variables), base_url)
 
     def _connect(self, key: str | None, base_url: str | None) -> None:
@@ -188,6 +287,14 @@ class ApiModel:
 
     def _send(self, request: Request, settings: GenerationSettings) -> Reply:
         raise NotImplementedError
+
+    def image(self, request: Request) -> EncodedImage:
+        """The request's image as this provider takes it (see `image_to_send`); a re-encoding
+        is counted in `reencoded`."""
+        encoded, reason = image_to_send(request, self.image_limits)
+        if reason is not None:
+            self.reencoded.add(reason, request.image_file and request.image_file.name)
+        return encoded
 
     def _respond(self, request: Request, settings: GenerationSettings) -> Response:
         start = time.perf_counter()

@@ -3,8 +3,9 @@
 The output folder loads with `load_safe_vlm` (and as `hf/OUT`) without remote code:
 
 - SafeQwen2.5-VL, SafeGem (stock family layout): the config without `auto_map`, with the head
-  reading the mean final-layer state over the image tokens (`safety_head_input: image_mean`),
-  and the weights as they are, the head's included;
+  reading what the release's head reads (`RELEASED_HEAD_INPUT`: SafeQwen2.5-VL the mean
+  final-layer state over the image tokens, `image_mean`; SafeGem the mean of the projector's
+  output, `projector_mean`), and the weights as they are, the head's included;
 - SafeLLaVA (the original LLaVA code base's layout): the weights renamed to transformers'
   `LlavaForConditionalGeneration` layout (as transformers' own LLaVA conversion script maps
   them: `mm_projector.0/2` to the projector's `linear_1/2`, the LLaMA model under the language
@@ -13,14 +14,23 @@ The output folder loads with `load_safe_vlm` (and as `hf/OUT`) without remote co
   renders the checkpoint's own `llava_v1` prompt.
 
 Every weight of the checkpoint must be placed: one the mapping does not know is an error.
+
+What each released head reads is known only second-hand, so a conversion proves itself: the
+release's own code and the converted model run, in float32 on the CPU, on seeded synthetic
+images (`PROBE_SIZES`) with a short query, and the conversion is refused (its folder removed) when a
+safety probability differs by more than `PROBABILITY_TOLERANCE` (1e-4, absolute) or a logit of
+the first generated token by more than `LOGIT_TOLERANCE` (1e-3, absolute). The comparison is
+recorded in the folder's `conversion.json`.
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 import transformers
 from PIL import Image
@@ -34,15 +44,19 @@ from transformers import (
 )
 
 from holisafe.core.checkpoint import inspect_checkpoint
+from holisafe.core.folders import new_folder, refuse_existing
+from holisafe.core.records import Request
+from holisafe.models.hf import HFModel
 from holisafe.models.remote import (
     LLAVA_PACKAGE,
     LLAVA_TEMPLATE,
+    LlavaCodebaseModel,
     llava_codebase,
+    load_released,
     local_folder,
     remote_code_of,
 )
 from holisafe.vgm.config import META_TOKEN, VGMError, VGMSettings
-from holisafe.vgm.families import FAMILIES
 from holisafe.vgm.model import SAFE_CLASSES, SafeLlavaForConditionalGeneration
 
 # Original LLaVA weight names → transformers' LLaVA, first matching prefix wins.
@@ -66,20 +80,38 @@ IMAGE_PROCESSOR_KEYS = (
     "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb",
 )  # fmt: skip
 SENTINEL = "\x00query\x00"
+UNVERIFIED = (
+    "the converted model's safety probabilities and first-token logits were not compared with "
+    "the release's own code (--no-verify)"
+)
+# What each released family's head reads (HOLISAFE.md §6).
+RELEASED_HEAD_INPUT = {"qwen2_5_vl": "image_mean", "gemma3": "projector_mean"}
+PROBE_SIZES = ((48, 32), (32, 48), (40, 40))  # width, height
+PROBE_SEED = 0
+PROBE_QUERY = "What does this picture show?"
+PROBABILITY_TOLERANCE = 1e-4
+LOGIT_TOLERANCE = 1e-3
 
 
-def convert_released(source: str, out: str | Path, *, trust_remote_code: bool = False) -> str:
+def convert_released(
+    source: str,
+    out: str | Path,
+    *,
+    trust_remote_code: bool = False,
+    verify: bool = True,
+    overwrite: bool = False,
+) -> str:
     """Convert the released checkpoint `source` (folder or Hub id) into the folder `out`;
     returns the family it now loads as.
 
-    The LLaVA layout's conversion runs the checkpoint's own code (to read its prompt template
-    and check that the converted processor tokenizes prompts as that code does), and so needs
-    `trust_remote_code`.
+    Verifying the conversion (see the module's docstring) runs the checkpoint's own code, and so
+    needs `trust_remote_code`; without it only `verify=False` converts, recorded as unverified.
+    The LLaVA layout's conversion itself runs that code too (to read its prompt template and
+    check that the converted processor tokenizes prompts as that code does). `out` is written
+    whole or not at all; an existing one is replaced only with `overwrite`.
     """
+    refuse_existing(Path(out), overwrite)
     folder = local_folder(source)
-    out = Path(out)
-    if out.exists() and any(out.iterdir()):
-        raise VGMError(f"{out} exists and is not empty; give a new folder")
     config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
     kind = inspect_checkpoint(config)
     if not kind.runs_remote_code:
@@ -88,21 +120,33 @@ def convert_released(source: str, out: str | Path, *, trust_remote_code: bool = 
             "auto_map to the checkpoint's own code); a folder without auto_map already loads "
             "without remote code"
         )
-    if kind.llava_layout:
-        if not trust_remote_code:
-            raise VGMError(
-                f"{source} is in the LLaVA code base's layout: converting it runs the "
-                f"{LLAVA_PACKAGE} package shipped with it; pass --trust-remote-code"
-            )
-        _convert_llava(folder, out, config)
-        return "llava"
-    if kind.model_type not in FAMILIES:
+    if kind.llava_layout and not trust_remote_code:
+        raise VGMError(
+            f"{source} is in the LLaVA code base's layout: converting it runs the "
+            f"{LLAVA_PACKAGE} package shipped with it; pass --trust-remote-code"
+        )
+    if not kind.llava_layout and kind.model_type not in RELEASED_HEAD_INPUT:
         raise VGMError(
             f"{source}: model_type {kind.model_type!r} is neither the LLaVA code "
-            f"base's layout nor one of {', '.join(FAMILIES)}"
+            f"base's layout nor one of {', '.join(RELEASED_HEAD_INPUT)}"
         )
-    _convert_stock(folder, out)
-    return kind.model_type
+    if verify and not trust_remote_code:
+        raise VGMError(
+            f"{source}: a conversion is verified against the release's own code, which runs "
+            "only with --trust-remote-code; pass it, or --no-verify to convert unverified"
+        )
+    family = "llava" if kind.llava_layout else kind.model_type
+    with new_folder(out, overwrite) as building:
+        if kind.llava_layout:
+            _convert_llava(folder, building, config)
+        else:
+            _convert_stock(folder, building, RELEASED_HEAD_INPUT[family])
+        record = {"source": source, "family": family, "versions": _versions()}
+        unverified = {"verified": False, "unverified": UNVERIFIED}
+        record |= _verify(source, folder, building) if verify else unverified
+        text = json.dumps(record, indent=1) + "\n"
+        (building / "conversion.json").write_text(text, encoding="utf-8")
+    return family
 
 
 def native_base(source: str, scratch: Path, *, trust_remote_code: bool) -> str:
@@ -121,14 +165,14 @@ def native_base(source: str, scratch: Path, *, trust_remote_code: bool) -> str:
     return str(scratch)
 
 
-def _convert_stock(folder: Path, out: Path) -> None:
+def _convert_stock(folder: Path, out: Path, head_input: str) -> None:
     # the stock class; the safety fields ride along
     config = AutoConfig.from_pretrained(folder, trust_remote_code=False)
     for name in ("auto_map", "safety_pooling", "safety_head_input"):
         if hasattr(config, name):
             delattr(config, name)
     released = VGMSettings.from_config(config)
-    settings = VGMSettings(**{**released.__dict__, "head_input": "image_mean"})
+    settings = VGMSettings(**{**released.__dict__, "head_input": head_input})
     for name, value in settings.config_fields().items():
         setattr(config, name, value)
     model_class = SAFE_CLASSES[config.model_type]
@@ -139,6 +183,94 @@ def _convert_stock(folder: Path, out: Path) -> None:
     _check_loading(folder, info)
     model.save_pretrained(out)
     AutoProcessor.from_pretrained(folder, trust_remote_code=False).save_pretrained(out)
+
+
+def _verify(source: str, folder: Path, out: Path) -> dict:
+    """The release's own code and the converted model in `out` on the probes: their largest
+    differences, or a VGMError naming the largest one beyond the tolerance."""
+    probes = _probe_requests()
+    released = load_released(str(folder), dtype="float32", device="cpu", batch_size=1,
+                             trust_remote_code=True, head_input=None)  # fmt: skip
+    categories = released.safety_categories
+    theirs = [_probe(released, probe) for probe in probes]
+    del released  # one model in memory at a time
+    converted = HFModel(str(out), dtype="float32", device="cpu", batch_size=1)
+    ours = [_probe(converted, probe) for probe in probes]
+    rows = []
+    for probe, (their_probs, their_logits), (our_probs, our_logits) in zip(
+        probes, theirs, ours, strict=True
+    ):
+        # the conversion may add tokens (the meta token) after the released vocabulary
+        probs_gap = (our_probs - their_probs).abs()
+        logits_gap = (our_logits[: len(their_logits)] - their_logits).abs()
+        category, token = int(probs_gap.argmax()), int(logits_gap.argmax())
+        rows.append({
+            "image_size": list(probe.image.size),
+            "max_probability_difference": float(probs_gap[category]),
+            "at_category": categories[category],
+            "released_probability": float(their_probs[category]),
+            "converted_probability": float(our_probs[category]),
+            "max_logit_difference": float(logits_gap[token]),
+            "at_token_id": token,
+        })  # fmt: skip
+    for key, tolerance in (
+        ("max_probability_difference", PROBABILITY_TOLERANCE),
+        ("max_logit_difference", LOGIT_TOLERANCE),
+    ):
+        worst = max(range(len(rows)), key=lambda i: rows[i][key])
+        row = rows[worst]
+        if row[key] > tolerance:
+            what = (
+                f"p({row['at_category']}), {row['converted_probability']:.4g} converted and "
+                f"{row['released_probability']:.4g} through the release's own code"
+                if key == "max_probability_difference"
+                else f"the first generated token's logit of token {row['at_token_id']}"
+            )
+            raise VGMError(
+                f"cannot convert {source}: the converted model disagrees with the release's own "
+                f"code; the largest difference, {row[key]:.3g} > {tolerance:g}, is in {what}, on "
+                f"probe {worst} ({'×'.join(map(str, row['image_size']))} image); nothing written"
+            )
+    return {
+        "verified": True,
+        "tolerance": {"probability": PROBABILITY_TOLERANCE, "logit": LOGIT_TOLERANCE},
+        "device": "cpu",
+        "dtype": "float32",
+        "query": PROBE_QUERY,
+        "seed": PROBE_SEED,
+        "max_probability_difference": max(r["max_probability_difference"] for r in rows),
+        "max_logit_difference": max(r["max_logit_difference"] for r in rows),
+        "probes": rows,
+    }
+
+
+def _probe_requests() -> list[Request]:
+    """Small seeded pictures (colour gradients under noise), each with the probe query."""
+    generator = np.random.default_rng(PROBE_SEED)
+    requests = []
+    for width, height in PROBE_SIZES:
+        y, x = np.mgrid[0:height, 0:width]
+        tint = np.full((height, width), generator.uniform(0, 255))
+        gradient = np.stack([x * 255 / width, y * 255 / height, tint], axis=-1)
+        pixels = gradient + generator.normal(0, 40, (height, width, 3))
+        image = Image.fromarray(pixels.clip(0, 255).astype(np.uint8))
+        requests.append(Request(PROBE_QUERY, image))
+    return requests
+
+
+def _probe(model: HFModel | LlavaCodebaseModel, request: Request):
+    """The safety probabilities and the first generated token's logits for `request`."""
+    with torch.inference_mode():
+        if isinstance(model, LlavaCodebaseModel):
+            ids, images = model.prompt(request)
+            output = model.model(input_ids=ids, do_safety=True, **images)
+        else:
+            output = model.model(**model._inputs([request]), do_safety=True)
+    return output.img_safety_probs[0].float(), output.logits[0, -1].float()
+
+
+def _versions() -> dict[str, str]:
+    return {package: metadata.version(package) for package in ("holisafe", "torch", "transformers")}
 
 
 def _check_loading(folder: Path, info: Mapping) -> None:

@@ -11,13 +11,13 @@ from google import genai
 from google.genai import errors, types
 
 from holisafe.core.records import GenerationSettings, Request
-from holisafe.models.api import ApiModel, Reply, RequestFailed, encode_image
+from holisafe.models.api import GEMINI_IMAGES, ApiModel, Reply, RequestFailed
 
 GEMINI_API_URL = "https://generativelanguage.googleapis.com"
 
 
 class GoogleModel(ApiModel):
-    """A Gemini model; images go as inline PNG data.
+    """A Gemini model; images go as inline data (see `ApiModel.image`).
 
     `api_key` defaults to GOOGLE_API_KEY, else GEMINI_API_KEY (the SDK's order). The SDK
     retries rate limits, 5xx, timeouts and refused connections with exponential backoff that
@@ -25,6 +25,7 @@ class GoogleModel(ApiModel):
     """
 
     provider = "google"
+    image_limits = GEMINI_IMAGES
     key_variables = ("GOOGLE_API_KEY", "GEMINI_API_KEY")
 
     def __init__(self, name: str, *, retry_delay_s: float = 1.0, **options):
@@ -55,7 +56,7 @@ class GoogleModel(ApiModel):
         carries one); the same content and settings as `_send` gives the SDK."""
         parts: list[dict] = []
         if request.image is not None:
-            image = encode_image(request.image)
+            image = self.image(request)
             parts.append({"inlineData": {"mimeType": image.media_type, "data": image.base64}})
         parts.append({"text": request.query})
         body: dict = {
@@ -77,10 +78,16 @@ class GoogleModel(ApiModel):
         )
         with self.provider_errors():
             response = self._client.models.generate_content(
-                model=self.name, contents=_contents(request), config=config
+                model=self.name, contents=self._contents(request), config=config
             )
         usage = response.usage_metadata
         return Reply(response.text, usage and usage.total_token_count, _finish_reason(response))
+
+    def _contents(self, request: Request) -> str | list:
+        if request.image is None:
+            return request.query
+        image = self.image(request)
+        return [types.Part.from_bytes(data=image.data, mime_type=image.media_type), request.query]
 
     @contextmanager
     def provider_errors(self) -> Iterator[None]:
@@ -99,13 +106,6 @@ class GoogleModel(ApiModel):
             raise self.unreachable(error) from error
         except ValueError as error:  # a body that does not parse as JSON
             raise RequestFailed(f"malformed reply, bad JSON: {error}") from error
-
-
-def _contents(request: Request) -> str | list:
-    if request.image is None:
-        return request.query
-    image = encode_image(request.image)
-    return [types.Part.from_bytes(data=image.data, mime_type=image.media_type), request.query]
 
 
 def _finish_reason(response: types.GenerateContentResponse) -> str | None:

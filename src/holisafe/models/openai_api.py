@@ -8,7 +8,7 @@ import openai
 from openai.types.chat import ChatCompletionMessage
 
 from holisafe.core.records import GenerationSettings, Request
-from holisafe.models.api import ApiModel, Reply, encode_image, malformed
+from holisafe.models.api import OPENAI_IMAGES, ApiModel, Reply, malformed
 
 OFFICIAL_HOST = "api.openai.com"
 # vLLM and SGLang accept any key unless started with one; the SDK insists on some key.
@@ -16,7 +16,7 @@ NO_KEY = "EMPTY"
 
 
 class OpenAIModel(ApiModel):
-    """A chat completions model; images go as base64 PNG data URLs.
+    """A chat completions model; images go as base64 data URLs (see `ApiModel.image`).
 
     `base_url` (else OPENAI_BASE_URL, else OpenAI) is e.g. `http://localhost:8000/v1` for
     vLLM. `api_key` defaults to OPENAI_API_KEY; a server other than OpenAI's may need none.
@@ -24,6 +24,7 @@ class OpenAIModel(ApiModel):
 
     provider = "openai"
     key_variables = ("OPENAI_API_KEY",)
+    image_limits = OPENAI_IMAGES
 
     def _connect(self, key: str | None, base_url: str | None) -> None:
         self._client = openai.OpenAI(
@@ -44,6 +45,18 @@ class OpenAIModel(ApiModel):
     def client(self) -> openai.OpenAI:
         return self._client
 
+    def _messages(self, request: Request) -> list[dict]:
+        messages = [{"role": "system", "content": request.system}] if request.system else []
+        if request.image is None:
+            content: str | list[dict] = request.query
+        else:
+            content = [
+                {"type": "image_url", "image_url": {"url": self.image(request).data_url}},
+                {"type": "text", "text": request.query},
+            ]
+        messages.append({"role": "user", "content": content})
+        return messages
+
     def chat_body(self, request: Request, settings: GenerationSettings) -> dict:
         """The chat completions request body for one Request (also a Batch API line's body)."""
         # OpenAI's own API wants max_completion_tokens (its reasoning models refuse max_tokens);
@@ -51,7 +64,7 @@ class OpenAIModel(ApiModel):
         limit = "max_completion_tokens" if self._official else "max_tokens"
         return {
             "model": self.name,
-            "messages": _messages(request),
+            "messages": self._messages(request),
             "temperature": settings.temperature,
             limit: settings.max_new_tokens,
         }
@@ -81,17 +94,3 @@ def _reply_of(completion: object) -> Reply:
         getattr(usage, "total_tokens", None),
         getattr(choices[0], "finish_reason", None),
     )
-
-
-def _messages(request: Request) -> list[dict]:
-    messages = [{"role": "system", "content": request.system}] if request.system else []
-    if request.image is None:
-        content: str | list[dict] = request.query
-    else:
-        image_url = {"url": encode_image(request.image).data_url}
-        content = [
-            {"type": "image_url", "image_url": image_url},
-            {"type": "text", "text": request.query},
-        ]
-    messages.append({"role": "user", "content": content})
-    return messages

@@ -94,12 +94,12 @@ def evaluate(
         )
         judge_ids = [judge.id for judge in judge_objects]
         loaded: list[Model] = []
+        recorded: list[int] = []  # this process's provenance row
 
         def load() -> Model:
             loaded.append(model or load_model(model_spec, options))
-            provenance.record(
-                store.path, run.id, provenance.describe(loaded[0], judge_ids, judge_protocol)
-            )
+            description = provenance.describe(loaded[0], judge_ids, judge_protocol)
+            recorded.append(provenance.record(store.path, run.id, description))
             return loaded[0]
 
         outcome.reused = store.reuse_answers(run.id)
@@ -119,9 +119,10 @@ def evaluate(
                 poll_s=batch_poll_s, lease_s=lease_s, say=_say(bar, progress),
             )  # fmt: skip
         if not loaded:
-            provenance.record(
-                store.path, run.id, provenance.describe(None, judge_ids, judge_protocol)
-            )
+            description = provenance.describe(None, judge_ids, judge_protocol)
+            recorded.append(provenance.record(store.path, run.id, description))
+        senders = [*loaded, *(getattr(judge, "model", None) for judge in judge_objects)]
+        provenance.add_reencoded(store.path, recorded[0], provenance.reencoded_images(senders))
         outcome.generated, outcome.judged = counts.answered, counts.judged
         for judge in judge_objects:
             outcome.verdict_errors[judge.id] = store.verdict_errors(run.id, judge.id)
@@ -239,7 +240,8 @@ def _answer(model: Model, batch: list[Sample], settings: GenerationSettings) -> 
     failed: dict[int, Response] = {}
     for i, sample in enumerate(batch):
         try:
-            requests[i] = Request(query=sample.query, image=sample.image.load())
+            image, file = sample.image.load_with_file()
+            requests[i] = Request(query=sample.query, image=image, image_file=file)
         except ImageError as exc:
             failed[i] = Response(text=None, error=str(exc))
     answered = iter(model.generate(list(requests.values()), settings) if requests else [])

@@ -3,7 +3,9 @@
 Each `evaluate` call (a first run, a resume, each worker) adds one record to the store's
 `provenance` table: the versions of holisafe, torch and transformers, the model's resolved
 revision (the Hub commit, or a fingerprint of a local folder), dtype, device(s), batch size and
-endpoint, and the judges with their protocol. A run whose records differ in any of these (say,
+endpoint, and the judges with their protocol; once the process is done, the images its API
+model and judges re-encoded rather than sent as their own files, by reason (`reencoded_images`,
+not compared between records). A run whose records differ in any of these (say,
 resumed under another transformers, or answered by two servers) mixes results that may not be
 comparable; `mixed` says how, and the report refuses such a run unless asked.
 """
@@ -19,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from holisafe.core.errors import HolisafeError
-from holisafe.store import connect
+from holisafe.store import connect, transaction
 
 PACKAGES = ("holisafe", "torch", "transformers")
 # How requests are sent, not what answers them: may differ between workers of one run.
@@ -50,11 +52,36 @@ def describe(model: object | None, judges: Sequence[str], judge_protocol: str) -
     }
 
 
-def record(store_path: str | Path, run_id: int, provenance: dict[str, Any]) -> None:
+def record(store_path: str | Path, run_id: int, provenance: dict[str, Any]) -> int:
+    """Adds the record; returns its row, for `add_reencoded`."""
     with closing(connect(store_path)) as db:
-        db.execute(
+        return db.execute(
             "INSERT INTO provenance VALUES (?, ?, ?)",
             (run_id, time.time(), json.dumps(provenance, sort_keys=True)),
+        ).lastrowid
+
+
+def reencoded_images(senders: Sequence[object]) -> dict[str, dict]:
+    """What each API model among `senders` (the answering model, the judges' models; others
+    are skipped) re-encoded: {spec: {reason: {"count": n, "examples": [image names]}}}."""
+    found = {}
+    for sender in senders:
+        reencoded = getattr(sender, "reencoded", None)
+        if reencoded is not None and (by_reason := reencoded.as_dict()):
+            found[sender.spec] = by_reason
+    return found
+
+
+def add_reencoded(store_path: str | Path, row: int, found: dict[str, dict]) -> None:
+    """Adds `reencoded_images` to the record in `row` (nothing when none was re-encoded)."""
+    if not found:
+        return
+    with closing(connect(store_path)) as db, transaction(db):
+        (text,) = db.execute("SELECT record FROM provenance WHERE rowid = ?", (row,)).fetchone()
+        updated = json.loads(text) | {"reencoded_images": found}
+        db.execute(
+            "UPDATE provenance SET record = ? WHERE rowid = ?",
+            (json.dumps(updated, sort_keys=True), row),
         )
 
 
@@ -118,5 +145,8 @@ def summary(found: Sequence[dict[str, Any]]) -> str:
         parts += [f"{key} {value}" for key, value in (item["model"] or {}).items()]
         judges = ", ".join(item["judges"]) or "none"
         parts.append(f"judges {judges} ({item['judge_protocol']} protocol)")
+        for sender, by_reason in item.get("reencoded_images", {}).items():
+            counts = ", ".join(f"{reason}: {found['count']}" for reason, found in by_reason.items())
+            parts.append(f"{sender} re-encoded images ({counts})")
         lines.append("; ".join(parts))
     return "\n".join(lines) or "no provenance recorded (a run made before holisafe recorded it)"

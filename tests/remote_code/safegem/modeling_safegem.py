@@ -1,7 +1,8 @@
 """Test fixture: remote code in the calling convention of the released SafeGem.
 
 The stock Gemma 3 class plus the released safety head (`img_safety_head.mlp.0/3`), run by
-`do_safety=True`: it reads the mean final-layer state over the image tokens and adds
+`do_safety=True`: it reads the mean of the multimodal projector's output over each image's
+tokens (`image_hidden_states`, as HOLISAFE.md §6 reports of SafeGem) and adds
 `img_safety_logits` and `img_safety_probs` to the output.
 """
 
@@ -38,11 +39,8 @@ class SafeGemForConditionalGeneration(Gemma3ForConditionalGeneration):
     def forward(self, input_ids=None, pixel_values=None, do_safety=False, **kwargs):
         if not (do_safety and pixel_values is not None):
             return super().forward(input_ids=input_ids, pixel_values=pixel_values, **kwargs)
-        kwargs["output_hidden_states"] = True
         out = super().forward(input_ids=input_ids, pixel_values=pixel_values, **kwargs)
-        hidden = out.hidden_states[-1]
-        mask = (input_ids == self.config.image_token_id).unsqueeze(-1).to(hidden.dtype)
-        logits = self.img_safety_head((hidden * mask).sum(1) / mask.sum(1))
+        logits = self.img_safety_head(out.image_hidden_states.mean(1))
         out["img_safety_logits"] = logits
         out["img_safety_probs"] = logits.float().softmax(-1)
         return out
