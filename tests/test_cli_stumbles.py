@@ -135,6 +135,7 @@ def _holisafe_process(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # starts a process
 def test_loading_and_saving_a_model_prints_no_transformers_bars(tmp_path):
     pytest.importorskip("transformers")
     out = tmp_path / "model"

@@ -116,6 +116,7 @@ def model_commands(folder: Path, root: Path) -> dict[str, list[str]]:
     }  # fmt: skip
 
 
+@pytest.mark.slow  # starts a process per case
 @pytest.mark.parametrize(
     "command",
     ["eval", "export-plain", "convert", "guard", "guard-eval", "train", "serve", "attention"],
