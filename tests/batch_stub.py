@@ -36,7 +36,7 @@ class BatchStub:
         rewrite_line: Callable[[str], str] = str,
     ):
         self.reply = reply
-        self.rewrite_line = rewrite_line  # what an OpenAI results line becomes, as sent
+        self.rewrite_line = rewrite_line  # what a results line becomes, as sent
         self.polls_before_done = polls_before_done
         self.create_latency_s = create_latency_s
         self.refuse_batches = False
@@ -89,7 +89,8 @@ class BatchStub:
         with self._lock:
             batch_id = f"msgbatch_{len(self.batches) + 1}"
             results = [self._message_result(r) for r in body["requests"]]
-            self.files[batch_id] = "".join(json.dumps(r) + "\n" for r in results).encode()
+            lines = (self.rewrite_line(json.dumps(r)) + "\n" for r in results)
+            self.files[batch_id] = "".join(lines).encode()
             self.batches[batch_id] = {
                 "id": batch_id,
                 "type": "message_batch",

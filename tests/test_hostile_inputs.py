@@ -49,6 +49,7 @@ from tests.batch_stub import batch_stub
 from tests.datafixtures import official_records, write_image, write_official
 from tests.stub_servers import openai_stub
 from tests.test_build import image as build_image
+from tests.test_judge_batch import evaluate_with_batch_judge, judge_reply
 
 SRC = Path(holisafe.__file__).parents[1]  # this checkout, not whatever is installed
 
@@ -580,3 +581,22 @@ def test_generated_text_is_repaired_and_bounded_before_it_is_kept():
     assert kept.query == "how \ufffd so"
     (dropped,) = generated.dropped
     assert f"query is {MAX_ITEM_CHARS + 1:,} characters, over {MAX_ITEM_CHARS:,}" in dropped.detail
+
+
+def deep_fifth_result(line: str) -> str:
+    """Sample 5's Anthropic result nested 100,000 deep; the others as sent."""
+    return '{"custom_id": "5", "result": ' + DEEP + "}" if '"custom_id": "5"' in line else line
+
+
+def test_an_anthropic_results_file_with_an_unreadable_line_is_still_collected(tmp_path):
+    judge = "anthropic/judge-model"
+    with (
+        openai_stub(api_key=None) as answers,
+        batch_stub(reply=judge_reply, rewrite_line=deep_fifth_result) as batches,
+    ):
+        outcome = evaluate_with_batch_judge(tmp_path, judge, answers, batches)
+    failed = dict(outcome.verdict_errors[judge])
+    assert "5" in failed and "without an answer" in failed["5"]
+    assert outcome.judged[judge] == 7 > len(failed)  # the lines before it were read
+    with closing(sqlite3.connect(tmp_path / "runs.db")) as db:
+        assert db.execute("SELECT collected FROM judge_batches").fetchall() == [(1,)]

@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import closing, contextmanager
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from holisafe.core.chunks import chunks
 from holisafe.core.errors import why
@@ -114,7 +114,7 @@ class _AnthropicBatches:
 
     def results(self, batch_id: str) -> dict[str, Response]:
         found: dict[str, Response] = {}
-        for entry in self.client.messages.batches.results(batch_id):
+        for entry in _readable(self.client.messages.batches.results(batch_id)):
             custom_id = getattr(entry, "custom_id", None)
             if not isinstance(custom_id, str):
                 continue  # that sample counts as unanswered
@@ -123,6 +123,16 @@ class _AnthropicBatches:
             except SHAPE_ERRORS as exc:
                 found[custom_id] = _malformed(exc)
         return found
+
+
+def _readable(entries: Iterator[Any]) -> Iterator[Any]:
+    """The entries the SDK decodes from a results file, up to a line it cannot decode (one
+    nested past the parser's stack, or no JSON): the samples from there on count as unanswered,
+    so the batch is still collected and a rerun asks only for them."""
+    try:
+        yield from entries
+    except (RecursionError, ValueError):
+        return
 
 
 class _GeminiBatches:
