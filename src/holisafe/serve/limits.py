@@ -32,7 +32,6 @@ from dataclasses import dataclass, fields
 
 import anyio
 from PIL import Image
-from starlette.requests import ClientDisconnect
 from starlette.requests import Request as HttpRequest
 
 from holisafe.core.safe_json import JSONLimitError, parse_json
@@ -242,7 +241,8 @@ async def _read_into(body: bytearray, request: HttpRequest, max_bytes: int) -> N
     while True:
         message = await request.receive()
         if message["type"] == "http.disconnect":
-            raise ClientDisconnect()
+            # no one is left to answer; this ends the request without logging a traceback
+            raise ApiError(400, "the client left before sending its whole body", "disconnected")
         body += message.get("body", b"")
         if len(body) > max_bytes:
             raise too_large(f"request body is over the limit of {max_bytes:,} bytes")
