@@ -115,6 +115,15 @@ BENCHMARKS = (
         "when the peak passes the bound, /health fails, or no request is refused.",
     ),
     Benchmark(
+        "Legitimate requests under a slow-body attack (`holisafe serve`)",
+        "bench_slow_clients.py",
+        "`holisafe serve` on the tiny LLaVA in its own process on 127.0.0.1, default limits, "
+        "while 64 connections from the same address each send a 4 KiB chat body at 1 byte/s and"
+        " are reopened whenever the server answers them; after 12 s of this, 20 legitimate chat"
+        " requests (a 64 px PNG, max_tokens 4) are sent from 4 threads. The script fails when a "
+        "legitimate request is not answered.",
+    ),
+    Benchmark(
         "The visual guard module: its cost, and the guard head against a generative guard",
         "bench_guard.py",
         "The same LLaVA weights as a plain model and as Safe-VLMs, random weights (this measures "

@@ -102,6 +102,11 @@ def post(root: str, body: dict, path: str = "/v1/chat/completions", **kwargs) ->
     return httpx.post(f"{root}{path}", json=body, timeout=WAIT_S, **kwargs)
 
 
+def post_bytes(root: str, body: bytes, path: str = "/v1/chat/completions", headers=None):
+    headers = {"Content-Type": "application/json", **(headers or {})}
+    return httpx.post(f"{root}{path}", content=body, headers=headers, timeout=WAIT_S)
+
+
 def error_of(reply: httpx.Response, status: int) -> dict:
     assert reply.status_code == status, reply.text
     return reply.json()["error"]
@@ -181,9 +186,11 @@ def test_limits_are_checked_and_summarised():
     with pytest.raises(ServeError, match="header_timeout_s must be over 0"):
         ServeLimits(header_timeout_s=0)
     summary = SMALL.summary()
-    for figure in ("2 requests", "5,000 decoded pixels", "500 bytes", "10 s", "60 s"):
+    figures = ("2 requests", "5,000 decoded pixels", "500 bytes", "10 s", "65,536 bytes", "4 slow")
+    for figure in figures:
         assert figure in summary
-    bound = 2 * 2 * 64 * 1024 + 16 * 5_000  # two bodies (read, parsed) a request; 16 B a pixel
+    # two bodies (read, parsed) an admitted request, one a slow body; 16 B a pixel
+    bound = (2 * 2 + 32) * 64 * 1024 + 16 * 5_000
     assert SMALL.memory_bound == bound
 
 
@@ -242,6 +249,73 @@ def test_a_body_that_does_not_arrive_in_time_gets_408_and_the_connection_closes(
         assert answer.startswith(b"HTTP/1.1 408")
         assert b"did not arrive within 0.5 s" in answer
         assert health(root)["pending"] == 0
+
+
+def body_head(length: int, path: str = "/v1/chat/completions") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def test_a_body_has_a_deadline_scaled_to_its_declared_length():
+    limits = ServeLimits(body_timeout_s=0.5, min_body_rate=1000)
+    body = json.dumps(chat("x" * 100)).encode()
+    body += b" " * (2000 - len(body))  # 0.5 s + 2000 bytes at 1000 bytes/s: 2.5 s
+    with serving(limits=limits) as root, connect(root) as sock:
+        sock.sendall(body_head(len(body)) + body[:1000])
+        time.sleep(1)  # past the base allowance, within the scaled deadline
+        sock.sendall(body[1000:])
+        assert sock.recv(65536).startswith(b"HTTP/1.1 200")
+
+
+def test_a_body_slower_than_its_scaled_deadline_gets_408_naming_it():
+    limits = ServeLimits(body_timeout_s=0.5, min_body_rate=1000)
+    with serving(limits=limits) as root, connect(root) as sock:
+        sock.sendall(body_head(1000) + b"{")
+        started = time.monotonic()
+        answer = read_until_closed(sock)
+        assert answer.startswith(b"HTTP/1.1 408")
+        assert b"did not arrive within 1.5 s (0.5 s plus 1 s per 1,000 of its 1,000 bytes)" in (
+            answer
+        )
+        assert time.monotonic() - started >= 1.4
+
+
+def test_slow_bodies_from_one_address_do_not_stop_requests_from_another():
+    limits = ServeLimits(max_pending=2, max_slow_bodies=3, max_slow_bodies_per_client=2)
+    with serving(limits=limits) as root:
+        slow = [connect(root) for _ in range(6)]
+        for sock in slow:
+            sock.sendall(body_head(1000) + b"{")
+        refused = [read_until_closed(sock) for sock in slow[2:]]  # over 127.0.0.1's limit of 2
+        assert all(answer.startswith(b"HTTP/1.1 429") for answer in refused)
+        assert b"127.0.0.1 is already sending 2 request bodies slowly" in refused[0]
+        other = httpx.Client(transport=httpx.HTTPTransport(local_address="127.0.0.2"))
+        for _ in range(3):  # complete requests are answered, past max_pending, while slow ones wait
+            assert other.post(f"{root}/v1/chat/completions", json=chat()).status_code == 200
+        assert post(root, chat()).status_code == 200  # even from the slow clients' address
+        assert health(root)["slow_bodies"] == 2
+        for sock in slow:
+            sock.close()
+
+
+def test_slow_bodies_past_the_server_wide_limit_get_503():
+    limits = ServeLimits(max_slow_bodies=1)
+    with serving(limits=limits) as root, connect(root) as first, connect(root) as second:
+        first.sendall(body_head(1000) + b"{")
+        wait_until(lambda: health(root)["slow_bodies"] == 1)
+        second.sendall(body_head(1000) + b"{")
+        answer = read_until_closed(second)
+        assert answer.startswith(b"HTTP/1.1 503") and b"Retry-After: 1" in answer.title()
+
+
+@pytest.mark.parametrize("path", ["/v1/chat/completions", "/v1/guard"])
+def test_a_body_nested_100_000_deep_gets_400_naming_the_depth(path):
+    body = b"[" * 100_000 + b"]" * 100_000
+    with serving(limits=ServeLimits()) as root:
+        error = error_of(post_bytes(root, body, path), 400)
+    assert error["message"] == "request body refused: JSON nested deeper than 64 levels"
 
 
 def test_a_request_head_still_incomplete_past_16_kib_gets_400(server):

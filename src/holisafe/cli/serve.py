@@ -53,8 +53,18 @@ def serve_command(
         float, typer.Option(help="Seconds a client has to send a request head.")
     ] = 10.0,
     body_timeout: Annotated[
-        float, typer.Option(help="Seconds a client has to send a request body.")
-    ] = 60.0,
+        float,
+        typer.Option(help="Seconds a client has to send a request body, plus its bytes' time."),
+    ] = 10.0,
+    min_body_rate: Annotated[
+        int, typer.Option(help="Bytes a second: a body has a second more per this many bytes.")
+    ] = 64 * 1024,
+    max_slow_bodies: Annotated[
+        int, typer.Option(help="Bodies still arriving after 0.1 s, all clients; more get 503.")
+    ] = 32,
+    max_slow_bodies_per_client: Annotated[
+        int, typer.Option(help="Slow bodies from one client address at once; more get 429.")
+    ] = 4,
     allowed_host: Annotated[
         list[str] | None,
         typer.Option(help="Host header to answer besides loopback and --host; repeat; * for any."),
@@ -95,6 +105,9 @@ def serve_command(
             max_connections=max_connections,
             header_timeout_s=header_timeout,
             body_timeout_s=body_timeout,
+            min_body_rate=min_body_rate,
+            max_slow_bodies=max_slow_bodies,
+            max_slow_bodies_per_client=max_slow_bodies_per_client,
         ),
         allowed_hosts=(*LOOPBACK_HOSTS, *(allowed_host or ())),
         api_key=api_key,

@@ -154,6 +154,7 @@ class _Served:
             "batch_wait_ms": self.batcher.wait_s * 1000,
             **asdict(self.batcher.stats),
             "pending": self.capacity.pending,
+            "slow_bodies": sum(self.capacity.slow_bodies.values()),
             "decoded_pixels": self.capacity.decoded_pixels,
             "busy_refusals": self.capacity.busy_refusals,
         }
@@ -169,8 +170,9 @@ class _Served:
         return self.card()
 
     async def chat(self, http: HttpRequest):
+        body = await read_json(http, self.capacity)
         with self.capacity.admit():
-            call = parse_chat(await read_json(http, self.limits), self.limits)
+            call = parse_chat(body, self.limits)
             self.check_model(call.model)
             urls = {} if call.image_url is None else {"in the request": call.image_url}
             async with self.decoded(urls) as images:
@@ -185,8 +187,9 @@ class _Served:
         return completion(self.name, response)
 
     async def guard(self, http: HttpRequest) -> dict:
+        json_body = await read_json(http, self.capacity)
         with self.capacity.admit():
-            body = validated(GuardBody, await read_json(http, self.limits))
+            body = validated(GuardBody, json_body)
             self.check_model(body.model)
             if not self.safe_vlm:
                 raise ApiError(
