@@ -18,6 +18,10 @@ from holisafe.core.records import ImageFile
 # Larger images are refused before decoding: 64 megapixels is far beyond any benchmark image and
 # stops decompression bombs (a tiny file that expands to gigabytes).
 MAX_IMAGE_PIXELS = 64_000_000
+# Image processors resize by the short side (LLaVA's CLIP to 336 pixels), so a long, narrow image
+# within the pixel limit would grow enormously: 6 x 2,666,666 pixels becomes 336 x 149 M. Capping
+# the ratio of the long side to the short one keeps the resized image within 20 x side x side.
+MAX_ASPECT_RATIO = 20
 # What counts as an image file where a folder is searched for images.
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff")
 
@@ -75,17 +79,27 @@ def decode_image(data: bytes, name: str, max_pixels: int = MAX_IMAGE_PIXELS) -> 
         raise ImageError(f"image {name} is too large ({exc})") from None
     except (Image.UnidentifiedImageError, OSError):
         raise ImageError(f"image {name}: not a readable image file") from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise ImageError(
-            f"image {name} is {width}x{height} = {width * height:,} pixels, over the limit of "
-            f"{max_pixels:,} (possible decompression bomb)"
-        )
+    check_image_size(name, *image.size, max_pixels)
     try:
         image.load()
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
         raise ImageError(f"image {name} is truncated or corrupt ({exc})") from None
     return image.convert("RGB")
+
+
+def check_image_size(name: str, width: int, height: int, max_pixels: int) -> None:
+    """Refuse, before decoding, an image with more than `max_pixels` pixels or sides further
+    apart than `MAX_ASPECT_RATIO`."""
+    if width * height > max_pixels:
+        raise ImageError(
+            f"image {name} is {width}x{height} = {width * height:,} pixels, over the limit of "
+            f"{max_pixels:,} (possible decompression bomb)"
+        )
+    if max(width, height) > MAX_ASPECT_RATIO * min(width, height):
+        raise ImageError(
+            f"image {name} is {width}x{height}: its long side is over {MAX_ASPECT_RATIO} times its "
+            "short side, the limit (resized by its short side, it would not fit in memory)"
+        )
 
 
 @dataclass(frozen=True)

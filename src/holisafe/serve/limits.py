@@ -2,7 +2,8 @@
 
 Sizes are checked before any work that grows with them: the declared Content-Length before the
 body is read, the base64 length before it is decoded, the pixel count in the image header
-before the pixels are (so a decompression bomb is refused without being expanded).
+before the pixels are, and the aspect ratio with it (so a decompression bomb, or an image that
+the processor's resize by its short side would blow up, is refused without being expanded).
 
 Slow clients cannot crowd out the others: a body has a deadline scaled to its declared length
 (`body_timeout_s` plus a second per `min_body_rate` bytes), and a body still arriving after
@@ -35,7 +36,7 @@ from PIL import Image
 from starlette.requests import Request as HttpRequest
 
 from holisafe.core.safe_json import JSONLimitError, parse_json
-from holisafe.core.sample import ImageError, decode_image
+from holisafe.core.sample import ImageError, check_image_size, decode_image
 from holisafe.serve.errors import ApiError, ServeError
 
 MiB = 2**20
@@ -298,7 +299,7 @@ def decode_encoded(image: EncodedImage, limits: ServeLimits) -> Image.Image:
 
 
 def _declared_pixels(data: bytes, where: str, max_pixels: int) -> int:
-    """The pixel count in the image header; 413 over `max_pixels`."""
+    """The pixel count in the image header; 413 over `max_pixels` or too long and narrow."""
     try:
         with Image.open(io.BytesIO(data)) as image:
             width, height = image.size
@@ -308,9 +309,8 @@ def _declared_pixels(data: bytes, where: str, max_pixels: int) -> int:
         ) from None
     except (Image.UnidentifiedImageError, OSError):
         return 0
-    if width * height > max_pixels:
-        raise too_large(
-            f"image {where} is {width}x{height} = {width * height:,} pixels, over the limit of "
-            f"{max_pixels:,}"
-        )
+    try:
+        check_image_size(where, width, height, max_pixels)
+    except ImageError as exc:
+        raise too_large(str(exc)) from None
     return width * height
