@@ -9,8 +9,9 @@ otherwise, and the demo, whose figures are small models' figures, runs on one th
 
 Thread count and determinism: a sum split over N threads is added in another order than over M,
 so float results, and weights trained from them, depend on the thread count. A seeded run is
-byte-identical for the same thread count and library versions; the demo fixes its count
-(`--threads`, default 1) so that its outputs are the same on every machine.
+byte-identical for the same thread count, library versions and CPU instruction set (torch
+picks its kernels by instruction set); the demo fixes its count (`--threads`, default 1) so that
+its outputs are the same on every machine of one CPU kind.
 """
 
 from __future__ import annotations
