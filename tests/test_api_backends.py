@@ -237,6 +237,24 @@ def test_responses_come_back_in_request_order(backend):
     assert [response.text for response in responses] == [f"answer to {q}" for q in queries]
 
 
+def test_each_response_is_handed_back_as_it_arrives_while_others_are_in_flight(backend):
+    first_done = threading.Event()
+
+    def first_waits_for_the_second(body: dict) -> str:
+        query = backend.payload(body).query
+        if query == "first":
+            first_done.wait(30)
+        return f"answer to {query}"
+
+    with backend.stub(reply=first_waits_for_the_second) as stub:
+        model = backend.build(stub.url, concurrency=2, timeout_s=60)
+        answers = model.answers([Request("first"), Request("second")], SETTINGS)
+        index, response = next(answers)  # the first is held until the second is handed back
+        assert (index, response.text) == (1, "answer to second")
+        first_done.set()
+        assert [(i, r.text) for i, r in answers] == [(0, "answer to first")]
+
+
 def test_no_requests_send_nothing(backend):
     with backend.stub() as stub:
         assert backend.build(stub.url).generate([], SETTINGS) == []

@@ -1,5 +1,6 @@
 """`holisafe data build`: scripted loopback generator and judge, hand-counted outcomes, kills."""
 
+import itertools
 import json
 import os
 import re
@@ -445,6 +446,86 @@ def test_kill_9_mid_build_and_rerun_repeats_no_stored_request(tmp_path, mini_ima
         ]
     assert not set(rerun_asked) & stored  # nothing stored was asked again
     assert sorted(rerun_asked) == sorted(set(images) - stored)
+
+
+def build_command(manifest, out, url):
+    """`holisafe data build` in a process of its own: 8 requests in flight, none timing out."""
+    return [
+        *(sys.executable, "-m", "holisafe", "data", "build", manifest, out),
+        *("--generator", "openai/stub-model", "--base-url", url),
+        *("--concurrency", 8, "--timeout", 3600, "--seed", 0),
+    ]
+
+
+def wait_for(condition) -> bool:
+    """Whether `condition()` came true within a generous while."""
+    deadline = time.monotonic() + 120
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
+
+
+def stored_count(store):
+    try:
+        return len(stored_generations(store))
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def built_files(out):
+    """Every file of a built data set but its store and its provenance (which names the time
+    and the folders)."""
+    return {
+        path.relative_to(out): path.read_bytes()
+        for path in sorted(out.rglob("*"))
+        if path.is_file() and not path.name.startswith(("build.sqlite", "provenance.json"))
+    }
+
+
+@pytest.mark.slow
+def test_kill_9_keeps_each_reply_that_arrived_while_its_batch_mates_are_in_flight(
+    tmp_path, mini_images
+):
+    images = manifest_of(12)
+    manifest = write_manifest(tmp_path, mini_images, images)
+    names = image_names(tmp_path)
+    answered = 3
+    arrivals = itertools.count()
+
+    def latency(body):  # the first 3 requests at once, the others held until the server stops
+        return 0.0 if next(arrivals) < answered else 3600.0
+
+    out, generator = tmp_path / "out", Generator(names, images)
+    with openai_stub(api_key=None, reply=generator, latency_s=latency) as held:
+        command = list(map(str, build_command(manifest, out, held.url)))
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            assert wait_for(lambda: sum(generator.asked.values()) == answered)
+            assert wait_for(lambda: len(held.requests) == 8)  # the rest of the first batch
+            wait_for(lambda: stored_count(out / "build.sqlite") == answered)
+        finally:
+            process.kill()  # SIGKILL: no clean-up
+            process.wait()
+        answers = set(generator.asked)  # before the server stops, which wakes the held requests
+    stored = stored_generations(out / "build.sqlite")
+    assert stored == answers and len(answers) == answered  # though their batch-mates did not
+
+    rerun = Generator(names, images)
+    with openai_stub(api_key=None, reply=rerun) as server:
+        command = list(map(str, build_command(manifest, out, server.url)))
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert finished.returncode == 0, finished.stderr
+    assert len(server.requests) == len(images) - answered
+    assert sorted(rerun.asked) == sorted(set(images) - stored)
+
+    whole = tmp_path / "whole"
+    with openai_stub(api_key=None, reply=Generator(names, images)) as server:
+        command = list(map(str, build_command(manifest, whole, server.url)))
+        finished = subprocess.run(command, capture_output=True, text=True, timeout=300)
+        assert finished.returncode == 0, finished.stderr
+    assert built_files(out) == built_files(whole) != {}
 
 
 def test_unlabelled_images_are_labelled_by_an_llm_and_the_source_recorded(tmp_path, mini_images):

@@ -1,9 +1,9 @@
 """Building a HoliSafe-style data set: images in, typed queries and reference responses out.
 
 The evaluation's flow runs the other way: image → generator Model → candidate pairs → filters →
-records. Every model reply is kept in the store (table `build_replies`, keyed by stage, by what
-the reply depends on, and by attempt), so a rerun after a crash, a `kill -9` or a spent budget
-asks only for what has no usable reply yet.
+records. Every model reply is kept in the store as soon as it arrives (table `build_replies`,
+keyed by stage, by what the reply depends on, and by attempt), so a rerun after a crash, a
+`kill -9` or a spent budget asks only for what has no usable reply yet.
 
 1. Labels (a folder of unlabelled images only): a Safe-VLM's safety head (`head`) or any model
    asked with the `label` prompt (`llm`); each image's label source goes into the provenance.

@@ -198,7 +198,7 @@ class _Build:
 
         def ask(keys):
             requests = [Request(query=text, image=by_key[k].image.load()) for k in keys]
-            return _generate_replies(model, requests, self.judge_settings)
+            return _generate_replies(model, keys, requests, self.judge_settings)
 
         return ask
 
@@ -209,7 +209,9 @@ class _Build:
             if not getattr(guard, "is_safe_vlm", False):
                 raise BuildError(f"{guard.spec} has no safety head; use --label-by llm")
             predictions = guard.classify([by_key[k].image.load() for k in keys])
-            return [(json.dumps(asdict(p)), None) for p in predictions]
+            return [
+                (k, json.dumps(asdict(p)), None) for k, p in zip(keys, predictions, strict=True)
+            ]
 
         return ask
 
@@ -225,7 +227,7 @@ class _Build:
                 Request(query=self._generation_text(by_key[k]), image=by_key[k].image.load())
                 for k in keys
             ]
-            return _generate_replies(model, requests, self.s.generation)
+            return _generate_replies(model, keys, requests, self.s.generation)
 
         job = _job(self.s.generator, prompt.sha256, self.s.per_type, self.s.generation.as_dict())
         stage = Stage(
@@ -322,7 +324,7 @@ class _Build:
                 )
                 for k in keys
             ]
-            return _generate_replies(model, requests, self.judge_settings)
+            return _generate_replies(model, keys, requests, self.judge_settings)
 
         job = _job(self.s.judge, prompt.sha256, self.judge_settings.as_dict())
         return Stage(
@@ -343,8 +345,15 @@ class _Build:
 
         def ask(keys):
             judge = LLMJudge(model(), template=template, settings=self.judge_settings)
-            verdicts = judge.judge([(_sample(by_key[k], k), by_key[k].item.response) for k in keys])
-            return [(v.raw, v.error) for v in verdicts]
+            requests, unasked = judge.prepare(
+                [(_sample(by_key[k], k), by_key[k].item.response) for k in keys]
+            )
+            for i, verdict in unasked.items():
+                yield keys[i], verdict.raw, verdict.error
+            asked = list(requests)
+            for i, response in judge.model.answers(list(requests.values()), judge.settings):
+                verdict = judge.verdict(response)
+                yield keys[asked[i]], verdict.raw, verdict.error
 
         def parse(key, text):
             verdict = parse_judge_output(text)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -14,7 +14,7 @@ from typing import Any
 
 from holisafe.build.common import Malformed
 from holisafe.core.chunks import chunks
-from holisafe.core.records import GenerationSettings, Model, Request, Response
+from holisafe.core.records import GenerationSettings, Model, ModelBase, Request, Response
 from holisafe.models import ModelOptions, load_model
 from holisafe.store import connect, transaction
 
@@ -38,13 +38,14 @@ class ReplyStore:
             found[key].append(text)
         return found
 
-    def save(self, stage: str, job: str, replies: dict[str, list[str]], keys: list[str]) -> None:
-        """Store the newest reply of each key as its next attempt, in one transaction."""
+    def save(self, stage: str, job: str, key: str, attempt: int, text: str) -> None:
+        """Store one reply as the key's attempt `attempt`, in a transaction of its own: a
+        commit costs no fsync in the store's WAL mode, little beside a model's reply."""
         now = datetime.now(UTC).isoformat(timespec="seconds")
         with transaction(self._db):
-            self._db.executemany(
+            self._db.execute(
                 "INSERT INTO build_replies VALUES (?, ?, ?, ?, ?, ?)",
-                [(stage, job, k, len(replies[k]), replies[k][-1], now) for k in keys],
+                (stage, job, key, attempt, text, now),
             )
 
     def count(self) -> int:
@@ -70,14 +71,18 @@ class Budget:
         return granted
 
 
+# One answer to a stage's request: (key, reply, error), the reply None when there is none.
+Answer = tuple[str, str | None, str | None]
+
+
 @dataclass(frozen=True)
 class Stage:
-    """One kind of request: `ask` sends a batch of keys and returns (reply, error) per key;
-    `parse` turns a reply into a value or raises Malformed."""
+    """One kind of request: `ask` sends a batch of keys and yields an Answer for each key as
+    soon as it arrives; `parse` turns a reply into a value or raises Malformed."""
 
     name: str
     job: str  # what every reply of the stage depends on (model, prompt, settings)
-    ask: Callable[[list[str]], list[tuple[str | None, str | None]]]
+    ask: Callable[[list[str]], Iterable[Answer]]
     parse: Callable[[str, str], Any]  # (key, reply) → value
     attempts: int
     batch: int
@@ -115,24 +120,21 @@ def run_stage(
     todo = [key for key in dict.fromkeys(keys) if not settled(key)]
     task = bar.add_task(f"{stage.name}", total=len(todo), visible=bool(todo))
     while todo:
-        asked = []
+        asked = set()
         for chunk in chunks(todo, stage.batch):
             granted = budget.grant(len(chunk))
             result.pending += chunk[granted:]
             if not granted:
                 continue
-            answers = stage.ask(chunk[:granted])
-            answered = []
-            for key, (text, error) in zip(chunk[:granted], answers, strict=True):
+            for key, text, error in stage.ask(chunk[:granted]):
                 if text is None:
                     result.failed[key] = error or "no reply"
                 else:
                     replies.setdefault(key, []).append(text)
-                    answered.append(key)
-            store.save(stage.name, stage.job, replies, answered)
-            asked += answered
-            bar.advance(task, granted)
-        todo = [key for key in asked if not settled(key)]
+                    store.save(stage.name, stage.job, key, len(replies[key]), text)
+                    asked.add(key)
+                bar.advance(task)
+        todo = [key for key in todo if key in asked and not settled(key)]
         bar.update(task, total=bar.tasks[task].total + len(todo))
     return result
 
@@ -154,20 +156,26 @@ class _Lazy:
         return self._model
 
 
-class Metered:
-    """A model whose replies' reported tokens are added to the budget."""
+class Metered(ModelBase):
+    """A model whose replies' reported tokens are added to the budget as they arrive."""
 
     def __init__(self, model: Model, budget: Budget):
         self._model, self._budget = model, budget
 
-    def generate(self, requests: list[Request], settings: GenerationSettings) -> list[Response]:
-        responses = self._model.generate(requests, settings)
-        self._budget.tokens += sum(response.tokens or 0 for response in responses)
-        return responses
+    def answers(
+        self, requests: list[Request], settings: GenerationSettings
+    ) -> Iterator[tuple[int, Response]]:
+        for index, response in self._model.answers(requests, settings):
+            self._budget.tokens += response.tokens or 0
+            yield index, response
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._model, name)
 
 
-def _generate_replies(model: _Lazy, requests: list[Request], settings: GenerationSettings):
-    return [(r.text, r.error) for r in model().generate(requests, settings)]
+def _generate_replies(
+    model: _Lazy, keys: list[str], requests: list[Request], settings: GenerationSettings
+) -> Iterator[Answer]:
+    """Each key's Answer as its request's Response arrives."""
+    for index, response in model().answers(requests, settings):
+        yield keys[index], response.text, response.error

@@ -3,6 +3,7 @@ verdict) and what every model backend offers: answer a batch of (image, query) r
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Protocol
 
@@ -85,7 +86,9 @@ class Response:
 
 
 class Model(Protocol):
-    """A backend. `generate` returns one Response per Request, in order.
+    """A backend. `answers` hands back each Response as soon as it is made, with its Request's
+    index: an API model in the order its replies arrive, a local model batch by batch.
+    `generate` returns them all at once, one per Request, in order (see `ModelBase`).
 
     A fault of one request (a timeout, a refused image, a malformed reply) is that Response's
     `error`; a fault that dooms every request raises ModelError. A reply without text is the
@@ -95,7 +98,26 @@ class Model(Protocol):
 
     spec: str
 
+    def answers(
+        self, requests: list[Request], settings: GenerationSettings
+    ) -> Iterator[tuple[int, Response]]: ...
+
     def generate(self, requests: list[Request], settings: GenerationSettings) -> list[Response]: ...
+
+
+class ModelBase:
+    """What a backend builds on its `answers`: `generate`, the same Responses in request order."""
+
+    def answers(
+        self, requests: list[Request], settings: GenerationSettings
+    ) -> Iterator[tuple[int, Response]]:
+        raise NotImplementedError
+
+    def generate(self, requests: list[Request], settings: GenerationSettings) -> list[Response]:
+        responses: list[Response | None] = [None] * len(requests)
+        for index, response in self.answers(requests, settings):
+            responses[index] = response
+        return responses
 
 
 @dataclass(frozen=True)

@@ -9,7 +9,7 @@ timeouts, refused connections) to the SDK. What is left after the retries is sor
 - a reply without text (none, empty or blank) is the model's answer, the empty string: asking
   again would get the same, so retrying it would keep the run from ever finishing;
 - a fault that dooms every request (a rejected key, an unknown model, an endpoint that cannot
-  be reached) raises ModelError from `generate`.
+  be reached) raises ModelError from `answers` (and so from `generate`).
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
 from types import ModuleType
@@ -30,7 +30,7 @@ from typing import ClassVar
 
 from PIL import Image
 
-from holisafe.core.records import GenerationSettings, ModelError, Request, Response
+from holisafe.core.records import GenerationSettings, ModelBase, ModelError, Request, Response
 from holisafe.core.text import replace_surrogates
 
 log = logging.getLogger(__name__)
@@ -179,23 +179,22 @@ def api_key_from(explicit: str | None, variables: tuple[str, ...]) -> str | None
     return next((os.environ[name] for name in variables if os.environ.get(name)), None)
 
 
-def answer_all(
+def answer_each(
     requests: list[Request], answer: Callable[[Request], Response], concurrency: int
-) -> list[Response]:
-    """`answer` applied to every request, `concurrency` at a time, results in request order.
+) -> Iterator[tuple[int, Response]]:
+    """`answer` applied to every request, `concurrency` at a time; each result with its
+    request's index, as soon as it is made.
 
-    When one call raises (a fatal ModelError), the requests not yet started are dropped, those
-    under way finish, and the error propagates.
+    When one call raises (a fatal ModelError), or the caller stops early, the requests not yet
+    started are dropped, those under way finish, and the error propagates.
     """
-    with ThreadPoolExecutor(max_workers=concurrency) as pool:
-        futures = [pool.submit(answer, request) for request in requests]
-        done, pending = wait(futures, return_when=FIRST_EXCEPTION)
-        for future in done:
-            if future.exception() is not None:
-                for waiting in pending:
-                    waiting.cancel()
-                raise future.exception()
-        return [future.result() for future in futures]
+    pool = ThreadPoolExecutor(max_workers=concurrency)
+    futures = {pool.submit(answer, request): index for index, request in enumerate(requests)}
+    try:
+        for future in as_completed(futures):
+            yield futures[future], future.result()
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def server_detail(body: object) -> str:
@@ -227,7 +226,7 @@ def root_cause(error: BaseException) -> str:
     return str(error) or type(error).__name__
 
 
-class ApiModel:
+class ApiModel(ModelBase):
     """Base of the API backends: validation, concurrency, timing and failure messages.
 
     A subclass sets `provider`, `key_variables` and `image_limits`, implements `_connect`
@@ -279,9 +278,11 @@ class ApiModel:
             "max_retries": self.max_retries,
         }
 
-    def generate(self, requests: list[Request], settings: GenerationSettings) -> list[Response]:
-        """One Response per Request, in order, up to `concurrency` requests in flight."""
-        return answer_all(
+    def answers(
+        self, requests: list[Request], settings: GenerationSettings
+    ) -> Iterator[tuple[int, Response]]:
+        """Each request's Response as its reply arrives, up to `concurrency` requests in flight."""
+        return answer_each(
             requests, lambda request: self._respond(request, settings), self.concurrency
         )
 

@@ -7,7 +7,7 @@ The model answers through its own processor and chat template (`AutoProcessor`,
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -27,6 +27,7 @@ from holisafe.core.errors import why
 from holisafe.core.hub import folder_revision, local_or_hub
 from holisafe.core.records import (
     GenerationSettings,
+    ModelBase,
     ModelError,
     Request,
     Response,
@@ -44,7 +45,7 @@ SPREAD = "map"
 T = TypeVar("T")
 
 
-class HFModel:
+class HFModel(ModelBase):
     """A local transformers model that answers image + query requests.
 
     `spec_or_path` is `hf/<Hub id or folder>` or the id or folder alone. `dtype` is `auto`
@@ -96,19 +97,17 @@ class HFModel:
             "model_class": type(self.model).__name__,
         }
 
-    def generate(self, requests: list[Request], settings: GenerationSettings) -> list[Response]:
-        """One Response per Request, in order; requests with and without an image batch apart."""
+    def answers(
+        self, requests: list[Request], settings: GenerationSettings
+    ) -> Iterator[tuple[int, Response]]:
+        """The Responses batch by batch; requests with and without an image batch apart."""
         if settings.max_new_tokens < 1 or settings.temperature < 0:
             raise ModelError(
                 "generation needs max_new_tokens >= 1 and temperature >= 0, got "
                 f"{settings.max_new_tokens} and {settings.temperature}"
             )
-        responses: list[Response | None] = [None] * len(requests)
         for batch in _batches(requests, self.batch_size):
-            answers = self._answer([requests[i] for i in batch], settings)
-            for index, answer in zip(batch, answers, strict=True):
-                responses[index] = answer
-        return responses
+            yield from zip(batch, self._answer([requests[i] for i in batch], settings), strict=True)
 
     @property
     def is_safe_vlm(self) -> bool:

@@ -33,7 +33,7 @@ from transformers import AutoTokenizer, PreTrainedModel
 from transformers.dynamic_module_utils import get_class_from_dynamic_module
 
 from holisafe.core.checkpoint import AUTO_CLASSES, CheckpointKind, inspect_checkpoint
-from holisafe.core.records import GenerationSettings, ModelError, Request, Response
+from holisafe.core.records import GenerationSettings, ModelBase, ModelError, Request, Response
 from holisafe.models.hf import (
     GUARD_QUERY,
     HFModel,
@@ -150,7 +150,7 @@ class RemoteSafeVLM(HFModel):
         return self.model(**inputs, do_safety=True).img_safety_probs
 
 
-class LlavaCodebaseModel:
+class LlavaCodebaseModel(ModelBase):
     """A released Safe-VLM in the original LLaVA code base's layout (SafeLLaVA), run through
     its own code, one request at a time."""
 
@@ -185,8 +185,11 @@ class LlavaCodebaseModel:
             "remote_code": True,
         }
 
-    def generate(self, requests: list[Request], settings: GenerationSettings) -> list[Response]:
-        return [self._answer(request, settings) for request in requests]
+    def answers(
+        self, requests: list[Request], settings: GenerationSettings
+    ) -> Iterator[tuple[int, Response]]:
+        for index, request in enumerate(requests):
+            yield index, self._answer(request, settings)
 
     def classify(self, images: list[Image.Image]):
         predictions = []

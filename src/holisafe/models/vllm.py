@@ -16,12 +16,13 @@ import subprocess
 import tempfile
 import time
 import weakref
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 
-from holisafe.core.records import GenerationSettings, ModelError, Request, Response
+from holisafe.core.records import GenerationSettings, ModelBase, ModelError, Request, Response
 from holisafe.models.openai_api import NO_KEY, OpenAIModel
 
 EXECUTABLE = "vllm"
@@ -49,7 +50,7 @@ class VLLMSettings:
         return arguments
 
 
-class VLLMModel:
+class VLLMModel(ModelBase):
     """`vllm/<Hub id or folder>`: the model served by a `vllm serve` this object starts."""
 
     def __init__(
@@ -112,8 +113,10 @@ class VLLMModel:
             "max_model_len": self.settings.max_model_len,
         }
 
-    def generate(self, requests: list[Request], settings: GenerationSettings) -> list[Response]:
-        return self._client.generate(requests, settings)
+    def answers(
+        self, requests: list[Request], settings: GenerationSettings
+    ) -> Iterator[tuple[int, Response]]:
+        return self._client.answers(requests, settings)
 
     def close(self) -> None:
         """Stop the server (also done when the object is collected or the process exits)."""
