@@ -134,6 +134,11 @@ def summary(states: Sequence[EndpointState]) -> str:
     )
 
 
+def _forget_before(times: deque[float], start: float) -> None:
+    while times and times[0] < start:
+        times.popleft()
+
+
 class EndpointPool(Generic[S]):
     """Sends each request to one endpoint's sender (see the module's docstring)."""
 
@@ -187,8 +192,7 @@ class EndpointPool(Generic[S]):
         now = time.monotonic()
         with self._changed:
             for member in self._members:
-                while member.answered and member.answered[0] < now - RATE_WINDOW_S:
-                    member.answered.popleft()
+                _forget_before(member.answered, now - RATE_WINDOW_S)
             return [
                 EndpointState(m.url, m.total, self._rate(m, now), m.in_rotation, m.outages)
                 for m in self._members
@@ -239,6 +243,7 @@ class EndpointPool(Generic[S]):
             member.in_flight -= 1
             member.strikes = 0
             member.answered.append(now)
+            _forget_before(member.answered, now - RATE_WINDOW_S)
             member.total += 1
             member.probing = False
             member.in_rotation = True  # a probe, or a late answer, that came back
