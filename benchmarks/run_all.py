@@ -72,6 +72,14 @@ BENCHMARKS = (
         "waiting on the network, so the ideal speed-up is the concurrency.",
     ),
     Benchmark(
+        "One model over 1, 2 and 3 endpoints (`openai` backend)",
+        "bench_endpoints.py",
+        "The `openai` backend sending 240 text requests to the first of three loopback "
+        "OpenAI-compatible stub servers (each a process of its own, 50 ms per request), then to "
+        "the first two, then to all three, 4 requests at once per endpoint. The ideal speed-up "
+        "is the number of endpoints; the goal is at least 2.7x at three.",
+    ),
+    Benchmark(
         "An image's own file against a PNG re-encoding (API backends)",
         "bench_image_bytes.py",
         "16 seeded photo-like 1024x768 JPEGs (gradients and soft blobs under noise, quality 90) "

@@ -10,14 +10,22 @@ received and the most requests it served at once.
 
     with openai_stub(reply="hello") as stub:
         client = OpenAI(base_url=stub.url, api_key=stub.api_key)
+
+`openai_stub_process` runs one in a process of its own, which can die for real (its sockets
+closed mid-request) and keeps a log of the queries it answered with a 200.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import json
+import os
 import re
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -229,6 +237,8 @@ class StubServer:
         stall_s: float = 30.0,
         reshape: Callable[[dict], Any] | None = None,
         port: int = 0,
+        served_log: str | None = None,
+        die_after: int | None = None,
     ):
         self.dialect = dialect
         self.reply = reply
@@ -238,6 +248,9 @@ class StubServer:
         self.retry_after_s = retry_after_s
         self.stall_s = stall_s
         self.reshape = reshape
+        self.served_log = served_log  # a file: one line a query answered with a 200
+        self.die_after = die_after  # requests; the next one kills the process (SIGKILL)
+        self.served_lock = threading.Lock()  # a reply and its log line, or the death
         self.requests: list[RecordedRequest] = []
         self.max_in_flight = 0
         self._in_flight = 0
@@ -284,6 +297,9 @@ class StubServer:
 
     def answer(self, path: str, headers: dict[str, str], body: dict) -> Answer:
         with self._lock:
+            if self.die_after is not None and len(self.requests) >= self.die_after:
+                with self.served_lock:  # no reply is half sent, or sent and not logged
+                    os.kill(os.getpid(), signal.SIGKILL)
             self.requests.append(RecordedRequest(path, headers, body))
             self._in_flight += 1
             self.max_in_flight = max(self.max_in_flight, self._in_flight)
@@ -355,11 +371,17 @@ def _handler_for(stub: StubServer) -> type[BaseHTTPRequestHandler]:
             body = json.loads(raw) if raw else {}
             headers = {name.lower(): value for name, value in self.headers.items()}
             path = self.path.split("?", 1)[0]
-            self._send(stub.answer(path, headers, body))
+            answer = stub.answer(path, headers, body)
+            with stub.served_lock:
+                self._send(answer)
+                if stub.served_log is not None and self.answered == 200:
+                    with open(stub.served_log, "a", encoding="utf-8") as log:
+                        log.write(json.dumps(query_of(body)) + "\n")
 
         def _send(self, answer: Answer) -> None:
             payload = answer.body if isinstance(answer.body, str) else json.dumps(answer.body)
             data = payload.encode()
+            self.answered = None
             with contextlib.suppress(BrokenPipeError, ConnectionResetError):
                 self.send_response(answer.status)
                 self.send_header("content-type", answer.content_type)
@@ -368,6 +390,8 @@ def _handler_for(stub: StubServer) -> type[BaseHTTPRequestHandler]:
                     self.send_header(name, value)
                 self.end_headers()
                 self.wfile.write(data)
+                self.wfile.flush()
+                self.answered = answer.status
 
         def log_message(self, format: str, *args: Any) -> None:
             pass  # keep test output clean
@@ -400,9 +424,81 @@ def gemini_stub(**options: Any) -> contextlib.AbstractContextManager[StubServer]
     return _running(GeminiDialect(), **options)
 
 
+def query_of(body: dict) -> str:
+    """The text of a chat completions request's last message (beside its image, if any)."""
+    content = body["messages"][-1]["content"]
+    if isinstance(content, str):
+        return content
+    return next(part["text"] for part in content if part.get("type") == "text")
+
+
+class StubProcess:
+    """An OpenAI-compatible stub in a child process (see `openai_stub_process`)."""
+
+    def __init__(self, process: subprocess.Popen, url: str, served_log: str):
+        self.process = process
+        self.url = url
+        self.served_log = served_log
+
+    def served(self) -> list[str]:
+        """The queries it answered with a 200, from its own log."""
+        with contextlib.suppress(FileNotFoundError), open(self.served_log) as log:
+            return [json.loads(line) for line in log]
+        return []
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+        self.process.wait()
+
+
+@contextlib.contextmanager
+def openai_stub_process(
+    served_log: str | os.PathLike, *, latency_s: float = 0.0, die_after: int | None = None
+) -> Iterator[StubProcess]:
+    """An OpenAI-compatible stub (any key accepted, model `stub-model`, replying "stub
+    answer") in a child process, logging each query it answers with a 200 to `served_log`;
+    with `die_after`, the request after that many kills the process (SIGKILL): its sockets
+    close, its requests in flight get no reply."""
+    command = [sys.executable, "-m", "tests.stub_servers", "--served-log", str(served_log)]
+    command += ["--latency-s", str(latency_s)]
+    if die_after is not None:
+        command += ["--die-after", str(die_after)]
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, text=True, cwd=root)
+    stub = StubProcess(process, process.stdout.readline().strip(), str(served_log))
+    try:
+        yield stub
+    finally:
+        stub.stop()
+
+
+def _serve_in_this_process() -> None:
+    parser = argparse.ArgumentParser(description="An OpenAI-compatible stub server.")
+    parser.add_argument("--served-log", required=True)
+    parser.add_argument("--latency-s", type=float, default=0.0)
+    parser.add_argument("--die-after", type=int)
+    parser.add_argument("--port", type=int, default=0, help="0: a free one")
+    args = parser.parse_args()
+    stub = StubServer(
+        OpenAIDialect(),
+        api_key=None,
+        latency_s=args.latency_s,
+        served_log=args.served_log,
+        die_after=args.die_after,
+        port=args.port,
+    )
+    print(stub.url, flush=True)
+    stub._server.serve_forever(poll_interval=0.02)
+
+
 def closed_port_url() -> str:
     """A loopback URL on which nothing listens."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
     return f"http://127.0.0.1:{port}/v1"
+
+
+if __name__ == "__main__":
+    _serve_in_this_process()

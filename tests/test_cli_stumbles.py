@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 import holisafe
 from holisafe.cli import app
+from holisafe.models.endpoints import Endpoint
 
 
 def _commands(command, path: list[str]):
@@ -58,7 +59,7 @@ def test_judges_old_base_url_still_reaches_the_judge(monkeypatch, tmp_path):
     monkeypatch.setattr("holisafe.run.evaluate.judge_stored", judge_stored)
     for name in ("--base-url", "--judge-base-url"):
         invoke("judge", "--store", tmp_path / "s.sqlite", "--judge", "x/y", name, "http://j:1")
-        assert seen.pop("base_url") == "http://j:1"
+        assert seen.pop("base_url") == (Endpoint("http://j:1"),)
 
 
 def test_report_format_html_points_at_html_dir():

@@ -13,15 +13,18 @@ from holisafe.cli.options import (
     ConcurrencyOpt,
     DeviceOpt,
     DtypeOpt,
+    EndpointsOpt,
     FormatOpt,
     ImageRootOpt,
     JsonOpt,
     JudgeBaseUrlOpt,
+    JudgeEndpointsOpt,
     JudgeTemplateOpt,
     MaxRetriesOpt,
     OverwriteOpt,
     SourceArg,
     TimeoutOpt,
+    endpoints,
     model_options,
 )
 from holisafe.cli.output import console, err_console, report_skipped
@@ -177,11 +180,16 @@ def data_build(
     ],
     out: Annotated[Path, typer.Argument(help="Output folder: train/, test/, provenance.json.")],
     generator: Annotated[str, typer.Option(help="Model that writes the pairs (any model spec).")],
-    base_url: Annotated[str | None, typer.Option(help="Server of the generator's API.")] = None,
+    base_url: Annotated[
+        list[str] | None,
+        typer.Option(help="Server of the generator's API; repeat to spread the requests."),
+    ] = None,
+    endpoints_file: EndpointsOpt = None,
     judge: Annotated[
         str | None, typer.Option(help="Model that checks each pair's type and response.")
     ] = None,
     judge_base_url: JudgeBaseUrlOpt = None,
+    judge_endpoints: JudgeEndpointsOpt = None,
     judge_template: JudgeTemplateOpt = None,
     label_model: Annotated[
         str | None, typer.Option(help="Model that labels the images of an unlabelled folder.")
@@ -189,7 +197,9 @@ def data_build(
     label_by: Annotated[
         str, typer.Option(help="llm (any model, asked) or head (a Safe-VLM's safety head).")
     ] = "llm",
-    label_base_url: Annotated[str | None, typer.Option(help="Server of the labeller.")] = None,
+    label_base_url: Annotated[
+        list[str] | None, typer.Option(help="Server of the labeller; repeat for several.")
+    ] = None,
     per_type: Annotated[int, typer.Option(help="Queries per type per image.")] = 1,
     retries: Annotated[int, typer.Option(help="Retries of a malformed model reply.")] = 2,
     test_ratio: Annotated[float, typer.Option(help="Share of images in the test split.")] = 0.26,
@@ -227,7 +237,8 @@ def data_build(
     device: DeviceOpt = "auto",
 ) -> None:
     """Build a HoliSafe-style data set: typed queries and reference responses for images."""
-    options = model_options(locals())  # its base URL is the generator's
+    # its base URL is the generator's
+    options = model_options(locals(), base_url=endpoints(base_url, endpoints_file))
     from dataclasses import replace
 
     from holisafe.build import BuildSettings, build_dataset
@@ -254,8 +265,8 @@ def data_build(
         judge_template=judge_template,
         generation=GenerationSettings(max_new_tokens=max_new_tokens, temperature=temperature),
         generator_options=options,
-        judge_options=replace(options, base_url=judge_base_url),
-        label_options=replace(options, base_url=label_base_url),
+        judge_options=replace(options, base_url=endpoints(judge_base_url, judge_endpoints)),
+        label_options=replace(options, base_url=endpoints(label_base_url, None)),
     )
     outcome = build_dataset(settings, dry_run=dry_run, progress=not dry_run)
     left = ", ".join(f"{n} {stage}" for stage, n in outcome.pending.items()) or "none"

@@ -8,14 +8,17 @@ from typing import Annotated
 import typer
 
 from holisafe.cli.options import (
+    BaseUrlOpt,
     BenchOpt,
     ConcurrencyOpt,
     DeviceOpt,
     DtypeOpt,
+    EndpointsOpt,
     HeadInputOpt,
     JudgeBaseUrlOpt,
     JudgeBatchOpt,
     JudgeBatchSizeOpt,
+    JudgeEndpointsOpt,
     JudgeProtocolOpt,
     JudgeTemplateOpt,
     LimitOpt,
@@ -25,6 +28,7 @@ from holisafe.cli.options import (
     SkipInvalidOpt,
     TimeoutOpt,
     TrustRemoteCodeOpt,
+    endpoints,
     model_options,
 )
 from holisafe.cli.output import (
@@ -57,9 +61,8 @@ def eval_command(
     temperature: Annotated[float, typer.Option(help="0 means greedy decoding.")] = 0.0,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
-    base_url: Annotated[
-        str | None, typer.Option(help="Server of an OpenAI-compatible (or other) API.")
-    ] = None,
+    base_url: BaseUrlOpt = None,
+    endpoints_file: EndpointsOpt = None,
     api_key: Annotated[
         str | None,
         typer.Option(help="Key of the model's API (default: the provider's variable)."),
@@ -69,6 +72,7 @@ def eval_command(
     run: Annotated[int | None, typer.Option(help="Resume this run id explicitly.")] = None,
     skip_invalid: SkipInvalidOpt = False,
     judge_base_url: JudgeBaseUrlOpt = None,
+    judge_endpoints: JudgeEndpointsOpt = None,
     judge_template: JudgeTemplateOpt = None,
     judge_protocol: JudgeProtocolOpt = "toolkit",
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -90,7 +94,7 @@ def eval_command(
     ] = None,
 ) -> None:
     """Answer a benchmark with a model, judge the answers and print the leaderboard row."""
-    options = model_options(locals())
+    options = model_options(locals(), base_url=endpoints(base_url, endpoints_file))
     from dataclasses import replace
 
     from holisafe.models import GenerationSettings
@@ -108,7 +112,9 @@ def eval_command(
         skip_invalid=skip_invalid,
         run_id=run,
         progress=True,
-        judge_options=replace(options, base_url=judge_base_url, api_key=None),
+        judge_options=replace(
+            options, base_url=endpoints(judge_base_url, judge_endpoints), api_key=None
+        ),
         judge_template=judge_template,
         judge_protocol=judge_protocol,
         judge_batch=judge_batch,
@@ -135,6 +141,7 @@ def judge_command(
         typer.Option(help="string, or an LLM judge's model spec (openai/gpt-4o, ...); repeat."),
     ],
     judge_base_url: JudgeBaseUrlOpt = None,
+    judge_endpoints: JudgeEndpointsOpt = None,
     api_key: Annotated[
         str | None, typer.Option(help="Key of the judges' API (default: the provider's variable).")
     ] = None,
@@ -154,7 +161,8 @@ def judge_command(
     base_url: OldJudgeBaseUrlOpt = None,
 ) -> None:
     """Judge the responses already in a store (no generation); print the leaderboard."""
-    options = model_options(locals(), base_url=judge_base_url or base_url)  # the judges' options
+    servers = endpoints(judge_base_url or base_url, judge_endpoints)
+    options = model_options(locals(), base_url=servers)  # the judges' options
     from holisafe.run.evaluate import judge_stored
 
     outcomes = judge_stored(

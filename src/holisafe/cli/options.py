@@ -11,6 +11,7 @@ import typer
 
 if TYPE_CHECKING:
     from holisafe.models import ModelOptions
+    from holisafe.models.endpoints import Endpoint
 
 # Data sets
 SourceArg = Annotated[
@@ -59,15 +60,41 @@ MaxRetriesOpt = Annotated[
     int, typer.Option(help="Retries of an API request (rate limits, 5xx, timeouts).")
 ]
 
+# Servers of an API model: --base-url repeated, or a file of them (holisafe.models.endpoints)
+BaseUrlOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--base-url",
+        help="Server of an OpenAI-compatible (or other) API; repeat to spread the requests "
+        "over several.",
+    ),
+]
+EndpointsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--endpoints",
+        help="File of the model's servers: one URL a line, optionally followed by "
+        "concurrency=N (else --concurrency); adds to --base-url.",
+    ),
+]
+
 # LLM judges
 JudgeBaseUrlOpt = Annotated[
-    str | None,
+    list[str] | None,
     typer.Option(
-        "--judge-base-url", help="Server of the LLM judges' API (default: the provider's)."
+        "--judge-base-url",
+        help="Server of the LLM judges' API (default: the provider's); repeat for several.",
+    ),
+]
+JudgeEndpointsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--judge-endpoints",
+        help="File of the LLM judges' servers, as --endpoints; adds to --judge-base-url.",
     ),
 ]
 # `holisafe judge`'s first name for --judge-base-url, still accepted.
-OldJudgeBaseUrlOpt = Annotated[str | None, typer.Option("--base-url", hidden=True)]
+OldJudgeBaseUrlOpt = Annotated[list[str] | None, typer.Option("--base-url", hidden=True)]
 JudgeBatchSizeOpt = Annotated[int, typer.Option(help="Samples per batch (hf judges).")]
 JudgeTemplateOpt = Annotated[
     Path | None,
@@ -104,6 +131,17 @@ ImageBatchSizeOpt = Annotated[int, typer.Option(help="Images per forward pass.")
 MetaTokenPlacementOpt = Annotated[
     str, typer.Option(help="With --vgm meta_token: llm, or vision (LLaVA; the paper's).")
 ]
+
+
+def endpoints(urls: list[str] | None, file: Path | None) -> tuple[Endpoint, ...] | None:
+    """The servers that a repeated URL option and an endpoints file name together, as a
+    ModelOptions `base_url`; None (the provider's own) when neither names any."""
+    from holisafe.models.endpoints import Endpoint, read_endpoints_file
+
+    listed = [Endpoint(url) for url in urls or ()]
+    listed += read_endpoints_file(file) if file is not None else ()
+    return tuple(listed) or None
+
 
 # A command's argument that carries a ModelOptions field under another name.
 FIELD_OF_ARGUMENT = {"timeout": "timeout_s"}

@@ -16,8 +16,10 @@ from holisafe.cli.options import (
     JsonOpt,
     JudgeBaseUrlOpt,
     JudgeBatchSizeOpt,
+    JudgeEndpointsOpt,
     MaxRetriesOpt,
     TimeoutOpt,
+    endpoints,
     model_options,
 )
 from holisafe.cli.output import console, err_console
@@ -154,6 +156,7 @@ def compare_command(
     run: Annotated[list[int], typer.Option(help="The two run ids to compare: --run A --run B.")],
     judge: Annotated[str, typer.Option(help="The pairwise judge: a model spec (openai/gpt-4o).")],
     judge_base_url: JudgeBaseUrlOpt = None,
+    judge_endpoints: JudgeEndpointsOpt = None,
     api_key: Annotated[
         str | None, typer.Option(help="Key of the judge's API (default: the provider's variable).")
     ] = None,
@@ -171,7 +174,7 @@ def compare_command(
     max_retries: MaxRetriesOpt = 5,
 ) -> None:
     """Judge two runs' answers to the same samples pairwise, in both orders: A's win rates."""
-    options = model_options(locals(), base_url=judge_base_url)
+    options = model_options(locals(), base_url=endpoints(judge_base_url, judge_endpoints))
     from holisafe.scoring.compare import CompareError, compare_runs
     from holisafe.scoring.metrics import Bootstrap
 

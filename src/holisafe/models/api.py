@@ -15,13 +15,14 @@ timeouts, refused connections) to the SDK. What is left after the retries is sor
 from __future__ import annotations
 
 import base64
+import copy
 import io
 import logging
 import os
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, replace
@@ -32,6 +33,7 @@ from PIL import Image
 
 from holisafe.core.records import GenerationSettings, ModelBase, ModelError, Request, Response
 from holisafe.core.text import replace_surrogates
+from holisafe.models.endpoints import Endpoint, EndpointFault, EndpointPool, endpoints_of
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +67,17 @@ GEMINI_IMAGES = ImageLimits(("image/jpeg", "image/png", "image/webp"), 19 * MB)
 
 
 class RequestFailed(Exception):
-    """A fault of one request: it becomes that Response's error and the run goes on."""
+    """A fault of one request: it becomes that Response's error and the run goes on.
+    `endpoint_fault`: the endpoint's fault (a timeout, a server error), which another
+    endpoint may not have."""
+
+    def __init__(self, message: str, *, endpoint_fault: bool = False):
+        super().__init__(message)
+        self.endpoint_fault = endpoint_fault
+
+
+class EndpointUnreachable(ModelError):
+    """The endpoint cannot be reached after the SDK's retries; fatal for a lone endpoint."""
 
 
 @dataclass(frozen=True)
@@ -229,6 +241,10 @@ def root_cause(error: BaseException) -> str:
 class ApiModel(ModelBase):
     """Base of the API backends: validation, concurrency, timing and failure messages.
 
+    Requests go through an EndpointPool (`holisafe.models.endpoints`) over the endpoints that
+    `base_url` names, each reached by a copy of the model connected to it; the model itself
+    is connected to the first (for the batch APIs).
+
     A subclass sets `provider`, `key_variables` and `image_limits`, implements `_connect`
     (create its SDK client, honouring `timeout_s` and `max_retries`, and set `endpoint` to the
     URL it talks to) and `_send`, which returns a Reply or raises RequestFailed / ModelError.
@@ -242,7 +258,7 @@ class ApiModel(ModelBase):
         self,
         name: str,
         *,
-        base_url: str | None = None,
+        base_url: str | Sequence[str | Endpoint] | None = None,
         api_key: str | None = None,
         concurrency: int = 8,
         timeout_s: float = 60.0,
@@ -262,8 +278,15 @@ class ApiModel(ModelBase):
         self.timeout_s = timeout_s
         self.max_retries = max_retries
         self.endpoint = ""
-        self.reencoded = Reencodings()
-        self._connect(api_key_from(api_key, self.key_variables), base_url)
+        self.reencoded = Reencodings()  # shared with the copies
+        key = api_key_from(api_key, self.key_variables)
+        members = []
+        for endpoint in endpoints_of(base_url):
+            sender = copy.copy(self) if members else self
+            sender._connect(key, endpoint.url)
+            members.append((sender.endpoint, sender, endpoint.concurrency or concurrency))
+        self.pool = EndpointPool(members)
+        self.concurrency = self.pool.concurrency
 
     def _connect(self, key: str | None, base_url: str | None) -> None:
         raise NotImplementedError
@@ -272,7 +295,7 @@ class ApiModel(ModelBase):
     def details(self) -> dict[str, object]:
         """How the model is reached, to record beside the generation settings."""
         return {
-            "endpoint": self.endpoint,
+            "endpoint": ", ".join(self.pool.urls),
             "concurrency": self.concurrency,
             "timeout_s": self.timeout_s,
             "max_retries": self.max_retries,
@@ -300,8 +323,8 @@ class ApiModel(ModelBase):
     def _respond(self, request: Request, settings: GenerationSettings) -> Response:
         start = time.perf_counter()
         try:
-            reply = self._send(request, settings)
-        except RequestFailed as failure:
+            reply = self.pool.send(lambda sender: sender._reply(request, settings))
+        except (RequestFailed, EndpointFault) as failure:
             return Response(None, error=str(failure), latency_s=time.perf_counter() - start)
         except RecursionError:  # the SDK's JSON parser, on a reply nested without end
             error = "malformed reply: JSON nested too deeply"
@@ -317,6 +340,17 @@ class ApiModel(ModelBase):
         text = replace_surrogates(reply.text)
         truncated = reply.stop_reason in LENGTH_STOP_REASONS
         return Response(text, latency_s=latency_s, tokens=reply.tokens, truncated=truncated)
+
+    def _reply(self, request: Request, settings: GenerationSettings) -> Reply:
+        """This endpoint's reply; a fault another endpoint may not have is an EndpointFault."""
+        try:
+            return self._send(request, settings)
+        except EndpointUnreachable as error:
+            raise EndpointFault(error, down=True) from error
+        except RequestFailed as failure:
+            if failure.endpoint_fault:
+                raise EndpointFault(failure, down=False) from failure
+            raise
 
     def _sane_tokens(self, tokens: object) -> int | None:
         """The token count a reply reports, when it is a count; anything else (a string, a
@@ -344,7 +378,9 @@ class ApiModel(ModelBase):
             return RequestFailed(f"rate limited (429) after {_retries(self.max_retries)}")
         if status >= 500:
             retries = _retries(self.max_retries)
-            return RequestFailed(f"server error ({status}) after {retries}: {detail}")
+            return RequestFailed(
+                f"server error ({status}) after {retries}: {detail}", endpoint_fault=True
+            )
         return RequestFailed(f"request rejected ({status}): {detail}")
 
     def key_rejected(self, status: int, detail: str) -> ModelError:
@@ -356,13 +392,14 @@ class ApiModel(ModelBase):
         )
 
     def timed_out(self) -> RequestFailed:
-        return RequestFailed(f"timed out after {self.timeout_s:g} s ({_retries(self.max_retries)})")
+        message = f"timed out after {self.timeout_s:g} s ({_retries(self.max_retries)})"
+        return RequestFailed(message, endpoint_fault=True)
 
-    def unreachable(self, error: BaseException) -> ModelError:
+    def unreachable(self, error: BaseException) -> EndpointUnreachable:
         # Fatal: the SDK has already retried with backoff, so an endpoint that still cannot be
         # reached would fail every remaining request the same way. Stopping says so once, and
         # a rerun resumes from the store when the server is back.
-        return ModelError(
+        return EndpointUnreachable(
             f"{self.provider}: cannot reach {self.endpoint}: {root_cause(error)} "
             f"(after {_retries(self.max_retries)})"
         )

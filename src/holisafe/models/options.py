@@ -7,7 +7,10 @@ own options class, whose fields are keyword parameters of the backend's loader.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
+
+from holisafe.models.endpoints import Endpoint
 
 
 @dataclass(frozen=True)
@@ -32,9 +35,10 @@ class ClientOptions:
 
 @dataclass(frozen=True)
 class APIOptions(ClientOptions):
-    """A model behind a provider's API (`openai/`, `anthropic/`, `google/`)."""
+    """A model behind a provider's API (`openai/`, `anthropic/`, `google/`). `base_url` is
+    one server, or several to spread the requests over (`holisafe.models.endpoints`)."""
 
-    base_url: str | None = None
+    base_url: str | Sequence[str | Endpoint] | None = None
     api_key: str | None = None
 
 

@@ -7,7 +7,7 @@ model never imports torch, and a local model never imports the API SDKs.
 from __future__ import annotations
 
 import importlib
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 from holisafe.core.records import Model, ModelError
@@ -36,7 +36,10 @@ class Provider:
     def load(self, name: str, options: ModelOptions) -> Model:
         backend_options = self.options_of(options)
         loader = getattr(importlib.import_module(self.module), self.loader)
-        return loader(name, **asdict(backend_options))
+        # its fields as they are (asdict would turn Endpoints into dicts)
+        return loader(
+            name, **{f.name: getattr(backend_options, f.name) for f in fields(self.options)}
+        )
 
 
 def _api(name: str, module: str, model_class: str) -> Provider:

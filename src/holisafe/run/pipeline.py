@@ -24,6 +24,7 @@ from rich.progress import Progress
 from holisafe.core.records import Model, Response
 from holisafe.data import Sample
 from holisafe.judges import Judge
+from holisafe.models.endpoints import summary
 from holisafe.run.leases import ANSWERING, Leases
 from holisafe.store import Store
 
@@ -48,10 +49,17 @@ def feed_of(backend: object, batch_size: int) -> Feed:
     return Feed(lanes=1, batch=getattr(backend, "batch_size", batch_size))
 
 
+def _pool_of(backend: object) -> Any:
+    """The backend's EndpointPool when it spreads requests over several endpoints."""
+    pool = getattr(backend, "pool", None)
+    return pool if pool is not None and len(pool.urls) > 1 else None
+
+
 @dataclass
 class _Stage:
     task: str  # ANSWERING, or a judge id
-    open: Callable[[], tuple[Feed, str]]  # called before its first call: (feed, description)
+    # called before its first call: (feed, description, the EndpointPool of several or None)
+    open: Callable[[], tuple[Feed, str, Any]]
     work: Callable[[list[Any]], list[Any]]  # a batch of items → one result per item
     commit: Callable[[list[str], list[Any]], None]  # (sample ids, results) → saved
     feed: Feed = Feed(1, 1)
@@ -64,6 +72,8 @@ class _Stage:
     done: int = 0
     pool: ThreadPoolExecutor | None = None
     bar_task: int | None = None
+    description: str = ""
+    endpoints: Any = None  # the backend's EndpointPool, when it has several endpoints
 
     def offer(self, sample_id: str, item: Any) -> None:
         if sample_id not in self.attempted and sample_id not in self.items:
@@ -103,9 +113,10 @@ class Pipeline:
         is called only when there is a sample to answer)."""
         loaded: list[Model] = []
 
-        def open_model() -> tuple[Feed, str]:
+        def open_model() -> tuple[Feed, str, Any]:
             loaded.append(load())
-            return feed_of(loaded[0], batch_size), f"answering with {loaded[0].spec}"
+            description = f"answering with {loaded[0].spec}"
+            return feed_of(loaded[0], batch_size), description, _pool_of(loaded[0])
 
         self.answering = _Stage(
             ANSWERING,
@@ -115,10 +126,11 @@ class Pipeline:
         )
 
     def judge_with(self, judge: Judge, batch_size: int) -> None:
-        feed = feed_of(getattr(judge, "model", judge), batch_size)
+        backend = getattr(judge, "model", judge)
+        feed = feed_of(backend, batch_size)
         stage = _Stage(
             judge.id,
-            lambda: (feed, f"judging with {judge.id}"),
+            lambda: (feed, f"judging with {judge.id}", _pool_of(backend)),
             judge.judge,
             lambda ids, verdicts: self.store.save_verdicts(
                 self.run_id, judge.id, zip(ids, verdicts, strict=True)
@@ -197,9 +209,9 @@ class Pipeline:
             count -= len(claimed)
 
     def _start(self, stage: _Stage) -> None:
-        stage.feed, description = stage.open()
+        stage.feed, stage.description, stage.endpoints = stage.open()
         stage.pool = ThreadPoolExecutor(stage.feed.lanes, thread_name_prefix="holisafe")
-        stage.bar_task = self.bar.add_task(description, total=None)
+        stage.bar_task = self.bar.add_task(stage.description, total=None)
 
     def _collect(self) -> None:
         """Commit every call that has finished, waiting for at least one (or a renewal)."""
@@ -235,4 +247,12 @@ class Pipeline:
         for stage in self._stages:
             if stage.bar_task is not None:
                 left = len(stage.queue) + len(stage.held) + stage.running
-                self.bar.update(stage.bar_task, completed=stage.done, total=stage.done + left)
+                description = stage.description
+                if stage.endpoints is not None:
+                    description += f" ({summary(stage.endpoints.states())})"
+                self.bar.update(
+                    stage.bar_task,
+                    completed=stage.done,
+                    total=stage.done + left,
+                    description=description,
+                )
