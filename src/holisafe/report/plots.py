@@ -275,7 +275,7 @@ def gate_curve_plot(
     by_threshold.set_ylim(-2, 102)
     by_threshold.set_xlabel("gate when the unsafe score 1 − p(safe) ≥ threshold")
     by_threshold.set_ylabel("%")
-    by_threshold.legend(fontsize=8, loc="center left")
+    by_threshold.legend(fontsize=8, loc="upper right")
     trade_off.plot(rr, masr, marker=".", markersize=3, linewidth=1, label="every threshold")
     run = curve.as_run
     trade_off.plot(
@@ -296,7 +296,9 @@ def gate_curve_plot(
             else f"chosen: gate at ≥ {gate_label(chosen)}",
         )
     trade_off.set_xlim(-2, 102)
-    trade_off.set_ylim(-2, 102)
+    highest = max((m for m in masr if m == m), default=0.0)  # NaN: no mASR at that point
+    top = max(10.0, 1.15 * highest)  # a low mASR keeps its detail
+    trade_off.set_ylim(-0.02 * top, top)
     trade_off.set_xlabel("RR % (safe questions refused)")
     trade_off.set_ylabel(f"{name} %")
     trade_off.legend(fontsize=8, loc="upper right")
