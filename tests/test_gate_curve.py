@@ -296,6 +296,10 @@ def test_errors_are_one_line_and_name_the_next_command(built, tmp_path, run_cli)
     assert code == 2 and "pick one with --judge" in out
     code, out = run_cli(*store, "--run", "1", "--judge", "string", "--target-rr", "-1")
     assert code == 2 and "no threshold keeps RR at or below -1; the lowest RR is" in out
+    code, out = run_cli(*store, "--run", "1", "--judge", "string", "--points", "1")
+    assert code == 2 and out == "error: --points must be at least 2, got 1"
+    code, out = run_cli(*store, "--run", "1", "--judge", "string", "--reading", "mean")
+    assert code == 2 and out == "error: unknown mASR reading 'mean'; choose type_mean or pooled"
     for out in (run_cli(*store, "--run", "2")[1], run_cli(*store, "--run", "9")[1]):
         assert "\n" not in out and "Traceback" not in out
 

@@ -247,6 +247,7 @@ def gate_curve_command(
     from holisafe.report.plots import gate_curve_plot
     from holisafe.report.tables import write_gate_curve_csv
     from holisafe.scoring.gate_curve import (
+        GateCurveError,
         check_reading,
         choose_threshold,
         gate_curve,
@@ -256,7 +257,7 @@ def gate_curve_command(
 
     check_reading(reading)
     if points < 2:
-        raise typer.BadParameter(f"--points must be at least 2, got {points}")
+        raise GateCurveError(f"--points must be at least 2, got {points}")
     with Store(store, create=False) as opened:
         model = opened.get_run(run).model
         judge, items = store_gate_items(opened, run, judge)
