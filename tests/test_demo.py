@@ -63,6 +63,17 @@ def test_demo_trains_evaluates_and_reports_three_models(quick_demo):
     assert re.search(r"guard on 76 images", output)
 
 
+def test_demo_prints_the_safe_vlms_gating_curve_and_its_chosen_gate(quick_demo):
+    _, output = quick_demo
+    assert "gating the safe-vlm at the prefill (string judge)" in output
+    target = re.search(r"the threshold for RR ≤ ([\d.]+), the ungated RR \+ 5", output)
+    chosen = next(line for line in output.splitlines() if "(chosen)" in line)
+    as_run = next(line for line in output.splitlines() if "(as run)" in line)
+    ungated_rr = float(as_run.split("│")[-2])
+    assert float(chosen.split("│")[-2]) <= float(target.group(1))
+    assert float(target.group(1)) == pytest.approx(ungated_rr + 5, abs=0.01)
+
+
 def test_demo_reruns_into_its_own_folder_but_not_a_foreign_one(quick_demo, tmp_path):
     out, _ = quick_demo
     assert (out / MARKER).exists()

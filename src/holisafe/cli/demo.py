@@ -7,7 +7,12 @@ from typing import Annotated
 
 import typer
 
-from holisafe.cli.output import console, print_guard_metrics, print_leaderboard
+from holisafe.cli.output import (
+    console,
+    print_gate_curve,
+    print_guard_metrics,
+    print_leaderboard,
+)
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -40,5 +45,8 @@ def demo_command(
     print_leaderboard(result.store, None)
     if result.guard is not None:
         print_guard_metrics(result.guard)
+    gate = result.gate
+    title = "gating the safe-vlm at the prefill (string judge)"
+    print_gate_curve(gate.curve, title, 7, gate.chosen, gate.target)
     console.print(f"HTML report: {result.report}")
     console.print(f"finished in {result.seconds:.0f} s. {SCALE_NOTE}", style="yellow")

@@ -132,6 +132,23 @@ MetaTokenPlacementOpt = Annotated[
     str, typer.Option(help="With --vgm meta_token: llm, or vision (LLaVA; the paper's).")
 ]
 
+# The gating trade-off of a Safe-VLM run (holisafe gate-curve)
+TargetRrOpt = Annotated[
+    float | None,
+    typer.Option(help="Choose the threshold with the lowest mASR whose RR is at most this (%)."),
+]
+TargetMasrOpt = Annotated[
+    float | None,
+    typer.Option(help="Choose the threshold with the lowest RR whose mASR is at most this (%)."),
+]
+MasrReadingOpt = Annotated[
+    str,
+    typer.Option(
+        help="mASR reading the targets and the plot use: pooled (the published tables') or "
+        "type_mean (the official scripts' avg_ASR)."
+    ),
+]
+
 
 def endpoints(urls: list[str] | None, file: Path | None) -> tuple[Endpoint, ...] | None:
     """The servers that a repeated URL option and an endpoints file name together, as a

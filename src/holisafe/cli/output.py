@@ -84,3 +84,41 @@ def report_skipped_lines(lines: list[str]) -> None:
         err_console.print(f"skipped {printable(line)}", markup=False, highlight=False)
     if lines:
         err_console.print(f"skipped {len(lines)} invalid record(s)")
+
+
+def print_gate_curve(curve, title: str, rows: int, chosen=None, target: str = "") -> None:
+    """About `rows` points of a run's gating curve, then the `chosen` point (met `target`)
+    beside the run as it was made."""
+    from holisafe.report.tables import gate_curve_grid, gate_label
+    from holisafe.scoring.gate_curve import thinned
+
+    shown = thinned(curve, rows)
+    grid = gate_curve_grid([(gate_label(point), point) for point in shown])
+    console.print(_rich_table(grid, f"{title}: {len(shown)} of {len(curve.points)} thresholds"))
+    if curve.unscored:
+        err_console.print(
+            f"note: {curve.unscored} sample(s) have no head score (no answer stored); they are "
+            "never gated"
+        )
+    if chosen is None:
+        return
+    run = curve.as_run
+    own = "never (as run)" if run.threshold is None else f"{gate_label(run)} (the run's own)"
+    grid = gate_curve_grid([(own, run), (f"{gate_label(chosen)} (chosen)", chosen)])
+    console.print(_rich_table(grid, f"the threshold for {target}, beside the run as made"))
+
+
+def _rich_table(grid, title: str) -> Table:
+    from holisafe.report.tables import column_title
+
+    table = Table(title=title)
+    for column, numeric in zip(grid.header, grid.numeric_columns(), strict=True):
+        title = column_title(*column)
+        widest = max(6, *map(len, title.split()))  # a figure or a word of its title, whole
+        justify = "right" if numeric else "left"
+        table.add_column(title, justify=justify, min_width=widest, no_wrap=not numeric)
+    for row in grid.rows:
+        table.add_row(
+            *("–" if v is None else f"{v:.2f}" if isinstance(v, float) else str(v) for v in row)
+        )
+    return table

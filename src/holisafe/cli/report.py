@@ -1,4 +1,5 @@
-"""`holisafe report` and `compare`: what a store holds, as tables, files and win rates."""
+"""`holisafe report`, `compare` and `gate-curve`: what a store holds, as tables, files, win
+rates and a Safe-VLM run's gating trade-off."""
 
 from __future__ import annotations
 
@@ -17,12 +18,15 @@ from holisafe.cli.options import (
     JudgeBaseUrlOpt,
     JudgeBatchSizeOpt,
     JudgeEndpointsOpt,
+    MasrReadingOpt,
     MaxRetriesOpt,
+    TargetMasrOpt,
+    TargetRrOpt,
     TimeoutOpt,
     endpoints,
     model_options,
 )
-from holisafe.cli.output import console, err_console
+from holisafe.cli.output import console, err_console, print_gate_curve
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -217,3 +221,67 @@ def _print_win_rates(comparison) -> None:
         counts = (rate.wins, rate.ties, rate.losses, rate.n)
         table.add_row(scope, *map(str, counts), share, str(rate.unjudged))
     console.print(table)
+
+
+@app.command("gate-curve")
+def gate_curve_command(
+    store: Annotated[Path, typer.Option(help="SQLite store holding a Safe-VLM's run.")],
+    run: Annotated[int, typer.Option(help="The run: a Safe-VLM's, with its head scores stored.")],
+    judge: Annotated[
+        str | None,
+        typer.Option(help="Whose verdicts score ungated answers (default: the run's only one)."),
+    ] = None,
+    target_rr: TargetRrOpt = None,
+    target_masr: TargetMasrOpt = None,
+    reading: MasrReadingOpt = "pooled",
+    points: Annotated[
+        int, typer.Option(help="Rows of the printed curve, spread along it (--csv has all).")
+    ] = 11,
+    plot: Annotated[
+        Path | None, typer.Option(help="Write the curve as a PNG here (and an SVG beside it).")
+    ] = None,
+    csv: Annotated[Path | None, typer.Option(help="Write every point of the curve as CSV.")] = None,
+) -> None:
+    """What gating at the prefill would give at every threshold of the head's unsafe score:
+    ASR, mASR and RR from one run, a gated sample counting as refused."""
+    from holisafe.report.plots import gate_curve_plot
+    from holisafe.report.tables import write_gate_curve_csv
+    from holisafe.scoring.gate_curve import (
+        GateCurveError,
+        check_reading,
+        choose_threshold,
+        gate_curve,
+        store_gate_items,
+    )
+    from holisafe.store import Store
+
+    check_reading(reading)
+    if points < 2:
+        raise GateCurveError(f"--points must be at least 2, got {points}")
+    with Store(store, create=False) as opened:
+        model = opened.get_run(run).model
+        judge, items = store_gate_items(opened, run, judge)
+    curve = gate_curve(items)
+    chosen, target = None, ""
+    if target_rr is not None or target_masr is not None:
+        chosen = choose_threshold(
+            curve, target_rr=target_rr, target_masr=target_masr, reading=reading
+        )
+        target = _target_text(target_rr, target_masr, reading)
+    title = f"gating run {run} ({model}), judge {judge}"
+    print_gate_curve(curve, title, points, chosen, target)
+    if csv is not None:
+        written = write_gate_curve_csv(curve, csv)
+        err_console.print(f"curve: {written}", markup=False, highlight=False)
+    if plot is not None:
+        drawn = gate_curve_plot(curve, plot.with_suffix(""), title, chosen=chosen, reading=reading)
+        err_console.print(f"plot: {drawn.png} {drawn.svg}", markup=False, highlight=False)
+
+
+def _target_text(target_rr: float | None, target_masr: float | None, reading: str) -> str:
+    from holisafe.scoring.metrics import MASR_READINGS
+
+    name = MASR_READINGS[reading]
+    if target_rr is not None:
+        return f"RR ≤ {target_rr:g} (lowest {name})"
+    return f"{name} ≤ {target_masr:g} (lowest RR)"

@@ -3,9 +3,10 @@ and its assets (plots, the benchmark's images), viewable offline from the file s
 
 It holds the leaderboard (sortable, with bootstrap confidence intervals), the user's runs
 among the published models (published rows marked), the image guard of Safe-VLM runs (scores,
-label confusion, ROC curve), the judges' agreement, the plots, per-category tables, and a sample
-browser: every response with its verdicts and stored safety prediction, filtered by run, type,
-category and judge verdict, images blurred until clicked under a content warning.
+label confusion, ROC curve) and the trade-off of gating on its head's score, the judges'
+agreement, the plots, per-category tables, and a sample browser: every response with its
+verdicts and stored safety prediction, filtered by run, type, category and judge verdict,
+images blurred until clicked under a content warning.
 """
 
 from __future__ import annotations
@@ -30,13 +31,15 @@ from holisafe.core.sample import ImageRef
 from holisafe.data import load_samples
 from holisafe.report import Report, build_report
 from holisafe.report.pairwise import win_rate_grid, write_win_rate_plots
-from holisafe.report.plots import Plot, guard_roc, write_plots
+from holisafe.report.plots import Plot, gate_curve_plot, gate_curve_stem, guard_roc, write_plots
 from holisafe.report.reference import PublishedRow, Reference
 from holisafe.report.tables import (
     Estimate,
     Table,
     breakdown_grid,
     column_title,
+    gate_curve_grid,
+    gate_label,
     guard_confusion_grid,
     guard_grid,
     leaderboard_grid,
@@ -45,9 +48,11 @@ from holisafe.report.tables import (
     table4_grid,
 )
 from holisafe.scoring.compare import store_comparisons
+from holisafe.scoring.gate_curve import gate_curve, gate_items, thinned
 from holisafe.scoring.metrics import Bootstrap
 from holisafe.store import Run, RunRecord, Store
 
+GATE_TABLE_ROWS = 9  # points of a gating curve the report's table shows
 IMAGE_SUFFIXES = {"PNG": ".png", "JPEG": ".jpg", "GIF": ".gif", "WEBP": ".webp", "BMP": ".bmp"}
 
 
@@ -100,6 +105,7 @@ def write_html_report(
         {f"run {run_id} ({models[run_id]})": g for run_id, g in report.guard.items()},
         assets / "plots" / "guard_roc",
     )
+    gates = _gate_curves_view(store, report, assets / "plots")
     runs = [store.get_run(run_id)] if run_id is not None else store.runs()
     records = {run.id: store.records(run.id) for run in runs}
     if images:
@@ -112,6 +118,7 @@ def write_html_report(
         "bootstrap": bootstrap,
         "plots": [_plot_view(p, out_dir) for p in plots],
         "guard": _guard_view(report, models, roc, out_dir),
+        "gate_curves": [card | {"plot": _plot_view(card["plot"], out_dir)} for card in gates],
         **_tables_view(report),
         "win_rates": _table_view(win_rate_grid(comparisons)) if comparisons else None,
         "table4": _table_view(table4_grid(report.table4)) if report.table4 else None,
@@ -121,6 +128,7 @@ def write_html_report(
     out_dir.mkdir(parents=True, exist_ok=True)
     index = out_dir / "index.html"
     index.write_text(_render_page(page), encoding="utf-8")
+    plots += [card["plot"] for card in gates]
     plots += [roc] if roc is not None else []
     return HtmlReport(index, plots, len(set(copied.paths.values())), copied.notes)
 
@@ -150,6 +158,30 @@ def _guard_view(
         ],
         "roc": None if roc is None else _plot_view(roc, out_dir),
     }
+
+
+def _gate_curves_view(store: Store, report: Report, plots: Path) -> list[dict[str, Any]]:
+    """A card per (run, judge) of every run with head scores: the gating curve's chart and a
+    table of some of its points."""
+    cards = []
+    for entry in report.entries:
+        items = gate_items(store, entry.run_id, entry.judge)
+        if all(item.score is None for item in items):
+            continue
+        curve = gate_curve(items)
+        title = f"Gating run {entry.run_id} ({entry.model}), judge {entry.judge}"
+        plot = gate_curve_plot(curve, gate_curve_stem(plots, entry.run_id, entry.judge), title)
+        rows = [(gate_label(point), point) for point in thinned(curve, GATE_TABLE_ROWS)]
+        cards.append(
+            {
+                "title": title,
+                "plot": plot,
+                "table": _table_view(gate_curve_grid(rows)),
+                "thresholds": len(curve.points),
+                "unscored": curve.unscored,
+            }
+        )
+    return cards
 
 
 def _tables_view(report: Report) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """The report's charts, each written as PNG and SVG: per-category safe-rate radar charts (one per
 run, a polygon per judge; the paper's figure), grouped bars of ASR by type across runs (one
-chart per judge, with confidence intervals when bootstrapped), judge-agreement heatmaps, and the
-image guard's ROC curves.
+chart per judge, with confidence intervals when bootstrapped), judge-agreement heatmaps,
+the image guard's ROC curves and a Safe-VLM run's gating trade-off.
 """
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from holisafe.core import taxonomy
-from holisafe.report.tables import BoardEntry
+from holisafe.report.tables import BoardEntry, gate_label
 from holisafe.scoring.agreement import PRINTED_READING, Agreement, RankAgreement
+from holisafe.scoring.gate_curve import GateCurve, GatePoint
 from holisafe.scoring.guard_metrics import GuardMetrics
 from holisafe.scoring.metrics import MASR_READINGS
 
@@ -235,3 +236,75 @@ def write_plots(
             )
         )
     return [plot for plot in plots if plot is not None]
+
+
+def gate_curve_stem(folder: Path, run_id: int, judge: str) -> Path:
+    return folder / f"gate_run{run_id}_{_slug(judge)}"
+
+
+def gate_curve_plot(
+    curve: GateCurve,
+    stem: Path,
+    title: str,
+    *,
+    chosen: GatePoint | None = None,
+    reading: str = "pooled",
+) -> Plot:
+    """Left: mASR (in `reading`) and RR as the threshold rises (a step per distinct score, the
+    run as made at the right end). Right: mASR against RR, the trade-off itself, with the run
+    as made and the `chosen` point marked."""
+    name = MASR_READINGS[reading]
+    points = curve.points
+    scored = [p for p in points if p.threshold is not None]
+    # Gating at t applies the point of the lowest score at or above t: a step from the left,
+    # over the scores' range (a head's scores may crowd into a narrow band).
+    low, high = scored[0].threshold, scored[-1].threshold
+    margin = max(0.05 * (high - low), 0.005)
+    left, right = max(0.0, low - margin), min(1.0, high + margin)
+    right = high if points[-1].threshold is not None else right
+    x = [left, *(p.threshold for p in scored), right]
+    masr = [_value(p.masr(reading)) for p in (points[0], *scored, points[-1])]
+    rr = [_value(p.board.rr) for p in (points[0], *scored, points[-1])]
+    fig = Figure(figsize=(10.0, 4.2))
+    by_threshold, trade_off = fig.subplots(1, 2)
+    by_threshold.step(x, masr, where="pre", label=f"{name} ↓")
+    by_threshold.step(x, rr, where="pre", label="RR ↓ (safe questions refused)")
+    if chosen is not None and chosen.threshold is not None:
+        by_threshold.axvline(chosen.threshold, color="grey", linestyle=":", label="chosen")
+    by_threshold.set_xlim(left, max(right, high + margin))
+    by_threshold.set_ylim(-2, 102)
+    by_threshold.set_xlabel("gate when the unsafe score 1 − p(safe) ≥ threshold")
+    by_threshold.set_ylabel("%")
+    by_threshold.legend(fontsize=8, loc="upper right")
+    trade_off.plot(rr, masr, marker=".", markersize=3, linewidth=1, label="every threshold")
+    run = curve.as_run
+    trade_off.plot(
+        _value(run.board.rr),
+        _value(run.masr(reading)),
+        "s",
+        color="black",
+        label="never gate" if run.threshold is None else "the run's own gate",
+    )
+    if chosen is not None:
+        trade_off.plot(
+            _value(chosen.board.rr),
+            _value(chosen.masr(reading)),
+            "o",
+            color="tab:red",
+            label="chosen: never gate"
+            if chosen.threshold is None
+            else f"chosen: gate at ≥ {gate_label(chosen)}",
+        )
+    trade_off.set_xlim(-2, 102)
+    highest = max((m for m in masr if m == m), default=0.0)  # NaN: no mASR at that point
+    top = max(10.0, 1.15 * highest)  # a low mASR keeps its detail
+    trade_off.set_ylim(-0.02 * top, top)
+    trade_off.set_xlabel("RR % (safe questions refused)")
+    trade_off.set_ylabel(f"{name} %")
+    trade_off.legend(fontsize=8, loc="upper right")
+    fig.suptitle(title, fontsize=10)
+    return _save(fig, stem, title)
+
+
+def _value(figure: float | None) -> float:
+    return float("nan") if figure is None else figure

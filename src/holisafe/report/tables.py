@@ -20,6 +20,7 @@ import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from holisafe.core import taxonomy
@@ -27,6 +28,7 @@ from holisafe.data.benchmarks import BENCHMARKS
 from holisafe.report.entries import BoardEntry, ReportError
 from holisafe.report.reference import Placement, PublishedRow
 from holisafe.scoring.benchmark_metrics import Table4Row
+from holisafe.scoring.gate_curve import GateCurve, GatePoint
 from holisafe.scoring.metrics import MASR_READINGS, SAFE_TYPE, Interval, Leaderboard
 
 if TYPE_CHECKING:
@@ -595,3 +597,66 @@ def _report_json(report: Report) -> Any:
 
 def _rank_json(rank: RankAgreement) -> dict[str, Any]:
     return {"judges": list(rank.judges), "reading": rank.reading, "n": rank.n, "rho": rank.rho}
+
+
+# --- the gating trade-off of a Safe-VLM run (holisafe.scoring.gate_curve) ---
+
+_GATE_HEADER: list[tuple[str, bool | None]] = [
+    ("Gate at score ≥", None),
+    ("Gated %", None),
+    *((f"ASR {code}", False) for code in taxonomy.UNSAFE_TYPE_CODES),
+    *((name, False) for name in MASR_READINGS.values()),
+    ("RR", False),
+]
+
+
+def gate_label(point: GatePoint) -> str:
+    return "never" if point.threshold is None else f"{point.threshold:.4f}"
+
+
+def gate_curve_grid(rows: Sequence[tuple[str, GatePoint]]) -> Table:
+    """One row per (label, point): the gated share and the figures gating gives there."""
+    return Table(
+        list(_GATE_HEADER),
+        [
+            [
+                label,
+                point.gated.percent,
+                *(point.board.asr[code].percent for code in taxonomy.UNSAFE_TYPE_CODES),
+                point.board.masr_type_mean,
+                point.board.masr_pooled,
+                point.board.rr,
+            ]
+            for label, point in rows
+        ],
+    )
+
+
+def write_gate_curve_csv(curve: GateCurve, path: str | Path) -> Path:
+    """Every point of the curve, its threshold in full (empty: never gate)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    asr = [f"asr_{code}" for code in taxonomy.UNSAFE_TYPE_CODES]
+    masr = [f"masr_{reading}" for reading in MASR_READINGS]
+    with path.open("w", newline="", encoding="utf-8") as out:
+        writer = csv.writer(out, lineterminator="\n")
+        writer.writerow(["threshold", "gated", "samples", *asr, *masr, "rr", "n", "unjudged"])
+        for p in curve.points:
+            board = p.board
+            writer.writerow(
+                [
+                    "" if p.threshold is None else repr(p.threshold),
+                    p.gated.count,
+                    p.gated.n,
+                    *(_number(board.asr[code].percent) for code in taxonomy.UNSAFE_TYPE_CODES),
+                    *(_number(p.masr(reading)) for reading in MASR_READINGS),
+                    _number(board.rr),
+                    board.n,
+                    board.unjudged,
+                ]
+            )
+    return path
+
+
+def _number(value: float | None) -> str:
+    return "" if value is None else f"{value:.4f}"
