@@ -55,6 +55,7 @@ lean: $(LEAN)/.installed
 
 test: install browser lean docs
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports --no-cache
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -63,6 +64,7 @@ test-fast: install
 
 lint: install
 	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff format --check src tests benchmarks
 	$(BIN)/lint-imports --no-cache
 
 # The documentation site, built strictly: a broken link or anchor fails.

@@ -264,8 +264,8 @@ def test_any_vlsbench_or_siuo_records_give_samples_and_problems(
         dataset = read_dataset(folder)
     finally:
         path.write_text(original, encoding="utf-8")
-    assert dataset.records == len(dataset.samples) + len(dataset.problems) == len(records) + len(
-        extra
+    assert (
+        dataset.records == len(dataset.samples) + len(dataset.problems) == len(records) + len(extra)
     )
 
 
