@@ -12,6 +12,8 @@ from holisafe.cli.options import (
     ConcurrencyOpt,
     DeviceOpt,
     DtypeOpt,
+    GateOpt,
+    GateRefusalOpt,
     HeadInputOpt,
     JudgeBaseUrlOpt,
     JudgeBatchOpt,
@@ -73,6 +75,8 @@ def eval_command(
     judge_protocol: JudgeProtocolOpt = "toolkit",
     trust_remote_code: TrustRemoteCodeOpt = False,
     head_input: HeadInputOpt = None,
+    gate: GateOpt = None,
+    gate_refusal: GateRefusalOpt = None,
     workers: Annotated[
         int,
         typer.Option(
