@@ -3,9 +3,9 @@
     .venv/bin/python benchmarks/bench_gate.py [--clients 50] [--per-client 2] [--rounds 2]
 
 Builds a small Safe-VLM (a random LLaVA, `--hidden` wide, `--layers` deep, with a seeded visual
-guard module whose last head layer is scaled up, so that images score far apart), scores a pool
-of pictures with it, and takes as the gate the midpoint between the pool's lower and upper
-halves: half the pictures score above it ("unsafe"), half below. Two servers of that model run
+guard module whose last head layer is rewritten so that it scores a pool of pictures from about
+0.1 to 0.9), and takes as the gate the midpoint between the pool's lower and upper halves: half
+the pictures score above it ("unsafe"), half below. Two servers of that model run
 side by side on loopback, one with `--gate` and one without; `clients` threads at once send
 them `clients * per-client` image + question requests, unsafe and safe pictures taking turns,
 through the official openai client. The servers take turns for `--rounds` rounds; prints each
@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import io
+import math
 import statistics
 import tempfile
 import threading
@@ -43,7 +44,7 @@ from holisafe.vgm import VGMSettings
 NAME = "bench-safe-llava"
 STARTUP_TIMEOUT_S = 600
 POOL = 16  # pictures scored; the upper half is the unsafe traffic
-HEAD_SCALE = 30.0  # the head's last layer, scaled: the pool's scores spread apart
+SPAN = 4.4  # the pool's safe logits, from lowest to highest: scores from about 0.1 to 0.9
 QUERY = "What is shown in this picture?"
 
 
@@ -52,23 +53,42 @@ def pictures(count: int) -> list[Image.Image]:
     return [Image.new("RGB", (64, 64), colour) for colour in colours]
 
 
-def spread_head(folder: Path) -> None:
-    """Scale the saved head's last layer, so that different pictures score far apart."""
+def predictions(model: HFModel, pool: list[Image.Image]) -> list:
+    """The head's prediction on each picture, asked the clients' question."""
+    requests = [Request(query=QUERY, image=image) for image in pool]
+    return [r.safety for r in model.generate(requests, GenerationSettings(max_new_tokens=1))]
+
+
+def control_head(folder: Path, pool: list[Image.Image]) -> None:
+    """Rewrite the saved head's last layer so that it scores the pool around 0.5: only its
+    `safe` logit varies, along the direction its weights had, scaled and shifted so that the
+    pool's logits span SPAN around their median (the other labels' logits are 0)."""
     model = HFModel(f"hf/{folder}", device="cpu")
+    last = model.model.img_safety_head.mlp[-1]
+    safe = model.safety_categories.index("safe")
+    others = len(model.safety_categories) - 1
     with torch.no_grad():
-        model.model.img_safety_head.mlp[-1].weight *= HEAD_SCALE
+        direction = last.weight[safe].clone()
+        last.weight.zero_()
+        last.bias.zero_()
+        last.weight[safe] = direction
+    # p(safe) = e^l / (e^l + others), so l = log(others * p / (1 - p))
+    logits = [
+        math.log(others * p.probs["safe"] / (1 - p.probs["safe"])) for p in predictions(model, pool)
+    ]
+    scale = SPAN / (max(logits) - min(logits))
+    with torch.no_grad():
+        last.weight[safe] *= scale
+        last.bias[safe] = math.log(others) - scale * statistics.median(logits)
     model.model.save_pretrained(folder)
 
 
-def split_by_score(folder: Path) -> tuple[list[Image.Image], list[Image.Image], float]:
+def split_by_score(folder: Path, pool: list[Image.Image]) -> tuple[list, list, float]:
     """(unsafe pictures, safe pictures, the gate between them), as the head scores the requests
     the clients will send."""
     model = HFModel(f"hf/{folder}", device="cpu")
-    pool = pictures(POOL)
-    responses = model.generate(
-        [Request(query=QUERY, image=image) for image in pool], GenerationSettings(max_new_tokens=1)
-    )
-    ranked = sorted(zip((r.safety.unsafe for r in responses), range(POOL), strict=True))
+    scores = [p.unsafe for p in predictions(model, pool)]
+    ranked = sorted(zip(scores, range(POOL), strict=True))
     half = POOL // 2
     below, above = ranked[half - 1][0], ranked[half][0]
     if above - below < 1e-4:  # too close for both servers' floating point to agree
@@ -136,8 +156,9 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         plain = build_llava(Path(tmp) / "plain", args.hidden, args.layers)
         folder = add_visual_guard(plain, Path(tmp) / NAME, VGMSettings())
-        spread_head(folder)
-        unsafe, safe, gate = split_by_score(folder)
+        pool = pictures(POOL)
+        control_head(folder, pool)
+        unsafe, safe, gate = split_by_score(folder, pool)
         print(
             f"model: Safe-LLaVA (meta token), language model {args.hidden} wide x {args.layers} "
             f"layers, float32 on the CPU, {parameter_count(plain) / 1e6:,.1f} M parameters "
@@ -182,7 +203,9 @@ def main() -> None:
     for name in ports:
         print(
             f"{name:8s} {statistics.median(seconds[name]):7.2f} s  {rates[name]:6.2f} requests/s  "
-            f"{refused[name]} of {count} replies gated"
+            f"{refused[name]} of {count} replies gated  (rounds: "
+            + ", ".join(f"{t:.2f}" for t in seconds[name])
+            + " s)"
         )
     print(f"gated / ungated throughput: {rates['gated'] / rates['ungated']:.2f}x")
 

@@ -237,9 +237,7 @@ def test_eval_stores_the_gate_and_each_score(folders, tmp_path):
     model = HFModel(f"hf/{path}", device="cpu", gate=Gate(0.5))
     bench, store = write_official(tmp_path / "bench"), tmp_path / "runs.db"
     with head(model, unsafe=True):
-        outcome = evaluate(
-            f"hf/{path}", bench, store, settings=SHORT, options=ModelOptions(gate=0.5), model=model
-        )
+        outcome = evaluate(f"hf/{path}", bench, store, settings=SHORT, model=model)
     assert outcome.generated == len(BENCH_CASES)
     with sqlite3.connect(store) as db:
         settings = json.loads(db.execute("SELECT settings FROM runs").fetchone()[0])

@@ -169,7 +169,7 @@ class HFModel:
         texts, cut = [self.gate.refusal] * len(batch), [False] * len(batch)
         kept = [i for i, refused in enumerate(gated) if not refused]
         if kept:
-            rows = torch.tensor(kept, device=inputs["input_ids"].device)
+            rows = torch.tensor(kept)  # on the CPU: indexes tensors on any device
             with torch.inference_mode():
                 output = self.model.generate(
                     input_ids=inputs["input_ids"][rows],

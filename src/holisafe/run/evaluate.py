@@ -74,7 +74,8 @@ def evaluate(
     LLM judges send their requests through the provider's batch API once answering is done
     (see `holisafe.run.judge_batch`), checking on the batch every `batch_poll_s` seconds.
     """
-    gate = gate_of(model_spec, options)
+    # the gate is part of the run's settings: a gated run never mixes with an ungated one
+    gate = gate_of(model_spec, options) if model is None else getattr(model, "gate", None)
     dataset = load_samples(bench, skip_invalid=skip_invalid, progress=progress)
     samples = first(dataset.samples, limit)
     if not samples:

@@ -234,7 +234,7 @@ class SafeVLMMixin:
         cache.batch_select_indices(rows)
         rope_deltas = getattr(self.model, "rope_deltas", None)
         if rope_deltas is not None:
-            self.model.rope_deltas = rope_deltas[rows.to(rope_deltas.device)]
+            self.model.rope_deltas = rope_deltas[rows]
         return cache
 
     def generate(self, *args, **kwargs):
