@@ -1,6 +1,6 @@
 """`holisafe serve` with and without `--gate` on traffic that is half unsafe, many clients at once.
 
-    .venv/bin/python benchmarks/bench_gate.py [--clients 50] [--per-client 2] [--rounds 2]
+    .venv/bin/python benchmarks/bench_gate.py [--clients 50] [--per-client 2] [--rounds 5]
 
 Builds a small Safe-VLM (a random LLaVA, `--hidden` wide, `--layers` deep, with a seeded visual
 guard module whose last head layer is rewritten so that it scores a pool of pictures from about
@@ -9,7 +9,8 @@ the pictures score above it ("unsafe"), half below. Two servers of that model ru
 side by side on loopback, one with `--gate` and one without; `clients` threads at once send
 them `clients * per-client` image + question requests, unsafe and safe pictures taking turns,
 through the official openai client. The servers take turns for `--rounds` rounds; prints each
-one's median throughput, their ratio, and how many replies the gating server refused.
+one's median throughput, their ratio, each round's ratio and their median, and how many replies
+the gating server refused.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import argparse
 import base64
 import io
 import math
+import os
 import statistics
 import tempfile
 import threading
@@ -36,6 +38,7 @@ from benchkit import (
     start_server,
 )
 from PIL import Image
+from run_all import cpu_model
 
 from holisafe.core.records import GenerationSettings, Request
 from holisafe.models.hf import HFModel
@@ -145,7 +148,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--clients", type=int, default=50)
     parser.add_argument("--per-client", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2, help="turns each server takes")
+    parser.add_argument("--rounds", type=int, default=5, help="turns each server takes")
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=8, help="the servers' max batch")
     add_llava_size_options(parser)
@@ -153,6 +156,8 @@ def main() -> None:
     count = args.clients * args.per_client
 
     print(*machine_lines(), sep="\n")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    print(f"cpu: {cpu_model()}, shared with other jobs; load average at the start: {load}")
     with tempfile.TemporaryDirectory() as tmp:
         plain = build_llava(Path(tmp) / "plain", args.hidden, args.layers)
         folder = add_visual_guard(plain, Path(tmp) / NAME, VGMSettings())
@@ -207,7 +212,14 @@ def main() -> None:
             + ", ".join(f"{t:.2f}" for t in seconds[name])
             + " s)"
         )
-    print(f"gated / ungated throughput: {rates['gated'] / rates['ungated']:.2f}x")
+    # each round's two measurements ran back to back, so their ratio is the least disturbed by
+    # load that comes and goes on a shared machine
+    ratios = [u / g for u, g in zip(seconds["ungated"], seconds["gated"], strict=True)]
+    each = ", ".join(f"{r:.2f}" for r in ratios)
+    print(
+        f"gated / ungated throughput: {rates['gated'] / rates['ungated']:.2f}x of the medians; "
+        f"per round {each}, median {statistics.median(ratios):.2f}x"
+    )
 
 
 if __name__ == "__main__":
