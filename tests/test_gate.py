@@ -207,17 +207,19 @@ def test_gating_needs_an_hf_safe_vlm(folders):
 
 
 @pytest.mark.parametrize(
-    ("command", "gate", "words"),
+    ("command", "model", "gate", "words"),
     [
-        ("serve", "0.5", "--gate needs a Safe-VLM"),
-        ("serve", "1.5", "--gate must be above 0 and at most 1"),
-        ("eval", "0", "--gate must be above 0 and at most 1"),
+        ("serve", "plain", "0.5", "--gate needs a Safe-VLM"),
+        ("serve", "plain", "1.5", "--gate must be above 0 and at most 1"),
+        ("eval", "plain", "0", "--gate must be above 0 and at most 1"),
+        ("eval", "openai/gpt-4o", "0.5", "--gate applies to hf/ Safe-VLMs"),
     ],
 )
 def test_the_cli_says_what_is_wrong_with_a_gate_in_one_line(
-    folders, tmp_path, monkeypatch, capsys, command, gate, words
+    folders, tmp_path, monkeypatch, capsys, command, model, gate, words
 ):
-    args = ["holisafe", command, "--model", f"hf/{folders['llava']}", "--device", "cpu"]
+    model = f"hf/{folders['llava']}" if model == "plain" else model
+    args = ["holisafe", command, "--model", model, "--device", "cpu"]
     if command == "eval":
         bench = write_official(tmp_path / "bench")
         args += ["--bench", str(bench), "--store", str(tmp_path / "s.db")]
@@ -252,6 +254,11 @@ def test_eval_stores_the_gate_and_each_score(folders, tmp_path):
     model.gate = None
     plain = evaluate(f"hf/{path}", bench, store, settings=SHORT, model=model)
     assert plain.run.id != outcome.run.id and plain.reused == 0
+    with sqlite3.connect(store) as db:
+        query = "SELECT extra FROM responses WHERE run_id = ?"
+        extras = [json.loads(e) for (e,) in db.execute(query, (plain.run.id,))]
+    assert extras and not any(e["gated"] for e in extras)
+    assert all(0 <= e["unsafe_score"] <= 1 for e in extras)
 
 
 @pytest.fixture(scope="module")
