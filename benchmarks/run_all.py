@@ -111,6 +111,16 @@ BENCHMARKS = (
         gpu_args=("--gpu-7b", "--clients", "16", "--per-client", "2"),
     ),
     Benchmark(
+        "Gated against ungated server throughput on half-unsafe traffic (`holisafe serve`)",
+        "bench_gate.py",
+        "Two `holisafe serve` processes of the same small random Safe-LLaVA side by side on "
+        "loopback, one with `--gate` and one without, its head rewritten to score a pool of "
+        "pictures from about 0.1 to 0.9 and the gate set between the pool's halves: 100 "
+        "requests (a 64 px PNG and a question, max_tokens 32, greedy), unsafe and safe "
+        "pictures taking turns, from 50 client threads at once; the servers take turns for 5 "
+        "rounds.",
+    ),
+    Benchmark(
         "Server memory under concurrent maximum-size image requests (`holisafe serve`)",
         "bench_server_memory.py",
         "`holisafe serve` on the tiny LLaVA in its own process, default limits, receiving 96 "

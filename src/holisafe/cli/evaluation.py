@@ -14,6 +14,8 @@ from holisafe.cli.options import (
     DeviceOpt,
     DtypeOpt,
     EndpointsOpt,
+    GateOpt,
+    GateRefusalOpt,
     HeadInputOpt,
     JudgeBaseUrlOpt,
     JudgeBatchOpt,
@@ -77,6 +79,8 @@ def eval_command(
     judge_protocol: JudgeProtocolOpt = "toolkit",
     trust_remote_code: TrustRemoteCodeOpt = False,
     head_input: HeadInputOpt = None,
+    gate: GateOpt = None,
+    gate_refusal: GateRefusalOpt = None,
     workers: Annotated[
         int,
         typer.Option(

@@ -95,6 +95,20 @@ JudgeEndpointsOpt = Annotated[
 ]
 # `holisafe judge`'s first name for --judge-base-url, still accepted.
 OldJudgeBaseUrlOpt = Annotated[list[str] | None, typer.Option("--base-url", hidden=True)]
+GateOpt = Annotated[
+    float | None,
+    typer.Option(
+        help="Safe-VLMs: refuse without decoding an answer when the safety head's unsafe score "
+        "(1 - p(safe)) is at least this (0 < P <= 1)."
+    ),
+]
+GateRefusalOpt = Annotated[
+    str | None,
+    typer.Option(
+        help="With --gate: the refusal text, or `generate` for a refusal the model words itself "
+        "(default: a fixed sentence)."
+    ),
+]
 JudgeBatchSizeOpt = Annotated[int, typer.Option(help="Samples per batch (hf judges).")]
 JudgeTemplateOpt = Annotated[
     Path | None,

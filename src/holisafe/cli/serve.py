@@ -9,6 +9,8 @@ import typer
 from holisafe.cli.options import (
     DeviceOpt,
     DtypeOpt,
+    GateOpt,
+    GateRefusalOpt,
     HeadInputOpt,
     ModelSpecOpt,
     TrustRemoteCodeOpt,
@@ -84,6 +86,8 @@ def serve_command(
     log_level: Annotated[str, typer.Option(help="uvicorn log level.")] = "info",
     trust_remote_code: TrustRemoteCodeOpt = False,
     head_input: HeadInputOpt = None,
+    gate: GateOpt = None,
+    gate_refusal: GateRefusalOpt = None,
 ) -> None:
     """Serve a model over an OpenAI-compatible API, with a guard API and a web page at /."""
     options = model_options(locals(), api_key=None)  # --api-key is the server's own key

@@ -22,7 +22,14 @@ from holisafe.core.records import (
     SafetyPrediction,
 )
 from holisafe.models.options import APIOptions, HFOptions, ModelOptions, VLLMOptions
-from holisafe.models.providers import PROVIDERS, ModelSpec, Provider, load_model, parse_spec
+from holisafe.models.providers import (
+    PROVIDERS,
+    ModelSpec,
+    Provider,
+    gate_of,
+    load_model,
+    parse_spec,
+)
 
 __all__ = [
     "PROVIDERS",
@@ -39,6 +46,7 @@ __all__ = [
     "Response",
     "SafetyPrediction",
     "VLLMOptions",
+    "gate_of",
     "inspect_checkpoint",
     "load_model",
     "parse_spec",

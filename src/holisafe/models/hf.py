@@ -34,6 +34,7 @@ from holisafe.core.records import (
     SafetyPrediction,
 )
 from holisafe.models.chat import text_message, user_message
+from holisafe.models.gating import Gate
 from holisafe.vgm import load_safe_vlm, safety_predictions
 
 GUARD_QUERY = "Describe the image."
@@ -53,7 +54,9 @@ class HFModel(ModelBase):
     `bfloat16` or `float16`; `device` is `auto`, `cpu`, `cuda`, `cuda:N` or `map` (spread
     over every visible GPU, for a model larger than one).
 
-    Each Response's latency is the wall time of its batch divided by the batch size.
+    Each Response's latency is the wall time of its batch divided by the batch size. With a
+    `gate` (a Safe-VLM only), requests whose image the head scores at or above it are refused
+    without decoding an answer (see `_gated_texts`).
     """
 
     def __init__(
@@ -65,6 +68,7 @@ class HFModel(ModelBase):
         batch_size: int = 8,
         head_input: str | None = None,
         trust_remote_code: bool = False,
+        gate: Gate | None = None,
     ):
         if batch_size < 1:
             raise ModelError(f"batch size must be at least 1, got {batch_size}")
@@ -84,6 +88,9 @@ class HFModel(ModelBase):
         # the Hub commit the weights came from, or a fingerprint of a local folder
         hub_commit = getattr(self.model.config, "_commit_hash", None)
         self.revision = folder_revision(name) if Path(name).is_dir() else hub_commit
+        if gate is not None and not self.is_safe_vlm:
+            raise ModelError(f"--gate needs a Safe-VLM; {self.spec} has no safety head")
+        self.gate = gate
 
     @property
     def details(self) -> dict[str, object]:
@@ -95,6 +102,7 @@ class HFModel(ModelBase):
             "batch_size": self.batch_size,
             "attention": self.model.config._attn_implementation,
             "model_class": type(self.model).__name__,
+            **({"gate": self.gate.as_dict()} if self.gate else {}),
         }
 
     def answers(
@@ -124,30 +132,72 @@ class HFModel(ModelBase):
     def _answer(self, batch: list[Request], settings: GenerationSettings) -> list[Response]:
         start = time.perf_counter()
         try:
-            texts, cut, safety = self._generate_texts(batch, settings)
+            texts, cut, safety, gated = self._generate_texts(batch, settings)
         except Exception as exc:  # a fault of one request: retry its batch-mates on their own
             if len(batch) > 1:
                 return [response for r in batch for response in self._answer([r], settings)]
             return [Response(text=None, error=why(exc))]
         latency = (time.perf_counter() - start) / len(batch)
-        return [_response(*answer, latency) for answer in zip(texts, cut, safety, strict=True)]
+        answers = zip(texts, cut, safety, gated, strict=True)
+        return [_response(*answer, latency) for answer in answers]
 
     def _generate_texts(
         self, batch: list[Request], settings: GenerationSettings
-    ) -> tuple[list[str], list[bool], list[SafetyPrediction | None]]:
-        """The answers, whether each was cut at the token limit and, for a Safe-VLM, the safety
-        predictions of the same prefill."""
+    ) -> tuple[list[str], list[bool], list[SafetyPrediction | None], list[bool]]:
+        """The answers, whether each was cut at the token limit, for a Safe-VLM the safety
+        predictions of the same prefill, and whether the gate refused each."""
         inputs = self._inputs(batch)
-        tokenizer = self.processor.tokenizer
+        if self.gate is not None and inputs.get("pixel_values") is not None:
+            return self._gated_texts(batch, inputs, settings)
         with torch.inference_mode():
-            output = self.model.generate(
-                **inputs, generation_config=generation_config(settings, tokenizer.pad_token_id)
-            )
+            output = self.model.generate(**inputs, generation_config=self._config(settings))
             probs = self._answer_probs(inputs, output)
-        new_tokens = output.sequences[:, inputs["input_ids"].shape[1] :]
-        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        cut = self._cut(new_tokens, settings.max_new_tokens)
-        return texts, cut, self._predictions(probs, len(batch))
+        texts, cut = self._decoded(output, inputs["input_ids"].shape[1], settings)
+        return texts, cut, self._predictions(probs, len(batch)), [False] * len(batch)
+
+    def _gated_texts(
+        self, batch: list[Request], inputs, settings: GenerationSettings
+    ) -> tuple[list[str], list[bool], list[SafetyPrediction | None], list[bool]]:
+        """One prefill gives the head's verdicts and the cache. The rows the gate refuses get
+        the refusal and no decoding at all; the others are decoded from that cache, in a
+        batch of their own rows (so refused rows take no part in any decoding step)."""
+        with torch.inference_mode():
+            prefill = self.model.prefill(inputs)
+        safety = self._predictions(prefill.img_safety_probs, len(batch))
+        gated = [self.gate.closes(prediction) for prediction in safety]
+        texts, cut = [self.gate.refusal] * len(batch), [False] * len(batch)
+        kept = [i for i, refused in enumerate(gated) if not refused]
+        if kept:
+            rows = torch.tensor(kept)  # on the CPU: indexes tensors on any device
+            with torch.inference_mode():
+                output = self.model.generate(
+                    input_ids=inputs["input_ids"][rows],
+                    attention_mask=inputs["attention_mask"][rows],
+                    cache=self.model.keep_rows(prefill.cache, rows),
+                    generation_config=self._config(settings),
+                )
+            answers = self._decoded(output, inputs["input_ids"].shape[1], settings)
+            for i, text, was_cut in zip(kept, *answers, strict=True):
+                texts[i], cut[i] = text, was_cut
+        del prefill
+        refused = [i for i, closed in enumerate(gated) if closed]
+        if refused and self.gate.generates_refusal:
+            prompts = [self.gate.refusal_request(batch[i]) for i in refused]
+            refusals, refusals_cut, _, _ = self._generate_texts(prompts, settings)
+            for i, text, was_cut in zip(refused, refusals, refusals_cut, strict=True):
+                texts[i], cut[i] = text, was_cut
+        return texts, cut, safety, gated
+
+    def _config(self, settings: GenerationSettings) -> GenerationConfig:
+        return generation_config(settings, self.processor.tokenizer.pad_token_id)
+
+    def _decoded(
+        self, output, prompt_length: int, settings: GenerationSettings
+    ) -> tuple[list[str], list[bool]]:
+        """The generated texts and whether each was cut at the token limit."""
+        new_tokens = output.sequences[:, prompt_length:]
+        texts = self.processor.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return texts, self._cut(new_tokens, settings.max_new_tokens)
 
     def _cut(self, new_tokens: torch.Tensor, max_new_tokens: int) -> list[bool]:
         """Whether each answer ran to `max_new_tokens` without a stop token (finished rows are
@@ -359,7 +409,7 @@ def _batches(requests: list[Request], size: int) -> list[list[int]]:
 
 
 def _response(
-    text: str, truncated: bool, safety: SafetyPrediction | None, latency_s: float
+    text: str, truncated: bool, safety: SafetyPrediction | None, gated: bool, latency_s: float
 ) -> Response:
     # an empty answer is still the answer (see the Model protocol)
-    return Response(text.strip(), None, latency_s, safety, truncated=truncated)
+    return Response(text.strip(), None, latency_s, safety, truncated=truncated, gated=gated)

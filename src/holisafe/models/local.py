@@ -4,7 +4,8 @@ toolkit's own classes, or a released Safe-VLM through its own code (`holisafe.mo
 from __future__ import annotations
 
 from holisafe.core.checkpoint import inspect_checkpoint
-from holisafe.core.records import Model
+from holisafe.core.records import Model, ModelError
+from holisafe.models.gating import Gate
 from holisafe.models.hf import HFModel, load_from
 from holisafe.models.remote import load_released
 
@@ -17,10 +18,21 @@ def load_hf_model(
     batch_size: int,
     trust_remote_code: bool,
     head_input: str | None = None,
+    gate: float | None = None,
+    gate_refusal: str | None = None,
 ) -> Model:
     """The `hf` backend for `name` (the registry's loader): the toolkit's own classes, or a
     released checkpoint's own code where its config maps to it (`holisafe.models.remote`)."""
-    if load_from(name, inspect_checkpoint).runs_remote_code:
+    gating = Gate.of(gate, gate_refusal)
+    kind = load_from(name, inspect_checkpoint)
+    if gating is not None and not kind.is_safe_vlm:  # said before the weights load
+        raise ModelError(f"--gate needs a Safe-VLM; hf/{name} has no safety head")
+    if kind.runs_remote_code:
+        if gating is not None:
+            raise ModelError(
+                f"hf model {name!r} runs its own code; --gate applies to the toolkit's classes "
+                "(`holisafe model convert` first)"
+            )
         return load_released(
             name,
             dtype=dtype,
@@ -36,4 +48,5 @@ def load_hf_model(
         batch_size=batch_size,
         head_input=head_input,
         trust_remote_code=trust_remote_code,
+        gate=gating,
     )

@@ -22,6 +22,8 @@ class HFOptions:
     batch_size: int = 8
     trust_remote_code: bool = False  # run code shipped with a released checkpoint
     head_input: str | None = None  # what a Safe-VLM's head reads, where its checkpoint is silent
+    gate: float | None = None  # refuse at this unsafe score or above (models.gating)
+    gate_refusal: str | None = None  # the refusal text, or `generate` (default: DEFAULT_REFUSAL)
 
 
 @dataclass(frozen=True)

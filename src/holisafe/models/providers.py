@@ -11,6 +11,7 @@ from dataclasses import dataclass, fields
 from typing import NamedTuple
 
 from holisafe.core.records import Model, ModelError
+from holisafe.models.gating import Gate
 from holisafe.models.options import APIOptions, HFOptions, ModelOptions, VLLMOptions
 
 API_REFUSAL = "--head-input applies to hf/ Safe-VLMs, not API models"
@@ -94,4 +95,14 @@ def parse_spec(spec: str) -> ModelSpec:
 def load_model(spec: str, options: ModelOptions = ModelOptions()) -> Model:
     """The model a spec names, ready to answer: a model to evaluate, a judge's or a guard's."""
     provider, name = parse_spec(spec)
+    gate_of(spec, options)
     return provider.load(name, options)
+
+
+def gate_of(spec: str, options: ModelOptions) -> Gate | None:
+    """The gate `options` ask of the model `spec` names (None: none); ModelError for a gate
+    out of range or on a model that is not an hf/ model."""
+    gate = Gate.of(options.gate, options.gate_refusal)
+    if gate is not None and parse_spec(spec).provider.name != "hf":
+        raise ModelError(f"--gate applies to hf/ Safe-VLMs; {spec} is not an hf/ model")
+    return gate

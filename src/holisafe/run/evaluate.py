@@ -20,7 +20,7 @@ from holisafe.core.records import GenerationSettings, Model, Request, Response
 from holisafe.core.sample import ImageError
 from holisafe.data import Sample, first, load_samples
 from holisafe.judges import Judge, LLMJudge, load_judge
-from holisafe.models import ModelOptions, load_model
+from holisafe.models import ModelOptions, gate_of, load_model
 from holisafe.run import provenance
 from holisafe.run.judge_batch import check_batchable, judge_in_batch
 from holisafe.run.leases import DEFAULT_LEASE_S, Leases
@@ -74,17 +74,21 @@ def evaluate(
     LLM judges send their requests through the provider's batch API once answering is done
     (see `holisafe.run.judge_batch`), checking on the batch every `batch_poll_s` seconds.
     """
+    # the gate is part of the run's settings: a gated run never mixes with an ungated one
+    gate = gate_of(model_spec, options) if model is None else getattr(model, "gate", None)
     dataset = load_samples(bench, skip_invalid=skip_invalid, progress=progress)
     samples = first(dataset.samples, limit)
     if not samples:
         raise DataError(f"{bench}: no valid samples to evaluate{_first_problem(dataset)}")
     judge_options = judge_options or replace(options, base_url=None, api_key=None)
+    # the judged model's gate is not the judges'
+    judge_options = replace(judge_options, gate=None, gate_refusal=None)
     judge_objects = [load_judge(j, judge_options, judge_template, judge_protocol) for j in judges]
     with Store(store_path) as store, progress_bar(progress, RateColumn()) as bar:
         run = store.open_run(
             model_spec,
             samples,
-            settings.as_dict(),
+            settings.as_dict() | (gate.as_dict() if gate else {}),
             run_id=run_id,
             source=bench_source(bench),
             benchmark=dataset.benchmark_name,

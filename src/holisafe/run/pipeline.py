@@ -233,7 +233,7 @@ class Pipeline:
 
     def _save_responses(self, ids: list[str], responses: list[Response]) -> None:
         extras = {
-            i: {"safety": asdict(r.safety)}
+            i: {"safety": asdict(r.safety), "unsafe_score": r.safety.unsafe, "gated": r.gated}
             for i, r in zip(ids, responses, strict=True)
             if r.safety is not None
         }

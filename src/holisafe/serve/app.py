@@ -1,7 +1,8 @@
 """The HTTP server: an OpenAI-compatible chat API, an image guard API and a web page.
 
 - `POST /v1/chat/completions`: OpenAI chat completions (text, one base64 image, SSE streaming);
-  a Safe-VLM's answer adds a top-level `safety` object.
+  a Safe-VLM's answer adds a top-level `safety` object, and a gating one (`--gate`) a
+  `holisafe` object saying whether the gate refused the request and at what score.
 - `POST /v1/guard`: `{"images": [data URL, ...]}` in, one safety prediction per image out.
 - `GET /v1/models`: the one model served. `GET /health`: status and batching counters.
 - `GET /`: a page to try the model in a browser.
@@ -100,6 +101,7 @@ def create_app(model: Model, settings: ServeSettings = ServeSettings()) -> FastA
         limits=settings.limits,
         capacity=Capacity(settings.limits),
         safe_vlm=bool(getattr(model, "is_safe_vlm", False)),
+        gate=getattr(getattr(model, "gate", None), "threshold", None),
     )
 
     @asynccontextmanager
@@ -135,6 +137,7 @@ class _Served:
     limits: ServeLimits
     capacity: Capacity
     safe_vlm: bool
+    gate: float | None  # the model's gate threshold, None: it does not gate
     created: int = field(default_factory=lambda: int(time.time()))
 
     def check_model(self, asked: str | None) -> None:
@@ -150,6 +153,7 @@ class _Served:
             "status": "ok",
             "model": self.name,
             "safe_vlm": self.safe_vlm,
+            "gate": self.gate,
             "max_batch": self.batcher.max_batch,
             "batch_wait_ms": self.batcher.wait_s * 1000,
             **asdict(self.batcher.stats),
@@ -182,9 +186,9 @@ class _Served:
         if response.text is None:
             raise ApiError(500, f"the model gave no answer: {response.error}", "model_error")
         if call.stream:
-            events = stream_events(self.name, response)
+            events = stream_events(self.name, response, self.gate)
             return StreamingResponse(events, media_type="text/event-stream")
-        return completion(self.name, response)
+        return completion(self.name, response, self.gate)
 
     async def guard(self, http: HttpRequest) -> dict:
         json_body = await read_json(http, self.capacity)

@@ -189,8 +189,16 @@ def safety_json(prediction: SafetyPrediction | None) -> dict | None:
     }
 
 
-def completion(model: str, response: Response) -> dict:
-    """A chat.completion object; `safety` is the Safe-VLM's image verdict (null otherwise).
+def gate_json(response: Response, gate: float) -> dict:
+    """What a gating server decided: its threshold, the head's unsafe score (1 − p(safe); null
+    for a request without an image) and whether the reply is the gate's refusal."""
+    score = None if response.safety is None else response.safety.unsafe
+    return {"gate": gate, "gated": response.gated, "unsafe_score": score}
+
+
+def completion(model: str, response: Response, gate: float | None = None) -> dict:
+    """A chat.completion object; `safety` is the Safe-VLM's image verdict (null otherwise) and,
+    when the server gates at `gate`, `holisafe` says what the gate decided (`gate_json`).
 
     Usage is not reported: the Model protocol returns text, not token counts.
     """
@@ -208,14 +216,20 @@ def completion(model: str, response: Response) -> dict:
             }
         ],
         "safety": safety_json(response.safety),
+        **_gated(response, gate),
     }
 
 
-def stream_events(model: str, response: Response) -> Iterator[str]:
+def _gated(response: Response, gate: float | None) -> dict:
+    return {} if gate is None else {"holisafe": gate_json(response, gate)}
+
+
+def stream_events(model: str, response: Response, gate: float | None = None) -> Iterator[str]:
     """A finished answer as server-sent chat.completion.chunk events, word by word.
 
     The model has already answered in full (batched generation returns whole answers), so this
-    streams the wire format, not tokens as they are generated. The last chunk carries `safety`.
+    streams the wire format, not tokens as they are generated. The last chunk carries `safety`
+    (and `holisafe` when the server gates, as `completion` does).
     """
     header = {"id": _completion_id(), "object": "chat.completion.chunk"}
     header |= {"created": int(time.time()), "model": model}
@@ -227,12 +241,16 @@ def stream_events(model: str, response: Response) -> Iterator[str]:
     yield chunk({"role": "assistant", "content": ""})
     for piece in STREAM_PIECE.findall(response.text or ""):
         yield chunk({"content": piece})
-    yield chunk({}, finish_reason(response), safety=safety_json(response.safety))
+    last = {"safety": safety_json(response.safety), **_gated(response, gate)}
+    yield chunk({}, finish_reason(response), **last)
     yield "data: [DONE]\n\n"
 
 
 def finish_reason(response: Response) -> str:
-    """`length` when max_tokens cut the answer, as OpenAI says it; else `stop`."""
+    """`content_filter` for the gate's refusal (OpenAI's reason for a reply its filter held
+    back), `length` when max_tokens cut the answer; else `stop`."""
+    if response.gated:
+        return "content_filter"
     return "length" if response.truncated else "stop"
 
 

@@ -32,7 +32,7 @@ from holisafe.core.records import SafetyPrediction
 from holisafe.vgm.config import META_TOKEN, VGMError, VGMSettings
 from holisafe.vgm.families import family_of
 from holisafe.vgm.head import SafetyHead
-from holisafe.vgm.inputs import add_meta_tokens
+from holisafe.vgm.inputs import PER_TOKEN_KEYS, add_meta_tokens
 from holisafe.vgm.vision_token import (
     VisionMetaToken,
     require_vision_placement,
@@ -214,6 +214,28 @@ class SafeVLMMixin:
             pad_token_id=tokenizer.pad_token_id,
             padding_side=tokenizer.padding_side,
         )
+
+    def prefill(self, inputs: Mapping) -> ModelOutput:
+        """The first forward generate() makes, with the positions it would give, over the prompt
+        less its last token: the safety head's verdict and a cache to decode from, with
+        `generate(input_ids=<the whole prompt>, cache=...)` feeding that last token. The head
+        reads only states up to the image, which the generation prompt's last token follows."""
+        prompt = {
+            key: value[:, :-1] if key in PER_TOKEN_KEYS else value
+            for key, value in inputs.items()
+            if value is not None
+        }
+        position_ids = self._prepare_position_ids_for_generation(prompt["input_ids"], prompt)
+        return self(**prompt, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+
+    def keep_rows(self, cache, rows: torch.Tensor):
+        """The prefill's `cache` cut to the batch rows `rows`, with the family's own per-row
+        state of generation (Qwen2.5-VL's multimodal position offsets) cut to match."""
+        cache.batch_select_indices(rows)
+        rope_deltas = getattr(self.model, "rope_deltas", None)
+        if rope_deltas is not None:
+            self.model.rope_deltas = rope_deltas[rows]
+        return cache
 
     def generate(self, *args, **kwargs):
         """The family's generate; with `return_dict_in_generate=True` the output also holds
