@@ -100,3 +100,23 @@ def train_command(
         if not lora or merge:
             what = "the model; use it as hf/" + str(out)
         console.print(f"trained {result.global_step} steps; {out} holds {what}")
+
+
+ACCELERATE_CONFIGS = ("fsdp", "deepspeed-zero2", "deepspeed-zero3")
+
+
+@app.command("accelerate-config")
+def accelerate_config_command(
+    name: Annotated[str, typer.Argument(help=f"One of {', '.join(ACCELERATE_CONFIGS)}.")],
+) -> None:
+    """Print the path of a shipped accelerate config for sharded training, for
+    `accelerate launch --config_file PATH -m holisafe train ...`."""
+    from importlib.resources import files
+
+    from holisafe.core.errors import HolisafeError
+
+    if name not in ACCELERATE_CONFIGS:
+        raise HolisafeError(
+            f"unknown accelerate config {name!r}; expected one of {', '.join(ACCELERATE_CONFIGS)}"
+        )
+    print(files("holisafe.resources").joinpath("accelerate").joinpath(f"{name}.yaml"))
