@@ -20,6 +20,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from holisafe.cli import app
+from holisafe.core.errors import HolisafeError
 from holisafe.core.records import GenerationSettings
 from holisafe.models import ModelOptions
 from holisafe.run.evaluate import evaluate
@@ -182,3 +183,14 @@ def test_fsdp1_on_cpu_is_refused_not_run_unsharded(monkeypatch):
     monkeypatch.setenv("FSDP_VERSION", "1")
     with pytest.raises(TrainError, match="fsdp_version: 2"):
         shard_on_cpu(accelerator=None)
+
+
+def test_accelerate_config_prints_a_shipped_config_and_names_the_choices():
+    runner = CliRunner()
+    for name in ("fsdp", "deepspeed-zero2", "deepspeed-zero3"):
+        printed = runner.invoke(app, ["accelerate-config", name])
+        assert printed.exit_code == 0 and Path(printed.stdout.strip()) == Path(shipped_config(name))
+        assert Path(shipped_config(name)).is_file()
+    refused = runner.invoke(app, ["accelerate-config", "zero"])  # main() prints it in one line
+    assert isinstance(refused.exception, HolisafeError)
+    assert "expected one of fsdp, deepspeed-zero2, deepspeed-zero3" in str(refused.exception)

@@ -254,9 +254,6 @@ def training_arguments(
     settings: TrainSettings, checkpoints: Path, *, has_eval: bool
 ) -> TrainingArguments:
     half = gpu_half_dtype() if torch.cuda.is_available() else None
-    # accelerate selects DeepSpeed only where the processes are not declared CPU ones; without a
-    # GPU, DeepSpeed's CPU accelerator runs it over gloo.
-    deepspeed_on_cpu = half is None and parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
     return TrainingArguments(
         output_dir=str(checkpoints),
         per_device_train_batch_size=settings.batch_size,
@@ -274,8 +271,7 @@ def training_arguments(
         eval_strategy="epoch" if has_eval else "no",
         prediction_loss_only=True,
         seed=settings.seed,
-        use_cpu=half is None and not deepspeed_on_cpu,
-        ddp_backend="gloo" if deepspeed_on_cpu else None,
+        use_cpu=half is None,
         bf16=half == torch.bfloat16,
         fp16=half == torch.float16,
         remove_unused_columns=False,
