@@ -94,9 +94,39 @@ def train_command(
         trust_remote_code=trust_remote_code,
     )
     result = train(settings)
+    end_process_group()
     if result.is_main_process:
         report_skipped_lines(result.skipped)
         what = "a LoRA adapter; holisafe.train.merge_lora(OUT, MERGED) makes a full model"
         if not lora or merge:
             what = "the model; use it as hf/" + str(out)
         console.print(f"trained {result.global_step} steps; {out} holds {what}")
+
+
+def end_process_group() -> None:
+    """Under `accelerate launch`, close the processes' group before exiting: a gloo group left
+    open can abort the process at exit ("terminate called without an active exception")."""
+    import torch.distributed
+
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
+ACCELERATE_CONFIGS = ("fsdp", "deepspeed-zero2", "deepspeed-zero3")
+
+
+@app.command("accelerate-config")
+def accelerate_config_command(
+    name: Annotated[str, typer.Argument(help=f"One of {', '.join(ACCELERATE_CONFIGS)}.")],
+) -> None:
+    """Print the path of a shipped accelerate config for sharded training, for
+    `accelerate launch --config_file PATH -m holisafe train ...`."""
+    from importlib.resources import files
+
+    from holisafe.core.errors import HolisafeError
+
+    if name not in ACCELERATE_CONFIGS:
+        raise HolisafeError(
+            f"unknown accelerate config {name!r}; expected one of {', '.join(ACCELERATE_CONFIGS)}"
+        )
+    print(files("holisafe.resources").joinpath("accelerate").joinpath(f"{name}.yaml"))

@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
+from accelerate.utils import DistributedType, FullyShardedDataParallelPlugin, parse_flag_from_env
 from rich.progress import TextColumn
 from transformers import (
     PreTrainedModel,
@@ -24,6 +26,7 @@ from transformers import (
     TrainerCallback,
     TrainingArguments,
 )
+from transformers.integrations.deepspeed import unset_hf_deepspeed_config
 
 from holisafe.core.progress import progress_bar
 from holisafe.data import Sample, first, load_samples
@@ -68,6 +71,15 @@ class SafetyTrainer(Trainer):
         # Both losses are batch means, so Trainer scales them for gradient accumulation itself.
         self.model_accepts_loss_kwargs = False
         self._figures = {"train": None, "eval": None}
+
+    def create_accelerator_and_postprocess(self) -> None:
+        super().create_accelerator_and_postprocess()
+        if (
+            parse_flag_from_env("ACCELERATE_USE_FSDP")
+            and self.accelerator.distributed_type == DistributedType.MULTI_CPU
+        ):
+            shard_on_cpu(self.accelerator)
+            self.is_fsdp_enabled = True
 
     def _save_checkpoint(self, model, trial) -> None:
         with _parameter_names_kept(self.accelerator.unwrap_model(self.model)):
@@ -125,6 +137,22 @@ class SafetyTrainer(Trainer):
             if total[4]:
                 logs[f"{prefix}head_accuracy"] = total[3] / total[4]
         super().log(logs, start_time)
+
+
+def shard_on_cpu(accelerator) -> None:
+    """Shard an FSDP run of CPU processes with FSDP2 (`fully_shard`) over gloo: accelerate picks
+    FSDP only on accelerators and would run the config unsharded, as plain data parallelism.
+    Both shared states change, as accelerate's own do on GPUs: a new AcceleratorState copies
+    PartialState's."""
+    plugin = FullyShardedDataParallelPlugin()  # from the config's FSDP_* variables
+    if plugin.fsdp_version != 2:
+        raise TrainError(
+            "FSDP on CPU needs fsdp_version: 2 in the accelerate config (torch's fully_shard); "
+            "the shipped one is `holisafe accelerate-config fsdp`"
+        )
+    accelerator.state.fsdp_plugin = plugin
+    accelerator.state.distributed_type = DistributedType.FSDP
+    PartialState._shared_state["distributed_type"] = DistributedType.FSDP
 
 
 @contextlib.contextmanager
@@ -204,6 +232,8 @@ def train(settings: TrainSettings, *, progress: bool = True) -> TrainResult:
     if trainer.is_world_process_zero():
         write_record(target, record)
         if settings.merge:
+            # ZeRO-3 would partition the base merge_lora loads, over processes not taking part
+            unset_hf_deepspeed_config()
             merge_lora(target, out)
             for stale in ADAPTER_FILES:  # from an earlier, unmerged run into the same folder
                 (out / stale).unlink(missing_ok=True)
