@@ -78,6 +78,7 @@ class Response:
     safety: SafetyPrediction | None = None
     tokens: int | None = None  # prompt + completion tokens the provider reports; None: unknown
     truncated: bool = False  # the answer was cut at max_new_tokens
+    gated: bool = False  # the safety head's score reached the gate: no answer was decoded
 
     @property
     def ok(self) -> bool:
