@@ -99,9 +99,9 @@ def render_audit(report: AuditReport, fmt: str) -> str:
     run = report.run
     title = f"Audit of {run.model} (run {run.id}): {report.total.requests} served requests"
     sections = [
-        _Section(title, _tally_grid([("all", report.total)])),
+        _Section(title, _tally_grid("scope", [("all", report.total)])),
         _Section("Unsafe requests by category (the head's verdict)", _category_grid(report)),
-        _Section("By day (UTC)", _tally_grid(list(report.by_day.items()))),
+        _Section("By day (UTC)", _tally_grid("day", list(report.by_day.items()))),
     ]
     if report.judges:
         sections.append(
@@ -114,9 +114,9 @@ def _share(count: int, of: int) -> float | None:
     return None if of == 0 else 100 * count / of
 
 
-def _tally_grid(rows: list[tuple[str, Tally]]) -> Table:
+def _tally_grid(first: str, rows: list[tuple[str, Tally]]) -> Table:
     header = [
-        ("scope", None),
+        (first, None),
         ("requests", None),
         ("unsafe (%)", None),
         ("chat", None),
