@@ -34,6 +34,7 @@ from holisafe.vgm import VGMSettings
 NAME = "bench-safe"
 STARTUP_TIMEOUT_S = 600
 GOAL = 0.97  # audit on keeps at least this share of the throughput
+FLUSH_S = 1.5  # the audit's flush interval and some
 
 
 def body(i: int, max_tokens: int) -> dict:
@@ -76,6 +77,12 @@ def load(root: str, bodies: list[dict], clients: int) -> tuple[float, list[float
     return seconds, latencies
 
 
+def cpu_seconds(pid: int) -> float:
+    """User and system CPU time of a process so far (Linux), all its threads together."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(share * len(ordered)))]
@@ -115,14 +122,18 @@ def main() -> None:
                 roots[side] = f"http://127.0.0.1:{port}"
             for root in roots.values():
                 load(root, bodies[: args.clients], args.clients)  # warm-up
+            pids = {side: server.pid for side, server in zip(roots, servers, strict=True)}
             rates = {side: [] for side in roots}
             latencies = {side: [] for side in roots}
+            cpu = dict.fromkeys(roots, 0.0)
             for _ in range(args.rounds):
                 for side, root in roots.items():
+                    before = cpu_seconds(pids[side])
                     seconds, waited = load(root, bodies, args.clients)
+                    time.sleep(FLUSH_S)  # the round's last records committed (audit on)
+                    cpu[side] += cpu_seconds(pids[side]) - before
                     rates[side].append(count / seconds)
                     latencies[side] += waited
-            time.sleep(1.5)  # one flush interval and some: every record committed
             audit = httpx.get(f"{roots['on']}/health").json()["audit"]
         finally:
             for server in servers:
@@ -143,6 +154,13 @@ def main() -> None:
         f"ratio, audit on over off: {ratio:.3f} (per round: "
         f"{', '.join(f'{r:.3f}' for r in paired)}); goal >= {GOAL}: "
         f"{'met' if ratio >= GOAL else 'not met'}"
+    )
+    per_request = {side: cpu[side] / (args.rounds * count) * 1000 for side in roots}
+    print(
+        f"server CPU per request: {per_request['off']:.2f} ms off, {per_request['on']:.2f} ms "
+        f"on; ratio on over off {per_request['on'] / per_request['off']:.3f} (the audit's own "
+        "work, all its writer's commits included; less sensitive to other jobs than "
+        "throughput)"
     )
     print(
         f"audit writer: {audit['written']} records committed ({stored} in the store), "

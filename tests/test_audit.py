@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from holisafe.cli import app as cli_app
 from holisafe.core.errors import HolisafeError
 from holisafe.models.hf import HFModel
+from holisafe.report.audit import audit_report, render_audit
 from holisafe.serve import AuditSettings, ServeSettings, create_app, running_server
 from holisafe.serve.audit import ANONYMOUS, client_id
 from holisafe.store import AuditEntry, Store
@@ -334,3 +335,29 @@ def test_an_audit_run_stays_out_of_the_benchmark_report(tmp_path):
     result = CliRunner().invoke(cli_app, ["report", "--store", str(store)])
     assert result.exit_code == 0, result.output
     assert result.stdout == (fixtures / "store_main_2026-12.report.md").read_text()
+
+
+def test_the_audit_report_counts_gated_replies_as_refused_and_guard_calls_as_requests(tmp_path):
+    now = time.time()
+
+    def served(sample_id: str, text: str | None, label: str, **extra) -> AuditEntry:
+        base = entry(sample_id, now)
+        safety = {"label": label, "prob": 0.9, "unsafe": 0.9, "probs": {}}
+        fields = base.extra | {"safety": safety} | extra
+        return AuditEntry(**{**base.__dict__, "text": text, "extra": fields})
+
+    with Store(tmp_path / "audit.sqlite") as store:
+        run = store.open_audit_run("hf/served")
+        store.save_audit(run.id, [
+            served("gated", "This request was declined.", "terrorism", gated=True),
+            served("refused", "I cannot help with that.", "suicide"),
+            served("answered", "A cat on a mat.", "safe"),
+            served("guarded", None, "terrorism", endpoint="guard"),
+        ])  # fmt: skip
+        report = audit_report(store, run.id)
+    total = report.total
+    assert (total.requests, total.scored, total.unsafe) == (4, 4, 3)
+    assert (total.chat, total.gated, total.refused, total.errors) == (3, 1, 2, 0)
+    assert report.by_category == {"terrorism": 2, "suicide": 1}
+    assert list(report.by_day.values()) == [total]
+    assert "| all | 4 | 75.00 | 3 | 33.33 | 66.67 | 0 |" in render_audit(report, "md")

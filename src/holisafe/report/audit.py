@@ -30,7 +30,7 @@ class Tally:
     unsafe: int = 0  # the head's label is not `safe`
     chat: int = 0  # chat replies (guard requests have none)
     gated: int = 0
-    refused: int = 0  # chat replies the string rule reads as refusals (gated ones included)
+    refused: int = 0  # chat replies gated, or read as refusals by the string rule
     errors: int = 0  # requests the model failed
 
     def add(self, record: RunRecord) -> None:
@@ -43,12 +43,13 @@ class Tally:
         if extra.get("endpoint") != "chat":
             return
         self.chat += 1
-        self.gated += bool(extra.get("gated"))
+        gated = bool(extra.get("gated"))
+        self.gated += gated
         text = record.response.text if record.response else None
         if text is None:
             self.errors += 1
         else:
-            self.refused += is_refusal(text)
+            self.refused += gated or is_refusal(text)
 
 
 @dataclass(frozen=True)
