@@ -21,10 +21,12 @@ from typer.testing import CliRunner
 
 from holisafe.cli import app as cli_app
 from holisafe.core.errors import HolisafeError
+from holisafe.core.records import Response
 from holisafe.models.hf import HFModel
 from holisafe.report.audit import audit_report, render_audit
 from holisafe.serve import AuditSettings, ServeSettings, create_app, running_server
-from holisafe.serve.audit import ANONYMOUS, client_id
+from holisafe.serve import audit as audit_module
+from holisafe.serve.audit import ANONYMOUS, AuditWriter, Served, client_id
 from holisafe.store import AuditEntry, Store
 from holisafe.synthetic.tiny import build_tiny_model
 from holisafe.vgm import VGMSettings, convert_folder
@@ -361,3 +363,22 @@ def test_the_audit_report_counts_gated_replies_as_refused_and_guard_calls_as_req
     assert report.by_category == {"terrorism": 2, "suicide": 1}
     assert list(report.by_day.values()) == [total]
     assert "| all | 4 | 75.00 | 3 | 33.33 | 66.67 | 0 |" in render_audit(report, "md")
+
+
+def test_a_full_queue_drops_and_counts_records_instead_of_holding_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(audit_module, "MAX_QUEUED", 3)
+    monkeypatch.setattr(audit_module, "MAX_QUEUED_IMAGE_BYTES", 10)
+    writer = AuditWriter(AuditSettings(tmp_path / "audit.sqlite", images=True), "hf/served")
+    reply = Response(text="an answer")
+    for i in range(2):  # a 6-byte image each: the second would pass the 10 bytes
+        image = writer.image(b"pixels")
+        served = Served("chat", ANONYMOUS, time.time(), 0.1, f"image {i}", image=image)
+        writer.record(served, reply)
+    for i in range(4):  # two more fit the 3 records
+        writer.record(Served("chat", ANONYMOUS, time.time(), 0.1, f"text {i}"), reply)
+    assert (writer.counters()["queued"], writer.dropped) == (3, 3)
+    writer.start()
+    writer.stop()  # commits what is queued
+    assert (writer.written, writer.counters()["queued"]) == (3, 0)
+    queries = sorted(r.sample.query for r in audited(tmp_path / "audit.sqlite"))
+    assert queries == ["image 0", "text 0", "text 1"]

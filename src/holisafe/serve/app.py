@@ -98,9 +98,8 @@ def create_app(model: Model, settings: ServeSettings = ServeSettings()) -> FastA
         max_batch=settings.max_batch or getattr(model, "batch_size", 8),
         wait_s=settings.batch_wait_ms / 1000,
     )
-    name = settings.model_name or default_model_name(model.spec)
     served = _Served(
-        name=name,
+        name=settings.model_name or default_model_name(model.spec),
         batcher=batcher,
         limits=settings.limits,
         capacity=Capacity(settings.limits),

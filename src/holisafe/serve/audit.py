@@ -31,6 +31,7 @@ from holisafe.store import AuditEntry, Store
 
 FLUSH_INTERVAL_S = 1.0  # the most a record waits before it is committed
 MAX_QUEUED = 50_000  # records waiting for the writer; more are dropped and counted
+MAX_QUEUED_IMAGE_BYTES = 256 * 2**20  # and the images they hold (--audit-images)
 RETENTION_INTERVAL_S = 3600.0  # how often --audit-days deletes what has aged
 DAY_S = 86_400
 ANONYMOUS = "anonymous"
@@ -95,7 +96,8 @@ class AuditWriter:
         self.worst_record_s = 0.0  # the longest a reply waited for `record`
         self.worst_image_s = 0.0  # the longest hashing one image took (on a decoding thread)
         self.work_s = 0.0  # the CPU time of queuing, hashing and committing records
-        self._timing = threading.Lock()  # three kinds of threads add to the times
+        self._timing = threading.Lock()  # three kinds of threads add to the times and bytes
+        self._queued_bytes = 0  # of the images on the queue
         self._queue: queue.Queue[AuditEntry] = queue.Queue(MAX_QUEUED)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -166,18 +168,26 @@ class AuditWriter:
             latency_s=served.latency_s,
             extra=extra,
         )
-        try:
-            self._queue.put_nowait(entry)
-        except queue.Full:
-            self.dropped += 1
-            if self.dropped in (1, 10) or self.dropped % 1000 == 0:
-                log.warning(
-                    "audit: %d record(s) dropped so far: %d are waiting for the store %s, "
-                    "which does not keep up",
-                    self.dropped,
-                    MAX_QUEUED,
-                    self.settings.store,
-                )
+        size = len(entry.image or b"")
+        with self._timing:  # only this thread puts: a queue with room takes the entry
+            room = not self._queue.full() and self._queued_bytes + size <= MAX_QUEUED_IMAGE_BYTES
+            if room:
+                self._queued_bytes += size
+                self._queue.put_nowait(entry)
+        if not room:
+            self._drop()
+
+    def _drop(self) -> None:
+        self.dropped += 1
+        if self.dropped in (1, 10) or self.dropped % 1000 == 0:
+            log.warning(
+                "audit: %d record(s) dropped so far: the store %s does not keep up (%d records "
+                "or %d MiB of images waiting are the most held)",
+                self.dropped,
+                self.settings.store,
+                MAX_QUEUED,
+                MAX_QUEUED_IMAGE_BYTES // 2**20,
+            )
 
     @contextmanager
     def _timed(self, worst: str | None = None) -> Iterator[None]:
@@ -225,6 +235,8 @@ class AuditWriter:
                 break
         if not entries:
             return
+        with self._timing:
+            self._queued_bytes -= sum(len(entry.image or b"") for entry in entries)
         try:
             with self._timed():
                 store.save_audit(self._run_id, entries)
