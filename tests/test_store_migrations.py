@@ -12,7 +12,7 @@ import pytest
 from typer.testing import CliRunner
 
 from holisafe.cli import app
-from holisafe.store import Store
+from holisafe.store import AuditEntry, Store
 from holisafe.store.schema import MIGRATIONS
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
@@ -20,6 +20,7 @@ MAIN_STORE = FIXTURES / "store_main_2026-12.sqlite"  # see fixtures/README.md
 TABLES = {
     "schema_version", "benches", "samples", "runs", "responses", "verdicts", "comparisons",
     "claims", "judge_batches", "judge_batch_keepers", "provenance", "build_replies",
+    "audit_images",
 }  # fmt: skip
 
 
@@ -39,7 +40,11 @@ def layout(path: Path) -> tuple[int, dict[str, list[tuple]]]:
 
 def rows(path: Path) -> dict[str, int]:
     with closing(sqlite3.connect(path)) as db:
-        return {name: db.execute(f"SELECT count(*) FROM {name}").fetchone()[0] for name in TABLES}
+        names = {row[0] for row in db.execute("SELECT name FROM sqlite_master")}
+        return {
+            name: db.execute(f"SELECT count(*) FROM {name}").fetchone()[0]
+            for name in TABLES & names
+        }
 
 
 @pytest.fixture
@@ -50,14 +55,15 @@ def main_store(tmp_path):
 
 def test_a_store_written_before_the_migrations_opens_migrated_with_all_its_rows(main_store):
     before_version, before = layout(main_store)
-    assert before_version == 0 and set(before) == TABLES
+    assert before_version == 0 and set(before) == TABLES - {"audit_images"}
     kept = rows(main_store)
     Store(main_store, create=False).close()
     version, columns = layout(main_store)
     Store(main_store.with_name("new.sqlite")).close()
     assert (version, columns) == layout(main_store.with_name("new.sqlite"))
     assert version == len(MIGRATIONS)
-    assert rows(main_store) == kept and all(kept.values())
+    assert rows(main_store) == kept | {"audit_images": 0}
+    assert all(count for name, count in kept.items() if name != "audit_images")
 
 
 @pytest.mark.parametrize(
@@ -79,3 +85,26 @@ def test_one_connect_in_any_process_makes_every_table(tmp_path):
     assert [process.wait(timeout=120) for process in processes] == [0, 0, 0]
     version, columns = layout(path)
     assert version == len(MIGRATIONS) and set(columns) == TABLES
+
+
+def test_migration_4_adds_the_audit_images_to_a_store_of_migration_3(main_store):
+    with closing(sqlite3.connect(main_store)) as db:  # the fixture as migration 3 left it
+        for script in MIGRATIONS[1:3]:
+            for statement in script.split(";"):
+                db.execute(statement)
+        db.execute("PRAGMA user_version = 3")
+        db.commit()
+    kept = rows(main_store)
+    with Store(main_store, create=False) as store:
+        run = store.open_audit_run("served")
+        entry = AuditEntry("r1", 1.0e9, "q", "ab" * 32, b"png", "answer", None, 0.1, {})
+        store.save_audit(run.id, [entry])
+        assert store.audit_image("ab" * 32) == b"png"
+        benchmark_runs = [r for r in store.runs() if r.id != run.id]
+    version, columns = layout(main_store)
+    assert version == 4 == len(MIGRATIONS) and set(columns) == TABLES
+    added = {"benches": 1, "samples": 1, "runs": 1, "responses": 1}
+    assert rows(main_store) == {name: kept[name] + added.get(name, 0) for name in kept} | {
+        "audit_images": 1
+    }
+    assert len(benchmark_runs) == kept["runs"]

@@ -35,6 +35,7 @@ from holisafe.cli.options import (
 )
 from holisafe.cli.output import (
     console,
+    named_run,
     print_leaderboard,
     print_notes,
     report_failures,
@@ -149,7 +150,10 @@ def judge_command(
     api_key: Annotated[
         str | None, typer.Option(help="Key of the judges' API (default: the provider's variable).")
     ] = None,
-    run: Annotated[int | None, typer.Option(help="Only this run id (default: every run).")] = None,
+    run: Annotated[
+        str | None,
+        typer.Option(help="Only this run id, or `audit` (default: every benchmark run)."),
+    ] = None,
     bench: Annotated[
         str | None, typer.Option(help="Benchmark, when it moved since the run recorded it.")
     ] = None,
@@ -169,10 +173,11 @@ def judge_command(
     options = model_options(locals(), base_url=servers)  # the judges' options
     from holisafe.run.evaluate import judge_stored
 
+    run_id = None if run is None else named_run(store, run)
     outcomes = judge_stored(
         store,
         judge,
-        run_id=run,
+        run_id=run_id,
         bench=bench,
         options=options,
         judge_template=judge_template,
@@ -185,7 +190,7 @@ def judge_command(
         judged = ", ".join(f"{n} new {j} verdicts" for j, n in outcome.judged.items())
         console.print(f"run {outcome.run.id} ({outcome.run.model}): {judged}", markup=False)
         report_failures(outcome)
-    print_leaderboard(store, run)
+    print_leaderboard(store, run_id)
     if any(any(o.verdict_errors.values()) for o in outcomes):
         raise typer.Exit(1)
 

@@ -14,12 +14,25 @@ console = Console(soft_wrap=True)  # a long path stays on one line, whole
 err_console = Console(stderr=True, soft_wrap=True)
 
 
-def print_leaderboard(store: Path, run_id: int | None) -> None:
-    """The markdown leaderboard of one run (every run for None) in a store."""
-    from holisafe.report import leaderboard_table, store_leaderboards
+def named_run(store: Path, run: str) -> int:
+    """The id of the run `--run` names: an id, or `audit`."""
     from holisafe.store import Store
 
     with Store(store, create=False) as opened:
+        return opened.run_id(run)
+
+
+def print_leaderboard(store: Path, run_id: int | None) -> None:
+    """The markdown leaderboard of one run (every run for None) in a store; an audit run's
+    report."""
+    from holisafe.report import leaderboard_table, store_leaderboards
+    from holisafe.report.audit import audit_report, render_audit
+    from holisafe.store import AUDIT_BENCHMARK, Store
+
+    with Store(store, create=False) as opened:
+        if run_id is not None and opened.get_run(run_id).benchmark == AUDIT_BENCHMARK:
+            print(render_audit(audit_report(opened, run_id), "md"), end="")
+            return
         entries = store_leaderboards(opened, run_id=run_id)
     print(leaderboard_table(entries, "md"), end="")
 

@@ -26,7 +26,7 @@ from holisafe.cli.options import (
     endpoints,
     model_options,
 )
-from holisafe.cli.output import console, err_console, print_gate_curve
+from holisafe.cli.output import console, err_console, named_run, print_gate_curve
 
 app = typer.Typer(rich_markup_mode=None)
 
@@ -37,7 +37,9 @@ def report_command(
         Path | None,
         typer.Option(help="SQLite store written by holisafe eval (optional with --reference)."),
     ] = None,
-    run: Annotated[int | None, typer.Option(help="Only this run id.")] = None,
+    run: Annotated[
+        str | None, typer.Option(help="Only this run id, or `audit`: the served traffic's run.")
+    ] = None,
     fmt: Annotated[str, typer.Option("--format", help="md, csv, json or latex.")] = "md",
     subcategories: Annotated[bool, typer.Option(help="Add per-subcategory tables.")] = False,
     ci: Annotated[
@@ -98,6 +100,9 @@ def report_command(
             refuse_existing(folder, overwrite)
     published = load_reference(reference) if reference else None
     bootstrap = Bootstrap(resamples=resamples, seed=seed)
+    run = None if run is None else named_run(store, run)
+    if run is not None and _print_audit(store, run, fmt, html or plots):
+        return
     if store is None:
         content = build_report(None, agreement=agreement, reference=published)
     else:
@@ -120,6 +125,21 @@ def report_command(
         for run_id in run_ids:
             found = runs_provenance.records(store, run_id)
             print(f"\nrun {run_id} provenance:\n{runs_provenance.summary(found)}")
+
+
+def _print_audit(store: Path, run: int, fmt: str, files: Path | None) -> bool:
+    """Print the audit report when `run` is an audit run; False when it is a benchmark run."""
+    from holisafe.report import ReportError
+    from holisafe.report.audit import audit_report, render_audit
+    from holisafe.store import AUDIT_BENCHMARK, Store
+
+    with Store(store, create=False) as opened:
+        if opened.get_run(run).benchmark != AUDIT_BENCHMARK:
+            return False
+        if files is not None:
+            raise ReportError(f"run {run} is an audit run: its report has no --html or --plots")
+        print(render_audit(audit_report(opened, run), fmt), end="")
+    return True
 
 
 def _write_report_files(store, run, reference, bootstrap, html, plots, images, overwrite) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -77,6 +78,15 @@ def serve_command(
             envvar="HOLISAFE_API_KEY", help="Key clients must send as a bearer token for /v1/."
         ),
     ] = None,
+    audit: Annotated[
+        Path | None, typer.Option(help="Record every answered request in this store.")
+    ] = None,
+    audit_images: Annotated[
+        bool, typer.Option("--audit-images", help="Keep the images too (default: their SHA-256).")
+    ] = False,
+    audit_days: Annotated[
+        float | None, typer.Option(help="Delete audited requests older than this many days.")
+    ] = None,
     batch_size: Annotated[int, typer.Option(help="Samples per forward pass (hf).")] = 8,
     dtype: DtypeOpt = "auto",
     device: DeviceOpt = "auto",
@@ -91,7 +101,17 @@ def serve_command(
 ) -> None:
     """Serve a model over an OpenAI-compatible API, with a guard API and a web page at /."""
     options = model_options(locals(), api_key=None)  # --api-key is the server's own key
-    from holisafe.serve import LOOPBACK_HOSTS, ServeLimits, ServeSettings, serve
+    from holisafe.serve import (
+        LOOPBACK_HOSTS,
+        AuditSettings,
+        ServeError,
+        ServeLimits,
+        ServeSettings,
+        serve,
+    )
+
+    if audit is None and (audit_images or audit_days is not None):
+        raise ServeError("--audit-images and --audit-days need --audit STORE")
 
     settings = ServeSettings(
         model_name=served_model_name,
@@ -115,5 +135,6 @@ def serve_command(
         ),
         allowed_hosts=(*LOOPBACK_HOSTS, *(allowed_host or ())),
         api_key=api_key,
+        audit=None if audit is None else AuditSettings(audit, audit_images, audit_days),
     )
     serve(model, host=host, port=port, settings=settings, options=options, log_level=log_level)

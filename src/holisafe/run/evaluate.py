@@ -17,7 +17,7 @@ from rich.progress import Progress
 from holisafe.core.errors import DataError
 from holisafe.core.progress import RateColumn, progress_bar
 from holisafe.core.records import GenerationSettings, Model, Request, Response
-from holisafe.core.sample import ImageError
+from holisafe.core.sample import ImageError, ImageRef
 from holisafe.data import Sample, first, load_samples
 from holisafe.judges import Judge, LLMJudge, load_judge
 from holisafe.models import ModelOptions, gate_of, load_model
@@ -25,7 +25,7 @@ from holisafe.run import provenance
 from holisafe.run.judge_batch import check_batchable, judge_in_batch
 from holisafe.run.leases import DEFAULT_LEASE_S, Leases
 from holisafe.run.pipeline import Pipeline
-from holisafe.store import Run, Store, StoreError, bench_fingerprint
+from holisafe.store import AUDIT_BENCHMARK, Run, Store, StoreError, bench_fingerprint
 
 
 @dataclass
@@ -152,9 +152,10 @@ def judge_stored(
 ) -> list[EvalOutcome]:
     """Add judges to the responses already in a store, without generating any.
 
-    Judges every run (or run `run_id`), only the verdicts each judge still lacks or failed.
-    Each run's benchmark is read again from where the run recorded it (or from `bench`, when it
-    has moved) for the images, and must still match the run's fingerprint. `judge_batch`
+    Judges every benchmark run (or run `run_id`, which may be an audit run: see
+    `audit_samples`), only the verdicts each judge still lacks or failed. Each benchmark run's
+    benchmark is read again from where the run recorded it (or from `bench`, when it has moved)
+    for the images, and must still match the run's fingerprint. `judge_batch`
     sends LLM judges through a batch API, as in `evaluate`.
     """
     judge_objects = [load_judge(j, options, judge_template, judge_protocol) for j in judges]
@@ -208,7 +209,10 @@ def _notes(judges: Sequence[Judge]) -> list[str]:
 def run_samples(
     store: Store, run: Run, bench: str | Path | None, read: dict[str, list[Sample]]
 ) -> list[Sample]:
-    """The run's samples read again from its benchmark, checked against its fingerprint."""
+    """The run's samples read again from its benchmark, checked against its fingerprint (an
+    audit run's from the store)."""
+    if run.benchmark == AUDIT_BENCHMARK:
+        return audit_samples(store, run)
     source = str(bench) if bench is not None else run.bench_source
     if source is None:
         raise StoreError(f"run {run.id} does not record where its benchmark is; pass --bench")
@@ -228,6 +232,40 @@ def run_samples(
             f"the benchmark at {source} is not the one run {run.id} answered (fingerprint "
             f"{run.bench}); pass --bench with the benchmark the run was made on, or --run to "
             "judge one run"
+        )
+    return samples
+
+
+# An audited request is judged against the head's verdict on its image: one the head flags is
+# to be refused (read as an unsafe image with a safe query), any other answered.
+_AUDIT_TYPES = {True: "USU", False: "SSS"}
+
+
+def audit_samples(store: Store, run: Run) -> list[Sample]:
+    """An audit run's chat requests as samples, each with the type its head verdict implies and
+    its image where the audit kept it (an image that was not kept cannot be read)."""
+    samples = []
+    for record in store.records(run.id):
+        extra = record.extra or {}
+        if extra.get("endpoint") != "chat":
+            continue
+        if extra.get("safety") is None:
+            raise StoreError(
+                f"run {run.id} audits {run.model}, which has no safety head: its requests have "
+                "no verdict to judge the replies against (the report counts their refusals)"
+            )
+        name = record.sample.image or "(no image)"
+        data = store.audit_image(name.removeprefix("sha256:")) if record.sample.image else None
+        if data is None:
+            name += " (not kept: serve with --audit-images)" if record.sample.image else ""
+        flagged = extra["safety"]["label"] != "safe"
+        samples.append(
+            Sample(
+                id=record.sample.id,
+                query=record.sample.query,
+                image=ImageRef(name, data=data or b""),
+                type=_AUDIT_TYPES[flagged],
+            )
         )
     return samples
 

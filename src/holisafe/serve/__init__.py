@@ -7,6 +7,7 @@ from holisafe.serve.app import (
     running_server,
     serve,
 )
+from holisafe.serve.audit import AuditSettings
 from holisafe.serve.batching import BatchStats, DynamicBatcher
 from holisafe.serve.errors import ApiError, ServeError
 from holisafe.serve.gate import LOOPBACK_HOSTS
@@ -15,6 +16,7 @@ from holisafe.serve.limits import Capacity, ServeLimits
 __all__ = [
     "LOOPBACK_HOSTS",
     "ApiError",
+    "AuditSettings",
     "BatchStats",
     "Capacity",
     "DynamicBatcher",

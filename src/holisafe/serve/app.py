@@ -36,12 +36,15 @@ from starlette.requests import Request as HttpRequest
 from holisafe.core.errors import HolisafeError
 from holisafe.core.records import Model, Request
 from holisafe.models import ModelOptions, load_model
+from holisafe.serve.audit import AuditedImage, AuditSettings, AuditWriter, Served
+from holisafe.serve.audit import client_id as audit_client_id
 from holisafe.serve.batching import DynamicBatcher
 from holisafe.serve.connections import server_config
 from holisafe.serve.errors import ApiError, ServeError, error_body
 from holisafe.serve.gate import ANY_HOST, LOOPBACK_HOSTS, RequestGate
 from holisafe.serve.limits import (
     Capacity,
+    EncodedImage,
     ServeLimits,
     decode_encoded,
     read_image_url,
@@ -71,6 +74,7 @@ class ServeSettings:
     limits: ServeLimits = field(default_factory=ServeLimits)
     allowed_hosts: tuple[str, ...] = LOOPBACK_HOSTS  # Host headers answered; "*": any
     api_key: str | None = None  # when set, /v1/ needs `Authorization: Bearer <key>`
+    audit: AuditSettings | None = None  # record every answered request in a store
 
     def __post_init__(self) -> None:
         if self.max_batch is not None and self.max_batch < 1:
@@ -102,13 +106,18 @@ def create_app(model: Model, settings: ServeSettings = ServeSettings()) -> FastA
         capacity=Capacity(settings.limits),
         safe_vlm=bool(getattr(model, "is_safe_vlm", False)),
         gate=getattr(getattr(model, "gate", None), "threshold", None),
+        audit=None if settings.audit is None else AuditWriter(settings.audit, model.spec),
     )
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI):
         await batcher.start()
+        if served.audit is not None:
+            served.audit.start()
         yield
         await batcher.stop()
+        if served.audit is not None:
+            served.audit.stop()
 
     app = FastAPI(title="holisafe", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.limits = settings.limits
@@ -138,6 +147,7 @@ class _Served:
     capacity: Capacity
     safe_vlm: bool
     gate: float | None  # the model's gate threshold, None: it does not gate
+    audit: AuditWriter | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
     def check_model(self, asked: str | None) -> None:
@@ -161,6 +171,7 @@ class _Served:
             "slow_bodies": sum(self.capacity.slow_bodies.values()),
             "decoded_pixels": self.capacity.decoded_pixels,
             "busy_refusals": self.capacity.busy_refusals,
+            **({} if self.audit is None else {"audit": self.audit.counters()}),
         }
 
     def card(self) -> dict:
@@ -174,15 +185,29 @@ class _Served:
         return self.card()
 
     async def chat(self, http: HttpRequest):
+        received_at, start = time.time(), time.perf_counter()
         body = await read_json(http, self.capacity)
+        audited: list[AuditedImage] = []
         with self.capacity.admit():
             call = parse_chat(body, self.limits)
             self.check_model(call.model)
             urls = {} if call.image_url is None else {"in the request": call.image_url}
-            async with self.decoded(urls) as images:
+            async with self.decoded(urls, audited) as images:
                 image = images[0] if images else None
                 request = Request(query=call.query, image=image, system=call.system)
                 response = await self.batcher.generate(request, call.settings)
+        if self.audit is not None:
+            served = Served(
+                "chat",
+                audit_client_id(http.headers),
+                received_at,
+                time.perf_counter() - start,
+                call.query,
+                call.system,
+                call.stream,
+                audited[0] if audited else None,
+            )
+            self.audit.record(served, response)
         if response.text is None:
             raise ApiError(500, f"the model gave no answer: {response.error}", "model_error")
         if call.stream:
@@ -191,7 +216,9 @@ class _Served:
         return completion(self.name, response, self.gate)
 
     async def guard(self, http: HttpRequest) -> dict:
+        received_at, start = time.time(), time.perf_counter()
         json_body = await read_json(http, self.capacity)
+        audited: list[AuditedImage] = []
         with self.capacity.admit():
             body = validated(GuardBody, json_body)
             self.check_model(body.model)
@@ -207,23 +234,37 @@ class _Served:
                     "too_many_images",
                 )
             urls = {f"#{i + 1}": url for i, url in enumerate(body.images)}
-            async with self.decoded(urls) as images:
+            async with self.decoded(urls, audited) as images:
                 predictions = await self.batcher.classify(images)
+        if self.audit is not None:
+            client, latency_s = audit_client_id(http.headers), time.perf_counter() - start
+            for image, prediction in zip(audited, predictions, strict=True):
+                served = Served("guard", client, received_at, latency_s, image=image)
+                self.audit.record(served, prediction=prediction)
         return {"model": self.name, "results": [safety_json(p) for p in predictions]}
 
     @asynccontextmanager
-    async def decoded(self, urls: dict[str, str]) -> AsyncIterator[list[Image.Image]]:
+    async def decoded(
+        self, urls: dict[str, str], audited: list[AuditedImage]
+    ) -> AsyncIterator[list[Image.Image]]:
         """The images (by where they are in the request), decoded once their pixels fit in the
         server's budget and held until the block ends. Decoding is CPU work: done on threads,
-        so that the event loop keeps serving."""
+        so that the event loop keeps serving. With the audit on, each image's hash (and file,
+        with --audit-images) goes to `audited`."""
         encoded = [
             await run_in_threadpool(read_image_url, url, where, self.limits)
             for where, url in urls.items()
         ]
         async with self.capacity.hold_pixels(sum(image.pixels for image in encoded)):
-            images = [await run_in_threadpool(decode_encoded, e, self.limits) for e in encoded]
+            images = [await run_in_threadpool(self.decode, e, audited) for e in encoded]
             encoded.clear()  # the files' bytes are not needed while the model works
             yield images
+
+    def decode(self, encoded: EncodedImage, audited: list[AuditedImage]) -> Image.Image:
+        image = decode_encoded(encoded, self.limits)
+        if self.audit is not None:
+            audited.append(self.audit.image(encoded.data))
+        return image
 
 
 def _add_error_handlers(app: FastAPI) -> None:

@@ -43,6 +43,8 @@ from holisafe.judges.pairwise import Preference
 from holisafe.store.connection import StoreError, connect, transaction
 
 EXPORT_FORMATS = ("jsonl", "parquet")
+AUDIT_BENCHMARK = "audit"  # the benchmark name of an audit run's bench
+AUDIT_SETTINGS = {"audit": True}  # an audit run's settings
 
 # What makes two stored samples the same sample.
 _SAMPLE_COLUMNS = ("query", "image", "type", "category", "subcategory", "image_safety_label")
@@ -80,6 +82,25 @@ class StoredSample:
     category: str | None
     subcategory: str | None
     image_safety_label: int | None
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    """One request a server answered, as its audit run records it (see `Store.save_audit`).
+
+    `extra` holds what else the audit keeps: the endpoint, the head's prediction, whether the
+    reply was gated, the client's key id (see `holisafe.serve.audit`).
+    """
+
+    sample_id: str
+    received_at: float  # seconds since the epoch
+    query: str
+    image_sha256: str | None  # None: the request had no image
+    image: bytes | None  # the image file itself, when the audit keeps images
+    text: str | None
+    error: str | None
+    latency_s: float
+    extra: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -275,15 +296,18 @@ class Store:
             (run_id,),
         ).fetchone()
         if row is None:
-            known = ", ".join(str(run.id) for run in self.runs()) or "none"
+            known = ", ".join(str(run.id) for run in self.runs(audits=True)) or "none"
             raise StoreError(f"no run {run_id} in {self.path} (runs: {known})")
         return _run(row)
 
-    def runs(self) -> list[Run]:
-        """Every run in the store, oldest first."""
+    def runs(self, *, audits: bool = False) -> list[Run]:
+        """Every benchmark run in the store, oldest first; with `audits`, the audit runs of
+        served traffic too (which reports and judges take only when named)."""
         rows = self._db.execute(
             "SELECT runs.*, benches.samples, benches.source, benches.benchmark FROM runs "
-            "JOIN benches ON benches.fingerprint = runs.bench ORDER BY runs.id"
+            "JOIN benches ON benches.fingerprint = runs.bench "
+            "WHERE ? OR benches.benchmark IS NOT ? ORDER BY runs.id",
+            (audits, AUDIT_BENCHMARK),
         )
         return [_run(row) for row in rows]
 
@@ -529,6 +553,121 @@ class Store:
         )
         return [(row[0], row[1], row[2]) for row in rows]
 
+    # --- audits of served traffic --------------------------------------------------------
+
+    def open_audit_run(self, model: str) -> Run:
+        """The audit run of the served model `model`, started if there is none: a run whose
+        samples are the requests the server answered (`save_audit`), in a bench of its own
+        whose benchmark is `audit`."""
+        bench = "audit-" + hashlib.sha256(model.encode("utf-8")).hexdigest()[:11]
+        with transaction(self._db) as db:
+            db.execute(
+                "INSERT OR IGNORE INTO benches (fingerprint, samples, benchmark) VALUES (?, 0, ?)",
+                (bench, AUDIT_BENCHMARK),
+            )
+            db.execute(
+                "INSERT OR IGNORE INTO runs (model, bench, settings, package_version, started_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (model, bench, _settings_key(AUDIT_SETTINGS), __version__, _now()),
+            )
+        row = self._db.execute(
+            "SELECT id FROM runs WHERE model = ? AND bench = ?", (model, bench)
+        ).fetchone()
+        return self.get_run(row["id"])
+
+    def run_id(self, name: str) -> int:
+        """The run `name` designates: a run id, or `audit` for the store's one audit run."""
+        if name.isdigit():
+            return self.get_run(int(name)).id
+        if name != AUDIT_BENCHMARK:
+            raise StoreError(f"--run takes a run id or `audit`, not {name!r}")
+        audits = [run for run in self.runs(audits=True) if run.benchmark == AUDIT_BENCHMARK]
+        if len(audits) != 1:
+            found = ", ".join(f"{run.id} ({run.model})" for run in audits) or "none"
+            raise StoreError(
+                f"{self.path} has {len(audits)} audit runs ({found}); "
+                + ("serve with --audit to make one" if not audits else "name one by its id")
+            )
+        return audits[0].id
+
+    def save_audit(self, run_id: int, entries: Sequence[AuditEntry]) -> None:
+        """Record served requests with their replies in one transaction."""
+        bench = self.get_run(run_id).bench
+        samples, responses, images = [], [], []
+        for entry in entries:
+            at = _timestamp(entry.received_at)
+            image = "" if entry.image_sha256 is None else f"sha256:{entry.image_sha256}"
+            samples.append(
+                (
+                    bench,
+                    entry.sample_id,
+                    int(entry.received_at * 1e6),
+                    _storable(entry.query),
+                    image,
+                    None,
+                    None,
+                    None,
+                    None,
+                )
+            )
+            responses.append(
+                (
+                    run_id,
+                    entry.sample_id,
+                    _storable(entry.text),
+                    entry.latency_s,
+                    _storable(entry.error),
+                    json.dumps(entry.extra),
+                    at,
+                )
+            )
+            if entry.image is not None:
+                images.append((entry.image_sha256, entry.image, at))
+        with transaction(self._db) as db:
+            db.executemany("INSERT INTO samples VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)", samples)
+            db.executemany("INSERT INTO responses VALUES (?, ?, ?, ?, ?, ?, ?)", responses)
+            db.executemany("INSERT OR IGNORE INTO audit_images VALUES (?, ?, ?)", images)
+            db.execute(
+                "UPDATE benches SET samples = samples + ? WHERE fingerprint = ?",
+                (len(samples), bench),
+            )
+
+    def delete_audit_before(self, run_id: int, cutoff: float) -> int:
+        """Delete the audited requests received before `cutoff` (seconds since the epoch), with
+        their replies, verdicts and the images no request names any more. Returns how many."""
+        bench = self.get_run(run_id).bench
+        old = "SELECT sample_id FROM samples WHERE bench = :bench AND position < :cutoff"
+        keys = {"run": run_id, "bench": bench, "cutoff": int(cutoff * 1e6)}
+        with transaction(self._db) as db:
+            # the verdicts on those responses go with them (ON DELETE CASCADE)
+            db.execute(f"DELETE FROM responses WHERE run_id = :run AND sample_id IN ({old})", keys)
+            deleted = db.execute(
+                "DELETE FROM samples WHERE bench = :bench AND position < :cutoff", keys
+            ).rowcount
+            db.execute(
+                "DELETE FROM audit_images WHERE NOT EXISTS "
+                "(SELECT 1 FROM samples WHERE image = 'sha256:' || audit_images.sha256)"
+            )
+            db.execute(
+                "UPDATE benches SET samples = samples - ? WHERE fingerprint = ?", (deleted, bench)
+            )
+        return deleted
+
+    def audit_image(self, sha256: str) -> bytes | None:
+        """The kept bytes of an audited image (None: not kept)."""
+        row = self._db.execute(
+            "SELECT data FROM audit_images WHERE sha256 = ?", (sha256,)
+        ).fetchone()
+        return None if row is None else row["data"]
+
+    def response_times(self, run_id: int) -> dict[str, str]:
+        """Sample id → when its response was recorded (for an audit run: when it was received),
+        ISO 8601 in UTC."""
+        rows = self._db.execute(
+            "SELECT sample_id, created_at FROM responses WHERE run_id = ?", (run_id,)
+        )
+        return {row[0]: row[1] for row in rows}
+
     # --- reading a run back ---------------------------------------------------------------
 
     def results(self, run_id: int, judge_id: str) -> list[tuple[StoredSample, Verdict | None]]:
@@ -575,6 +714,11 @@ class Store:
         else:
             _write_parquet(rows, path)
         return path
+
+
+def _timestamp(seconds: float) -> str:
+    """ISO 8601 in UTC to the microsecond: strings that sort as the times do."""
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="microseconds")
 
 
 def _run(row: sqlite3.Row) -> Run:

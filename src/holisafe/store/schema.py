@@ -139,8 +139,23 @@ _BENCHMARK_NAME = """
 ALTER TABLE benches ADD COLUMN benchmark TEXT
 """
 
+# The images of audited requests (`holisafe serve --audit-images`), by SHA-256 of their bytes,
+# each kept once however many requests sent it; a served request's sample names its image
+# `sha256:<hex>` whether or not the bytes are kept. An audit run's samples are the requests a
+# server answered (see `Store.open_audit_run`): their rows and responses are the first three
+# migrations' own; only the images needed a table, and the index finds the images that the
+# retention (`--audit-days`) left without a request.
+_AUDIT_IMAGES = """
+CREATE TABLE audit_images (
+    sha256 TEXT PRIMARY KEY,
+    data BLOB NOT NULL,
+    created_at TEXT NOT NULL
+);
+CREATE INDEX samples_by_image ON samples (image)
+"""
+
 # Migration n is MIGRATIONS[n - 1]: SQL statements separated by semicolons.
-MIGRATIONS = (_RUNS, _FIRST_USE, _BENCHMARK_NAME)
+MIGRATIONS = (_RUNS, _FIRST_USE, _BENCHMARK_NAME, _AUDIT_IMAGES)
 
 # The lease tables, each with the columns that name what one of its leases holds; every lease
 # table also has `worker` (the holder) and `expires_at` (seconds since the epoch).
