@@ -80,3 +80,25 @@ def test_the_same_seed_gives_the_same_tower(tmp_path):
     (first, first_loss), (second, second_loss) = towers
     assert first_loss == second_loss
     assert all(torch.equal(first[name], second[name]) for name in first)
+
+
+def test_images_drawn_in_chunks_are_those_drawn_at_once(tmp_path, monkeypatch):
+    """Drawing in chunks bounds memory; the pixels and targets are those of one big batch."""
+    from transformers import AutoProcessor
+
+    from holisafe.core.progress import progress_bar
+    from holisafe.synthetic import vision_pretrain
+
+    folder = tiny_model_dir(tmp_path, "llava")
+    processor = AutoProcessor.from_pretrained(folder).image_processor
+    vocabulary = pictogram_vocabulary()
+
+    def drawn(chunk: int):
+        monkeypatch.setattr(vision_pretrain, "RENDER_CHUNK", chunk)
+        with progress_bar(False) as bar:
+            return vision_pretrain._rendered(25, 0, 2, 48, processor, vocabulary, bar)
+
+    (pixels, targets), (at_once, at_once_targets) = drawn(7), drawn(100)
+    assert pixels.shape[0] == 25
+    assert torch.equal(pixels, at_once)
+    assert torch.equal(targets, at_once_targets)

@@ -29,8 +29,19 @@ def demo_command(
     threads: Annotated[
         int, typer.Option(help="torch threads; with the seed, they fix the demo's outputs.")
     ] = 1,
+    pin_kernels: Annotated[
+        bool,
+        typer.Option(
+            help="Pin torch's and MKL's CPU kernels to one set, so that the seed gives the same "
+            "figures on any x86-64 CPU with AVX2; --no-pin-kernels runs this CPU's own (faster)."
+        ),
+    ] = True,
 ) -> None:
     """Generate HoliSafe-Mini, train three tiny VLMs, evaluate them and write the report."""
+    from holisafe.core.kernels import pin_kernels as pin
+
+    # before torch loads: it reads the kernel settings once
+    kernels = pin() if pin_kernels else "CPU kernels: this CPU's own (--no-pin-kernels)"
     from transformers.utils import logging as hf_logging
 
     from holisafe.synthetic.demo import MODELS, SCALE_NOTE, run_demo
@@ -38,6 +49,7 @@ def demo_command(
     hf_logging.disable_progress_bar()  # loading and saving bars; training keeps its own
     hf_logging.set_verbosity_error()  # a new guard module's missing weights are expected
     console.print(SCALE_NOTE, style="yellow")
+    console.print(kernels)
     result = run_demo(out, quick=quick, seed=seed, threads=threads, say=console.print)
     print()
     for model in MODELS:

@@ -24,6 +24,7 @@ from pathlib import Path
 import torch
 
 from holisafe.core.errors import HolisafeError
+from holisafe.core.kernels import kernel_settings, kernels_pinned, pinned_convolutions
 from holisafe.core.threads import torch_threads
 from holisafe.judges.official import cache_dir
 from holisafe.models import GenerationSettings, ModelOptions
@@ -154,11 +155,14 @@ def run_demo(
     """Run the demo into `out`, replacing what an earlier demo wrote there.
 
     torch runs on `threads` threads: with the seed, the count decides the bytes the demo writes
-    (see `holisafe.core.threads`), so the same seed and count give the same outputs on any machine.
+    (see `holisafe.core.threads`). So does the CPU kernel set: where the process pinned it
+    before loading torch (`holisafe.core.kernels.pin_kernels`, as `holisafe demo` does), the
+    demo runs its convolutions without oneDNN too, and the same seed and count give the same
+    outputs on any x86-64 CPU with AVX2; otherwise on any machine with the same kind of CPU.
     """
     if threads < 1:
         raise DemoError(f"threads must be at least 1, got {threads}")
-    with torch_threads(threads):
+    with torch_threads(threads), pinned_convolutions(kernels_pinned()):
         return _run_demo(Path(out), QUICK if quick else FULL, seed, progress, say)
 
 
@@ -247,6 +251,7 @@ def tower_cache_key(base: Path, seed: int, scale: DemoScale) -> str:
         "images": scale.pretrain_images,
         "epochs": scale.pretrain_epochs,
         "threads": torch.get_num_threads(),
+        "kernels": kernel_settings(),
         "config": (base / "config.json").read_text(),
         "libraries": {name: version(name) for name in TOWER_LIBRARIES},
         "code": [_digest(Path(find_spec(name).origin).read_bytes()) for name in TOWER_MODULES],
