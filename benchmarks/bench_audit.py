@@ -24,7 +24,13 @@ import time
 from pathlib import Path
 
 import httpx
-from benchkit import add_visual_guard, free_port, machine_lines, start_server
+from benchkit import (
+    add_visual_guard,
+    free_port,
+    machine_lines,
+    released_together,
+    start_server,
+)
 from PIL import Image
 
 from holisafe.store import Store
@@ -50,31 +56,18 @@ def body(i: int, max_tokens: int) -> dict:
 
 def load(root: str, bodies: list[dict], clients: int) -> tuple[float, list[float]]:
     """Seconds for `clients` threads, released together, to send the bodies; each latency."""
-    barrier = threading.Barrier(clients + 1)
     latencies: list[float] = []
-    failures: list[str] = []
 
-    def run(c: int) -> None:
+    def send(c: int) -> None:
         with httpx.Client(base_url=root, timeout=600, headers={"Authorization": "Bearer k"}) as h:
-            barrier.wait()
             for item in bodies[c::clients]:
                 start = time.perf_counter()
                 reply = h.post("/v1/chat/completions", json=item)
                 latencies.append(time.perf_counter() - start)
                 if reply.status_code != 200:
-                    failures.append(reply.text[:200])
+                    raise RuntimeError(reply.text[:200])
 
-    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - start
-    if failures:
-        raise SystemExit(f"{len(failures)} requests failed, e.g. {failures[0]}")
-    return seconds, latencies
+    return released_together(clients, send), latencies
 
 
 def together(roots: dict[str, str], bodies: list[dict], clients: int) -> dict:

@@ -22,8 +22,6 @@ import math
 import os
 import statistics
 import tempfile
-import threading
-import time
 from pathlib import Path
 
 import openai
@@ -35,6 +33,7 @@ from benchkit import (
     free_port,
     machine_lines,
     parameter_count,
+    released_together,
     start_server,
 )
 from PIL import Image
@@ -111,37 +110,21 @@ def data_url(image: Image.Image) -> str:
 def concurrent(client: openai.OpenAI, urls: list[str], clients: int, max_tokens: int) -> tuple:
     """(seconds, replies the server gated) for `clients` threads, released together, sending
     the requests of `urls` (request k goes to thread k % clients)."""
-    barrier = threading.Barrier(clients + 1)
-    failures: list[BaseException] = []
     gated: list[bool] = []
 
-    def run(c: int) -> None:
-        barrier.wait()
+    def send(c: int) -> None:
         for url in urls[c::clients]:
             content = [{"type": "image_url", "image_url": {"url": url}}]
             content.append({"type": "text", "text": QUERY})
-            try:
-                reply = client.chat.completions.create(
-                    model=NAME,
-                    messages=[{"role": "user", "content": content}],
-                    max_tokens=max_tokens,
-                    temperature=0,
-                )
-                gated.append(bool((reply.model_extra.get("holisafe") or {}).get("gated")))
-            except Exception as exc:
-                failures.append(exc)
+            reply = client.chat.completions.create(
+                model=NAME,
+                messages=[{"role": "user", "content": content}],
+                max_tokens=max_tokens,
+                temperature=0,
+            )
+            gated.append(bool((reply.model_extra.get("holisafe") or {}).get("gated")))
 
-    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - start
-    if failures:
-        raise SystemExit(f"{len(failures)} requests failed, e.g. {failures[0]!r}")
-    return seconds, sum(gated)
+    return released_together(clients, send), sum(gated)
 
 
 def main() -> None:

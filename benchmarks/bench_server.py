@@ -18,7 +18,6 @@ import base64
 import io
 import os
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -32,6 +31,7 @@ from benchkit import (
     machine_lines,
     parameter_count,
     parse_with_gpu_7b,
+    released_together,
     start_server,
 )
 from PIL import Image
@@ -67,28 +67,12 @@ def sequential(client: openai.OpenAI, count: int, max_tokens: int) -> float:
 
 def concurrent(client: openai.OpenAI, clients: int, per_client: int, max_tokens: int) -> float:
     """Seconds for `clients` threads, released together, to send `per_client` requests each."""
-    barrier = threading.Barrier(clients + 1)
-    failures: list[BaseException] = []
 
-    def run(c: int) -> None:
-        barrier.wait()
+    def send(c: int) -> None:
         for k in range(per_client):
-            try:
-                ask(client, c * per_client + k, max_tokens)
-            except Exception as exc:
-                failures.append(exc)
+            ask(client, c * per_client + k, max_tokens)
 
-    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
-    for thread in threads:
-        thread.start()
-    barrier.wait()
-    start = time.perf_counter()
-    for thread in threads:
-        thread.join()
-    seconds = time.perf_counter() - start
-    if failures:
-        raise SystemExit(f"{len(failures)} concurrent requests failed, e.g. {failures[0]!r}")
-    return seconds
+    return released_together(clients, send)
 
 
 def main() -> None:

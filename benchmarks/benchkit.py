@@ -13,6 +13,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -80,6 +81,32 @@ def median_time(function: Callable[[], object], repeats: int) -> float:
     """Median seconds of `repeats` calls, after one untimed warm-up call."""
     function()
     return statistics.median(timed(function)[0] for _ in range(repeats))
+
+
+def released_together(clients: int, work: Callable[[int], object]) -> float:
+    """Seconds for `clients` threads, released at once, each to run `work(c)`; any error a
+    client raised ends the benchmark."""
+    barrier = threading.Barrier(clients + 1)
+    failures: list[BaseException] = []
+
+    def run(c: int) -> None:
+        barrier.wait()
+        try:
+            work(c)
+        except Exception as exc:
+            failures.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
+    for thread in threads:
+        thread.start()
+    barrier.wait()
+    start = time.perf_counter()
+    for thread in threads:
+        thread.join()
+    seconds = time.perf_counter() - start
+    if failures:
+        raise SystemExit(f"{len(failures)} clients failed, e.g. {failures[0]!r}")
+    return seconds
 
 
 def machine_lines() -> list[str]:
