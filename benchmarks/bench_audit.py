@@ -14,8 +14,6 @@ latencies, each server's CPU time per request, and the longest a reply waited on
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import os
 import statistics
 import tempfile
@@ -28,10 +26,10 @@ from benchkit import (
     add_visual_guard,
     free_port,
     machine_lines,
+    picture_messages,
     released_together,
     start_server,
 )
-from PIL import Image
 
 from holisafe.store import Store
 from holisafe.synthetic.tiny import build_tiny_model
@@ -44,14 +42,12 @@ FLUSH_S = 1.5  # the audit's flush interval and some
 
 
 def body(i: int, max_tokens: int) -> dict:
-    image = Image.new("RGB", (64 + 16 * (i % 4), 64), (37 * i % 256, 90, 160))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    content = [{"type": "image_url", "image_url": {"url": url}}]
-    content.append({"type": "text", "text": f"What is shown in picture {i}?"})
-    messages = [{"role": "user", "content": content}]
-    return {"model": NAME, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
+    return {
+        "model": NAME,
+        "messages": picture_messages(i),
+        "max_tokens": max_tokens,
+        "temperature": 0,
+    }
 
 
 def load(root: str, bodies: list[dict], clients: int) -> tuple[float, list[float]]:

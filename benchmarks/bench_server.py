@@ -14,8 +14,6 @@ in bfloat16 on the GPU instead.
 from __future__ import annotations
 
 import argparse
-import base64
-import io
 import os
 import tempfile
 import time
@@ -31,28 +29,18 @@ from benchkit import (
     machine_lines,
     parameter_count,
     parse_with_gpu_7b,
+    picture_messages,
     released_together,
     start_server,
 )
-from PIL import Image
 
 NAME = "bench-llava"
 STARTUP_TIMEOUT_S = 600
 
 
-def messages(i: int) -> list[dict]:
-    image = Image.new("RGB", (64 + 16 * (i % 4), 64), (37 * i % 256, 90, 160))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
-    content = [{"type": "image_url", "image_url": {"url": url}}]
-    content.append({"type": "text", "text": f"What is shown in picture {i}?"})
-    return [{"role": "user", "content": content}]
-
-
 def ask(client: openai.OpenAI, i: int, max_tokens: int) -> None:
     completion = client.chat.completions.create(
-        model=NAME, messages=messages(i), max_tokens=max_tokens, temperature=0
+        model=NAME, messages=picture_messages(i), max_tokens=max_tokens, temperature=0
     )
     if not isinstance(completion.choices[0].message.content, str):
         raise RuntimeError(f"request {i}: no answer")

@@ -7,6 +7,8 @@ import path, so they import this module as `benchkit`.
 from __future__ import annotations
 
 import argparse
+import base64
+import io
 import os
 import platform
 import socket
@@ -22,6 +24,7 @@ from typing import TypeVar
 import httpx
 import torch
 import transformers
+from PIL import Image
 from transformers import AutoConfig, AutoProcessor, LlavaConfig, LlavaForConditionalGeneration
 
 from holisafe.synthetic.tiny import build_tiny_model
@@ -81,6 +84,17 @@ def median_time(function: Callable[[], object], repeats: int) -> float:
     """Median seconds of `repeats` calls, after one untimed warm-up call."""
     function()
     return statistics.median(timed(function)[0] for _ in range(repeats))
+
+
+def picture_messages(i: int) -> list[dict]:
+    """Chat messages asking about a PNG picture of its own: 64-112 px wide, colour by `i`."""
+    image = Image.new("RGB", (64 + 16 * (i % 4), 64), (37 * i % 256, 90, 160))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    url = "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+    content = [{"type": "image_url", "image_url": {"url": url}}]
+    content.append({"type": "text", "text": f"What is shown in picture {i}?"})
+    return [{"role": "user", "content": content}]
 
 
 def released_together(clients: int, work: Callable[[int], object]) -> float:
