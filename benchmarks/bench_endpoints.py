@@ -14,11 +14,11 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from contextlib import ExitStack
 from pathlib import Path
 
 import openai
+from bench_api_concurrency import throughput as answers_per_second
 from benchkit import machine_lines
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # for tests.stub_servers
@@ -33,13 +33,7 @@ def throughput(urls: list[str], concurrency: int, requests: list[Request]) -> fl
     """Answers per second; fails loudly if any request went unanswered."""
     model = OpenAIModel("stub-model", base_url=urls, api_key="k", concurrency=concurrency)
     model.generate(requests[: len(urls) * concurrency], GenerationSettings())  # warm-up
-    start = time.perf_counter()
-    responses = model.generate(requests, GenerationSettings(max_new_tokens=16))
-    seconds = time.perf_counter() - start
-    failed = [response.error for response in responses if not response.ok]
-    if failed:
-        raise SystemExit(f"{len(failed)} requests failed, e.g. {failed[0]}")
-    return len(requests) / seconds
+    return answers_per_second(model, requests)[1]
 
 
 def main() -> None:
